@@ -1,0 +1,129 @@
+"""Throughput of the strict CoordJSON parser against `json.loads` on the same objects as plain JSON.
+
+    python benchmarks/bench_parse.py [--answers 2000] [--repeats 7] [--field-order desc_first]
+
+Workload: seeded canonical answers (`format.render_answer`, 1-30 objects each, multi-word, quoted and
+CJK descs) and, side by side in the same run, the equivalent plain JSON (the same objects with int
+lists instead of coordinate tokens, `json.dumps(..., ensure_ascii=False)`). Three timings, interleaved
+and best-of-`repeats` so that load from other processes hits all of them alike:
+  parse_prediction              strict parse with spans and drop accounting
+  json.loads                    decode only (no validation at all)
+  json.loads + validation       decode, then a minimal schema check per object (keys, desc, 4 ints in
+                                range, non-degenerate) building a (desc, bins) tuple
+The three run back to back on the same chunk of 10 answers, chunk after chunk, for `repeats`
+rounds; the reported ratio is the median over all (round, chunk) pairs, which shrugs off load bursts
+from other processes on a shared machine; objects/s is from each one's best round. The garbage
+collector is paused while timing (as `timeit` does) and results are not kept. The figures go in docs/BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import random
+import statistics
+import time
+
+from vlmdet.format import render_answer
+from vlmdet.parse import parse_prediction
+
+WORDS = ["red", "blue", "small", "large", "circle", "square", "person", "traffic", "light", "dog", "猫", "椅子"]
+
+
+def make_objects(rng: random.Random) -> list[tuple[str, tuple[int, int, int, int]]]:
+    objs = []
+    for _ in range(rng.randint(1, 30)):
+        desc = " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 3)))
+        if rng.random() < 0.05:
+            desc = f'a "quoted" {desc}'
+        x1, y1 = rng.randint(0, 900), rng.randint(0, 900)
+        objs.append((desc, (x1, y1, rng.randint(x1 + 1, 999), rng.randint(y1 + 1, 999))))
+    return objs
+
+
+def validate_plain(text: str) -> list[tuple[str, tuple[int, ...]]]:
+    """json.loads plus the least checking a fair comparison needs."""
+    out = []
+    for o in json.loads(text)["objects"]:
+        if len(o) != 2 or "desc" not in o or "bbox_2d" not in o:
+            continue
+        desc, box = o["desc"], o["bbox_2d"]
+        if not isinstance(desc, str) or not desc.strip() or len(box) != 4:
+            continue
+        if not all(type(v) is int and 0 <= v <= 999 for v in box):
+            continue
+        if box[2] <= box[0] or box[3] <= box[1]:
+            continue
+        out.append((desc, tuple(box)))
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--answers", type=int, default=2000)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--field-order", default="desc_first", choices=["desc_first", "geometry_first"])
+    args = ap.parse_args()
+
+    rng = random.Random(0)
+    answers, plains = [], []
+    n_objects = 0
+    for _ in range(args.answers):
+        objs = make_objects(rng)
+        n_objects += len(objs)
+        answers.append(render_answer(objs, field_order=args.field_order, ordering="random"))
+        plains.append(json.dumps({"objects": [{"desc": d, "bbox_2d": list(b)} for d, b in objs]}, ensure_ascii=False))
+
+    # correctness guard: the parser must find every object, else the timing is meaningless
+    assert sum(len(parse_prediction(a, args.field_order).objects) for a in answers) == n_objects
+    assert sum(len(validate_plain(p)) for p in plains) == n_objects
+
+    order = args.field_order
+    # Time the three on the same chunk of 10 answers back to back, many rounds: the ratio of each
+    # round is robust to load bursts from other processes; the median over rounds is reported.
+    chunk = 10
+    chunks = [(answers[i : i + chunk], plains[i : i + chunk]) for i in range(0, len(answers), chunk)]
+    names = ("parse_prediction", "json.loads", "json.loads + validation")
+
+    def timed(fn, items):
+        t0 = time.perf_counter()
+        for x in items:
+            fn(x)
+        return time.perf_counter() - t0
+
+    totals = {name: [] for name in names}  # per round: seconds for all chunks
+    ratios = {"json.loads": [], "json.loads + validation": []}  # per (round, chunk): t_parse / t_other
+    gc_was_enabled = gc.isenabled()
+    gc.disable()  # like timeit: collector pauses are noise that depends on what else lives in the process
+    try:
+        for _ in range(args.repeats):
+            sums = dict.fromkeys(names, 0.0)
+            for ans, pl in chunks:
+                t_parse = timed(lambda a: parse_prediction(a, order), ans)
+                t_json = timed(json.loads, pl)
+                t_val = timed(validate_plain, pl)
+                sums["parse_prediction"] += t_parse
+                sums["json.loads"] += t_json
+                sums["json.loads + validation"] += t_val
+                ratios["json.loads"].append(t_parse / t_json)
+                ratios["json.loads + validation"].append(t_parse / t_val)
+            for name in names:
+                totals[name].append(sums[name])
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+    print(f"{args.answers} answers, {n_objects} objects, field_order={order}, {args.repeats} rounds")
+    for name in names:
+        print(f"  {name:26s} {n_objects / min(totals[name]) / 1e3:9.1f} k objects/s (best round)")
+    for name, rs in ratios.items():
+        rs = sorted(rs)
+        med = statistics.median(rs)
+        q1, q3 = rs[len(rs) // 4], rs[(3 * len(rs)) // 4]
+        print(f"  parse_prediction time / {name:24s} median {med:.2f}x  (quartiles {q1:.2f}-{q3:.2f}x)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,185 @@
+"""COCO instances JSON -> the vlmdet record contract (DESIGN §1.4). LVIS files have the same shape.
+
+`convert_coco(instances_json, images_dir, out_dir, max_objects, max_pixels)` writes
+`out_dir/<split>.jsonl` (split = the instances file name without `instances_`, e.g. `val2017`),
+resized images under `out_dir/images/`, and `out_dir/manifest.json` (`{"generator", "splits":
+{split: entry}}`: several splits converted into one folder share it); it returns this split's entry
+(source, jsonl, max_objects, max_pixels, resize_rule, counts, categories).
+
+Rules, in order, per image (images in ascending COCO id; annotations in ascending annotation id):
+- `image_id` = str(COCO image id); `desc` = the category name; `bbox` xywh -> xyxy (floats).
+- `iscrowd == 1` annotations are skipped (counted `crowd_skipped`).
+- boxes reaching outside the image are clipped to [0, W] x [0, H] (counted `clipped`); boxes with
+  no area (before or after clipping) are skipped (counted `degenerate_skipped`).
+- images left with no objects are kept as records with `"objects": []` (counted `empty_images`): an
+  image with nothing to find is a valid (and useful) detection example.
+- images with more than `max_objects` objects are dropped whole (counted `dropped_max_objects`);
+  object lists are never truncated.
+- resize (`RESIZE_RULE`, Qwen-style, 1deddf9 flavour): each side is rounded to the nearest multiple
+  of 32 (at least 32); if the area is over `max_pixels`, both sides are scaled by
+  beta = sqrt(H*W / max_pixels) and floored to multiples of 32. Images are never scaled up to fill
+  the budget. Boxes are scaled by W'/W and H'/H and clamped to [0, W'] x [0, H']. A resized image is
+  re-saved (PIL LANCZOS) to `out_dir/images/<file_name>`; an image whose size does not change is
+  referenced in place (its path relative to `out_dir`).
+Input faults fail with `DataError`: a missing or unreadable image, an image whose file size differs
+from the JSON's width/height, an annotation naming an unknown category or image.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import defaultdict
+from pathlib import Path
+
+from vlmdet.errors import DataError
+from vlmdet.io import atomic_write_bytes, atomic_write_json, atomic_write_jsonl
+
+FACTOR = 32
+RESIZE_RULE = (
+    "qwen_smart_resize_v1: side' = max(32, round(side/32)*32); if W'*H' > max_pixels: "
+    "beta = sqrt(W*H/max_pixels), side' = max(32, floor(side/beta/32)*32); never scaled up to fill the "
+    "budget; boxes scaled by W'/W, H'/H and clamped to [0, W'] x [0, H']"
+)
+
+
+def smart_resize(width: int, height: int, max_pixels: int | None = None, factor: int = FACTOR) -> tuple[int, int]:
+    """Target (width, height): multiples of `factor` under the `max_pixels` budget (rule above)."""
+    w = max(factor, round(width / factor) * factor)
+    h = max(factor, round(height / factor) * factor)
+    if max_pixels is not None and w * h > max_pixels:
+        beta = math.sqrt(width * height / max_pixels)
+        w = max(factor, math.floor(width / beta / factor) * factor)
+        h = max(factor, math.floor(height / beta / factor) * factor)
+    return w, h
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.size
+
+
+def _resave(src: Path, dst: Path, size: tuple[int, int]) -> None:
+    import io
+
+    from PIL import Image
+
+    with Image.open(src) as im:
+        out = im.convert("RGB").resize(size, Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    fmt = "PNG" if dst.suffix.lower() == ".png" else "JPEG"
+    out.save(buf, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+    atomic_write_bytes(dst, buf.getvalue(), fsync=False)
+
+
+def convert_coco(
+    instances_json: str | os.PathLike,
+    images_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    max_objects: int | None = None,
+    max_pixels: int | None = None,
+    split: str | None = None,
+    progress: bool = True,
+) -> dict:
+    """Convert one COCO-format instances file (see the module docstring for every rule)."""
+    from tqdm import tqdm
+
+    instances_json, images_dir, out_dir = Path(instances_json), Path(images_dir), Path(out_dir)
+    if max_objects is not None and max_objects < 1:
+        raise DataError(f"max_objects must be >= 1, got {max_objects}")
+    if max_pixels is not None and max_pixels < FACTOR * FACTOR:
+        raise DataError(f"max_pixels must be >= {FACTOR * FACTOR}, got {max_pixels}")
+    try:
+        data = json.loads(instances_json.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise DataError(f"{instances_json}: cannot read: {err.strerror}") from None
+    except json.JSONDecodeError as err:
+        raise DataError(f"{instances_json}:{err.lineno}: bad JSON: {err.msg}") from None
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            raise DataError(f"{instances_json}: not a COCO instances file (no {key!r} list)")
+    split = split or instances_json.stem.removeprefix("instances_")
+    names = {c["id"]: c["name"] for c in data["categories"]}
+    images = sorted(data["images"], key=lambda im: im["id"])
+    known = {im["id"] for im in images}
+    anns = defaultdict(list)
+    for a in sorted(data["annotations"], key=lambda a: a["id"]):
+        if a["image_id"] not in known:
+            raise DataError(f"{instances_json}: annotation {a['id']}: unknown image_id {a['image_id']}")
+        if a["category_id"] not in names:
+            raise DataError(f"{instances_json}: annotation {a['id']}: unknown category_id {a['category_id']}")
+        anns[a["image_id"]].append(a)
+
+    counts = dict.fromkeys(
+        ("images_in", "images_out", "objects_out", "crowd_skipped", "degenerate_skipped", "clipped",
+         "empty_images", "dropped_max_objects", "resized"), 0)
+    rows = []
+    for im in tqdm(images, desc=f"coco {split}", disable=not progress):
+        counts["images_in"] += 1
+        W, H = int(im["width"]), int(im["height"])
+        src = images_dir / im["file_name"]
+        try:
+            size = _image_size(src)
+        except (OSError, ValueError) as err:
+            raise DataError(f"{instances_json}: image {im['id']}: unreadable image {str(src)!r}: {err}") from None
+        if size != (W, H):
+            raise DataError(f"{instances_json}: image {im['id']}: file {src} is {size[0]}x{size[1]}, JSON says {W}x{H}")
+        objects = []
+        for a in anns[im["id"]]:
+            if a.get("iscrowd", 0):
+                counts["crowd_skipped"] += 1
+                continue
+            x, y, w, h = (float(v) for v in a["bbox"])
+            box = [x, y, x + w, y + h]
+            clipped = [min(max(box[0], 0.0), W), min(max(box[1], 0.0), H), min(max(box[2], 0.0), W), min(max(box[3], 0.0), H)]
+            if not (clipped[2] > clipped[0] and clipped[3] > clipped[1]):
+                counts["degenerate_skipped"] += 1
+                continue
+            counts["clipped"] += clipped != box
+            objects.append((names[a["category_id"]], clipped))
+        if max_objects is not None and len(objects) > max_objects:
+            counts["dropped_max_objects"] += 1
+            continue
+        W2, H2 = smart_resize(W, H, max_pixels)
+        if (W2, H2) != (W, H):
+            counts["resized"] += 1
+            image = f"images/{im['file_name']}"
+            _resave(src, out_dir / image, (W2, H2))
+            sx, sy = W2 / W, H2 / H
+            objects = [(d, [min(b[0] * sx, W2), min(b[1] * sy, H2), min(b[2] * sx, W2), min(b[3] * sy, H2)]) for d, b in objects]
+        else:
+            image = Path(os.path.relpath(src.resolve(), out_dir.resolve())).as_posix()
+        counts["empty_images"] += not objects
+        counts["images_out"] += 1
+        counts["objects_out"] += len(objects)
+        rows.append({"image_id": str(im["id"]), "image": image, "width": W2, "height": H2,
+                     "objects": [{"desc": d, "bbox_2d": b} for d, b in objects]})
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_jsonl(out_dir / f"{split}.jsonl", rows)
+    entry = {
+        "source": str(instances_json),
+        "images_dir": str(images_dir),
+        "jsonl": f"{split}.jsonl",
+        "max_objects": max_objects,
+        "max_pixels": max_pixels,
+        "resize_rule": RESIZE_RULE,
+        "empty_images_policy": "kept as records with no objects",
+        "counts": counts,
+        "categories": [names[k] for k in sorted(names)],
+    }
+    manifest_path = out_dir / "manifest.json"
+    manifest = {"generator": "vlmdet.data.coco", "splits": {}}
+    if manifest_path.exists():  # several splits converted into one folder share the manifest
+        try:
+            old = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            old = {}
+        if old.get("generator") == manifest["generator"] and isinstance(old.get("splits"), dict):
+            manifest = old
+    manifest["splits"][split] = entry
+    atomic_write_json(manifest_path, manifest)
+    return entry

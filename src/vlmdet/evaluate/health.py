@@ -1,0 +1,75 @@
+"""Parse health: what the strict parser saw over a set of model answers (DESIGN §3).
+
+`parse_health(results)` aggregates `parse.ParseResult`s (one per sample) into named floats. Names
+carry no `eval_rollout/` prefix; the rollout evaluator adds it.
+
+| name | definition |
+|---|---|
+| `samples` | number of samples |
+| `pred_objects` | valid objects, summed over samples |
+| `parse_dropped_invalid` | dropped records (every reason), summed; the incomplete tail is not a drop |
+| `drop/<reason>` | dropped records with that reason, for every reason in `parse.DROP_REASONS` (0 when none) |
+| `parse_incomplete_tail` | samples whose last record was cut off mid-way (not a drop) |
+| `parse_truncated_rate` | fraction of samples whose container never closed (`truncated`) |
+| `parse_failed_rate` | fraction of samples with no `{"objects": [` container at all (`failed`) |
+| `malformed_container_rate` | fraction of samples where a broken separator stopped parsing |
+| `sample_valid_pred_rate` | fraction of *clean* samples: not failed, not truncated, no malformed container and no dropped record. An empty but well-formed answer `{"objects": []}` is clean. |
+| `empty_pred_rate` | fraction of samples with no valid object (failed samples included) |
+| `duplicate_rate` | fraction of valid objects that duplicate an earlier valid object of the same sample: identical `desc` string and IoU >= 0.95 of the bin boxes. The first of a group is not a duplicate, so 3 copies give 2 duplicates. 0 when there are no valid objects. |
+
+Every rate is 0.0 over zero samples.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from vlmdet.boxes import box_iou
+from vlmdet.parse import DROP_REASONS, ParseResult
+
+#: IoU (in bin space) at or above which two same-desc objects of one sample are duplicates.
+DUPLICATE_IOU = 0.95
+
+
+def count_duplicates(objects: Sequence) -> int:
+    """Number of objects (anything with `.desc` and `.bins`) that duplicate an earlier one:
+    same `desc` and bin-box IoU >= `DUPLICATE_IOU`."""
+    if len(objects) < 2:
+        return 0
+    iou = box_iou(np.asarray([o.bins for o in objects], dtype=np.float64),
+                  np.asarray([o.bins for o in objects], dtype=np.float64))
+    descs = [o.desc for o in objects]
+    same = np.asarray([[a == b for b in descs] for a in descs], dtype=bool)
+    earlier = np.tril(np.ones_like(same), k=-1)  # [j, i] with i < j
+    return int(((iou >= DUPLICATE_IOU) & same & earlier).any(axis=1).sum())
+
+
+def parse_health(results: Sequence[ParseResult]) -> dict[str, float]:
+    """Aggregate per-sample parse results into the parse-health metrics of the module docstring."""
+    n = len(results)
+    rate = (lambda k: k / n) if n else (lambda k: 0.0)
+    drops = {r: 0 for r in DROP_REASONS}
+    for res in results:
+        for reason, count in res.drops.items():
+            drops[reason] += count
+    pred_objects = sum(len(r.objects) for r in results)
+    clean = sum(
+        1 for r in results if not (r.failed or r.truncated or r.malformed_container or r.dropped)
+    )
+    duplicates = sum(count_duplicates(r.objects) for r in results)
+    out = {
+        "samples": float(n),
+        "pred_objects": float(pred_objects),
+        "parse_dropped_invalid": float(sum(drops.values())),
+        **{f"drop/{reason}": float(count) for reason, count in drops.items()},
+        "parse_incomplete_tail": float(sum(r.incomplete_tail for r in results)),
+        "parse_truncated_rate": rate(sum(r.truncated for r in results)),
+        "parse_failed_rate": rate(sum(r.failed for r in results)),
+        "malformed_container_rate": rate(sum(r.malformed_container for r in results)),
+        "sample_valid_pred_rate": rate(clean),
+        "empty_pred_rate": rate(sum(not r.objects for r in results)),
+        "duplicate_rate": duplicates / pred_objects if pred_objects else 0.0,
+    }
+    return out

@@ -1,0 +1,123 @@
+"""`vlmdet parse RAW.jsonl`: parse health (and, with `--gt`, detection metrics) of raw model answers.
+
+RAW.jsonl holds one line per image: `{"image_id": "...", "text": "<the model's raw answer>"}`
+(`image_id` a non-empty string, unique; `text` a string, possibly empty). Each text goes through the
+strict parser (`parse.parse_prediction`, `--field-order`), and the per-sample results are
+aggregated by `evaluate.health.parse_health` (drop histogram, truncation/failure rates, ...).
+
+With `--gt GT.jsonl` (the data contract of DESIGN §1.4; image files are NOT needed or opened), each
+valid object's bins are mapped to pixels with its GT image's size (`coords.bins_to_pixel_box`) and
+`evaluate.detection.detection_metrics` adds COCO AP/AR and P/R/F1 with constant scores
+(`score_source: "constant"`). Every RAW image_id must be in GT; GT images without a RAW line count
+as images with an empty answer (reported as `images_without_answer`).
+
+Output: a readable table on stdout and a flat JSON object of named floats (plus `score_source` with
+`--gt`), written atomically to `--out` or next to RAW.jsonl as `<RAW stem>.parse_health.json`.
+Bad input files raise `DataError` (`file:line: rule`, exit 2); model answers never do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+from pathlib import Path
+from typing import Mapping
+
+from vlmdet.errors import DataError
+from vlmdet.format import FIELD_ORDERS
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("raw", type=Path, help='JSONL of {"image_id": str, "text": str}, one line per image')
+    parser.add_argument("--field-order", choices=FIELD_ORDERS, default="desc_first",
+                        help="field order the model was trained to write (default: desc_first)")
+    parser.add_argument("--gt", type=Path, default=None,
+                        help="GT JSONL (DESIGN §1.4): adds COCO AP/AR and P/R/F1 with constant scores")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="metrics JSON path (default: <RAW stem>.parse_health.json next to RAW)")
+
+
+def read_raw(path: Path) -> list[tuple[int, str, str]]:
+    """`(line, image_id, text)` per RAW line; DataError `file:line: rule` on a broken line."""
+    from vlmdet.io import iter_jsonl
+
+    rows, seen = [], {}
+    for lineno, obj in iter_jsonl(path):
+        image_id, text = obj.get("image_id"), obj.get("text")
+        if not isinstance(image_id, str) or not image_id:
+            raise DataError(f"{path}:{lineno}: 'image_id' must be a non-empty string, got {image_id!r}")
+        if not isinstance(text, str):
+            raise DataError(f"{path}:{lineno}: 'text' must be a string (the raw answer), got {type(text).__name__}")
+        if image_id in seen:
+            raise DataError(f"{path}:{lineno}: duplicate image_id {image_id!r} (first on line {seen[image_id]})")
+        seen[image_id] = lineno
+        rows.append((lineno, image_id, text))
+    return rows
+
+
+def format_metrics(metrics: Mapping[str, float | str], title: str = "") -> str:
+    """A two-column text table of `metrics` (name, value) for the terminal; counts print as
+    integers, other floats with 4 decimals."""
+    width = max((len(k) for k in metrics), default=0)
+    lines = [title] if title else []
+    for k, v in metrics.items():
+        if isinstance(v, float) and v.is_integer() and not k.startswith(("bbox_", "precision", "recall", "f1")) \
+                and not k.endswith("_rate"):
+            text = str(int(v))
+        elif isinstance(v, float):
+            text = f"{v:.4f}"
+        else:
+            text = str(v)
+        lines.append(f"  {k:<{width}}  {text}")
+    return "\n".join(lines)
+
+
+def drop_histogram(metrics: dict) -> str:
+    """Drop reasons as a text bar chart (reason, count, bar of `#` scaled to the largest count)."""
+    drops = {k[len("drop/"):]: int(v) for k, v in metrics.items() if k.startswith("drop/")}
+    top = max(drops.values(), default=0)
+    width = max(len(r) for r in drops)
+    lines = ["drop histogram"]
+    for reason, count in drops.items():
+        bar = "#" * (round(30 * count / top) if top else 0)
+        lines.append(f"  {reason:<{width}}  {count:>6}  {bar}".rstrip())
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from vlmdet.coords import bins_to_pixel_box
+    from vlmdet.evaluate.health import parse_health
+    from vlmdet.io import atomic_write_json
+    from vlmdet.parse import parse_prediction
+
+    rows = read_raw(args.raw)
+    results = [parse_prediction(text, args.field_order) for _, _, text in rows]
+    metrics: dict = dict(parse_health(results))
+    report = [format_metrics({k: v for k, v in metrics.items() if not k.startswith("drop/")},
+                             f"parse health of {len(rows)} answers ({args.raw})"), drop_histogram(metrics)]
+
+    if args.gt is not None:
+        from vlmdet.data.records import load_records
+        from vlmdet.evaluate.detection import detection_metrics
+
+        records = load_records(args.gt, check_images=False)
+        by_id = {r.image_id: r for r in records}
+        preds = {}
+        for (lineno, image_id, _), res in zip(rows, results):
+            rec = by_id.get(image_id)
+            if rec is None:
+                close = difflib.get_close_matches(image_id, by_id, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise DataError(f"{args.raw}:{lineno}: image_id {image_id!r} is not in {args.gt}{hint}")
+            preds[image_id] = [{"desc": o.desc, "bbox_2d": list(bins_to_pixel_box(o.bins, rec.width, rec.height))}
+                               for o in res.objects]
+        det = detection_metrics(records, preds, score_source="constant")
+        det["images_without_answer"] = float(len(records) - len(preds))
+        report.append(format_metrics(det, f"detection vs {args.gt} (constant scores)"))
+        metrics.update(det)
+
+    out = args.out if args.out is not None else args.raw.with_name(args.raw.stem + ".parse_health.json")
+    atomic_write_json(out, metrics)
+    print("\n\n".join(report))
+    print(f"\nwrote {out}")
+    return 0

@@ -1,0 +1,106 @@
+"""`vlmdet eval-preds --gt GT.jsonl --pred PRED.jsonl --out metrics.json`: score any detector.
+
+PRED.jsonl holds one line per image:
+`{"image_id": "...", "objects": [{"desc": "...", "bbox_2d": [x1, y1, x2, y2], "score": 0.9}, ...]}`
+with pixel boxes in the GT image's size and an optional finite `score` (without scores the AP uses a
+constant 1.0 and `score_source` says `"constant"`). Unknown extra keys are ignored.
+
+The join is strict and by `image_id` only: every PRED line must name a GT image, at most once. GT
+images without a PRED line have no predictions (their objects are misses). GT is read with
+`data.records.load_records(check_images=False)`: the image files are not needed.
+
+Each of these raises `DataError("PRED:line: rule")` (exit 2): a malformed line, a missing or
+non-string `image_id`, an unknown or duplicate `image_id`, `objects` not a list, an object without a
+non-empty string `desc`, a `bbox_2d` that is not 4 finite numbers, a box outside the image or
+degenerate (rule: `0 <= x1 < x2 <= W` and `0 <= y1 < y2 <= H`, the GT rule), a non-numeric score.
+
+Output: `evaluate.detection.detection_metrics` (COCO AP/AR, class-aware and class-agnostic
+P/R/F1 at `--f1-iou`, counts, `score_source`) as a flat JSON object, written atomically, and a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import math
+from pathlib import Path
+
+from vlmdet.errors import DataError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--gt", type=Path, required=True, help="GT JSONL (DESIGN §1.4); image files are not opened")
+    parser.add_argument("--pred", type=Path, required=True,
+                        help='JSONL of {"image_id", "objects": [{"desc", "bbox_2d" (pixels), "score"?}]}')
+    parser.add_argument("--out", type=Path, default=None,
+                        help="metrics JSON path (default: <PRED stem>.metrics.json next to PRED)")
+    parser.add_argument("--f1-iou", type=float, default=0.5, help="IoU threshold of the Hungarian F1 (default 0.5)")
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def read_predictions(path: Path, records) -> dict[str, list[dict]]:
+    """image_id -> prediction objects, validated against the GT `records` (see the module docstring)."""
+    from vlmdet.io import iter_jsonl
+
+    by_id = {r.image_id: r for r in records}
+    preds: dict[str, list[dict]] = {}
+    first_line: dict[str, int] = {}
+    for lineno, row in iter_jsonl(path):
+        where = f"{path}:{lineno}"
+        image_id = row.get("image_id")
+        if not isinstance(image_id, str) or not image_id:
+            raise DataError(f"{where}: 'image_id' must be a non-empty string, got {image_id!r}")
+        rec = by_id.get(image_id)
+        if rec is None:
+            close = difflib.get_close_matches(image_id, by_id, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise DataError(f"{where}: unknown image_id {image_id!r}: not in the GT file{hint}")
+        if image_id in first_line:
+            raise DataError(f"{where}: duplicate image_id {image_id!r} (first on line {first_line[image_id]})")
+        first_line[image_id] = lineno
+        objects = row.get("objects")
+        if not isinstance(objects, list):
+            raise DataError(f"{where}: 'objects' must be a list, got {type(objects).__name__}")
+        out = []
+        for i, o in enumerate(objects):
+            at = f"{where}: objects[{i}]"
+            if not isinstance(o, dict):
+                raise DataError(f"{at} must be an object, got {type(o).__name__}")
+            desc, box = o.get("desc"), o.get("bbox_2d")
+            if not isinstance(desc, str) or not desc.strip():
+                raise DataError(f"{at}: 'desc' must be a non-empty string, got {desc!r}")
+            if not isinstance(box, list) or len(box) != 4 or not all(_number(v) for v in box):
+                raise DataError(f"{at}: 'bbox_2d' must be 4 finite numbers [x1, y1, x2, y2], got {box!r}")
+            x1, y1, x2, y2 = box
+            if x2 <= x1 or y2 <= y1:
+                raise DataError(f"{at}: degenerate box {box} (need x1 < x2 and y1 < y2)")
+            if x1 < 0 or y1 < 0 or x2 > rec.width or y2 > rec.height:
+                raise DataError(f"{at}: box {box} outside the {rec.width}x{rec.height} image "
+                                f"(need 0 <= x1, 0 <= y1, x2 <= {rec.width}, y2 <= {rec.height})")
+            obj = {"desc": desc, "bbox_2d": [float(v) for v in box]}
+            if "score" in o:
+                if not _number(o["score"]):
+                    raise DataError(f"{at}: 'score' must be a finite number, got {o['score']!r}")
+                obj["score"] = float(o["score"])
+            out.append(obj)
+        preds[image_id] = out
+    return preds
+
+
+def run(args: argparse.Namespace) -> int:
+    from vlmdet.data.records import load_records
+    from vlmdet.evaluate.detection import detection_metrics
+    from vlmdet.evaluate.offline_parse import format_metrics
+    from vlmdet.io import atomic_write_json
+
+    records = load_records(args.gt, check_images=False)
+    preds = read_predictions(args.pred, records)
+    metrics = detection_metrics(records, preds, score_source="given", f1_iou=args.f1_iou)
+    out = args.out if args.out is not None else args.pred.with_name(args.pred.stem + ".metrics.json")
+    atomic_write_json(out, metrics)
+    print(format_metrics(metrics, f"{args.pred} vs {args.gt} ({len(records)} images, F1 at IoU {args.f1_iou})"))
+    print(f"\nwrote {out}")
+    return 0

@@ -1,0 +1,288 @@
+"""Rollout generation: records in, generated answers (with per-token statistics) out.
+
+The backend interface is deliberately narrow so that other engines (e.g. vLLM) can be added:
+
+    class RolloutBackend(Protocol):
+        max_new_tokens: int
+        def generate(self, records: Sequence[Record], seed: int | None = None) -> list[Rollout]: ...
+
+`records` are `data.records.Record`s (the backend loads the image and builds the prompt itself);
+the result has one `Rollout` per record, in order. A backend that cannot provide per-token
+statistics returns empty `logprobs` / `coord_mass` lists; the evaluator then falls back to constant
+box scores and reports `coord_vocab_mass_gen` from what is there.
+
+`HFRollout` runs `model.generate` (transformers): batches of `rollout.batch_size` records, left
+padding (`model.collate.Collator(padding_side="left")`), vision inputs and `mm_token_type_ids` passed
+once (generate uses them at prefill only and extends `mm_token_type_ids` with zeros), KV cache on,
+greedy unless `rollout.do_sample`, stop at `<|im_end|>` or after `rollout.max_new_tokens` tokens.
+
+Which distribution the statistics come from: `Rollout.logprobs[t]` and `Rollout.coord_mass[t]` are read
+from the model's UNPROCESSED next-token distribution (softmax of the raw logits, before repetition
+penalty, temperature, top-p, grammar constraint or any extra processor). To make that exact, vlmdet
+builds the processor list itself, in this order:
+
+    raw-statistics recorder -> repetition penalty -> extra processors -> grammar constraint
+    -> temperature -> top-p
+
+and passes neutral values (temperature 1, top_p 1, top_k 0, repetition_penalty 1) to `generate`, so
+the checkpoint's own `generation_config` (e.g. Qwen's sampling defaults) cannot slip processors in.
+The recorder keeps one `[B, V]` buffer (not the `[steps, B, V]` that `output_logits` would).
+
+Seeding: `generate(records, seed)` seeds torch inside `torch.random.fork_rng`, so sampling is
+reproducible per call and the caller's RNG state (e.g. the trainer's) is left untouched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+
+
+@dataclass(slots=True)
+class Rollout:
+    """One generated answer.
+
+    - `token_ids`: generated ids up to and including the first end-of-turn (padding after it removed);
+      without end-of-turn, all generated ids.
+    - `pieces`: decoded text of each id (`model.load.token_pieces`), aligned with `token_ids`.
+    - `logprobs[t]`: log p(token_ids[t]) under the model's unprocessed distribution (natural log).
+    - `coord_mass[t]`: sum of that distribution over the 1000 coordinate ids at step t.
+    - `stopped`: an end-of-turn id was generated; `hit_max`: no end-of-turn and `max_new_tokens`
+      tokens were generated.
+    - `text`: the response text before the end-of-turn (`"".join(pieces)` without it).
+    """
+
+    token_ids: list[int]
+    logprobs: list[float]
+    coord_mass: list[float]
+    stopped: bool
+    hit_max: bool
+    text: str
+    pieces: list[str] = field(default_factory=list)
+
+
+@runtime_checkable
+class RolloutBackend(Protocol):
+    max_new_tokens: int
+
+    def generate(self, records: Sequence[Any], seed: int | None = None) -> list[Rollout]: ...
+
+
+#: extra processors: a list, or a callable (records of the batch) -> list (e.g. to force answers in tests)
+ExtraProcessors = Sequence[Any] | Callable[[Sequence[Any]], Sequence[Any]]
+
+
+def _cfg(cfg: Any, key: str, default: Any) -> Any:
+    if cfg is None:
+        return default
+    if isinstance(cfg, dict):
+        return cfg.get(key, default)
+    return getattr(cfg, key, default)
+
+
+class RawStatsRecorder:
+    """A logits processor that records, per step, log p(chosen token) and the coord-vocab mass of the
+    scores it receives (put it first: then they are the model's raw logits). The chosen token of step
+    t is read at step t+1 (the last input column); `finish(last_tokens)` closes the last step."""
+
+    def __init__(self, coord_ids):
+        self.coord_ids = coord_ids
+        self.prev = None
+        self.logprobs: list = []  # per step: [B] tensors
+        self.coord_mass: list = []
+
+    def _take(self, chosen) -> None:
+        self.logprobs.append(self.prev.gather(1, chosen.view(-1, 1).to(self.prev.device)).squeeze(1).cpu())
+        self.prev = None
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        if self.prev is not None:
+            self._take(input_ids[:, -1])
+        logp = torch.log_softmax(scores.float(), dim=-1)
+        self.prev = logp
+        ids = self.coord_ids.to(logp.device)
+        self.coord_mass.append(torch.logsumexp(logp.index_select(1, ids), dim=-1).exp().cpu())
+        return scores
+
+    def finish(self, last_tokens) -> None:
+        if self.prev is not None:
+            self._take(last_tokens)
+
+
+class HFRollout:
+    """`RolloutBackend` on `transformers` `model.generate` (see the module docstring).
+
+    `loaded`: `model.load.Loaded`; `rollout_cfg`: the `rollout` config section (max_new_tokens,
+    batch_size, do_sample, temperature, top_p, repetition_penalty, constrained); `prompt_cfg`: the
+    `prompt` section (prompt text and field order); `constrained`: overrides `rollout_cfg.constrained`;
+    `extra_processors`: logits processors applied after the repetition penalty and before the grammar
+    constraint (a list, or a callable `(batch records) -> list`); `grammar`: a prebuilt
+    `constrained.CoordJSONGrammar` to share between backends; `progress`: a tqdm bar over batches.
+    """
+
+    name = "hf"
+
+    def __init__(
+        self,
+        loaded,
+        rollout_cfg: Any = None,
+        prompt_cfg: Any = None,
+        *,
+        constrained: bool | None = None,
+        extra_processors: ExtraProcessors = (),
+        grammar=None,
+        progress: bool = True,
+    ):
+        self.loaded = loaded
+        self.prompt_cfg = prompt_cfg
+        self.max_new_tokens = int(_cfg(rollout_cfg, "max_new_tokens", 256))
+        self.batch_size = max(1, int(_cfg(rollout_cfg, "batch_size", 16)))
+        self.do_sample = bool(_cfg(rollout_cfg, "do_sample", False))
+        self.temperature = float(_cfg(rollout_cfg, "temperature", 1.0))
+        self.top_p = float(_cfg(rollout_cfg, "top_p", 1.0))
+        self.repetition_penalty = float(_cfg(rollout_cfg, "repetition_penalty", 1.0))
+        self.constrained = bool(_cfg(rollout_cfg, "constrained", False) if constrained is None else constrained)
+        self.extra_processors = extra_processors
+        self.field_order = _cfg(prompt_cfg, "field_order", "desc_first")
+        self._grammar = grammar
+        self.progress = progress
+
+    @property
+    def grammar(self):
+        if self._grammar is None:
+            from vlmdet.evaluate.constrained import grammar_for
+
+            self._grammar = grammar_for(self.loaded, self.field_order)
+        return self._grammar
+
+    def _processors(self, records, prompt_len: int, recorder) -> list:
+        from transformers.generation.logits_process import (
+            RepetitionPenaltyLogitsProcessor,
+            TemperatureLogitsWarper,
+            TopPLogitsWarper,
+        )
+
+        procs: list = [recorder]
+        if self.repetition_penalty != 1.0:
+            procs.append(RepetitionPenaltyLogitsProcessor(self.repetition_penalty))
+        extra = self.extra_processors(records) if callable(self.extra_processors) else self.extra_processors
+        procs += list(extra)
+        if self.constrained:
+            from vlmdet.evaluate.constrained import CoordJSONLogitsProcessor
+
+            procs.append(CoordJSONLogitsProcessor(self.grammar, prompt_len, self.max_new_tokens))
+        if self.do_sample and self.temperature != 1.0:
+            procs.append(TemperatureLogitsWarper(self.temperature))
+        if self.do_sample and self.top_p < 1.0:
+            procs.append(TopPLogitsWarper(self.top_p))
+        return procs
+
+    def _encode(self, records):
+        from vlmdet.data.records import load_image
+        from vlmdet.model.chat import encode_example
+        from vlmdet.model.collate import Collator
+
+        keys = ("input_ids", "mm_token_type_ids", "pixel_values", "image_grid_thw")
+        examples = []
+        for rec in records:
+            ex = encode_example(self.loaded, load_image(rec), None, self.prompt_cfg)
+            examples.append({k: ex[k] for k in keys})
+        return Collator(self.loaded.pad_id, padding_side="left")(examples)
+
+    def _generate_batch(self, records) -> list[Rollout]:
+        import torch
+        from transformers import LogitsProcessorList
+
+        from vlmdet.model.load import token_pieces
+
+        model = self.loaded.model
+        batch = self._encode(records)
+        device = next(model.parameters()).device
+        dtype = next(model.parameters()).dtype
+        inputs = {k: v.to(device) for k, v in batch.items()}
+        inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
+        prompt_len = inputs["input_ids"].shape[1]
+        recorder = RawStatsRecorder(torch.tensor(self.loaded.coord_ids, dtype=torch.long))
+        eot = self.loaded.eot_id
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                out = model.generate(
+                    **inputs,
+                    max_new_tokens=self.max_new_tokens,
+                    do_sample=self.do_sample,
+                    num_beams=1,
+                    temperature=1.0,
+                    top_p=1.0,
+                    top_k=0,
+                    repetition_penalty=1.0,
+                    eos_token_id=eot,
+                    pad_token_id=self.loaded.pad_id,
+                    logits_processor=LogitsProcessorList(self._processors(records, prompt_len, recorder)),
+                    return_dict_in_generate=True,
+                    use_cache=True,
+                )
+        finally:
+            if was_training:
+                model.train()
+            # the model caches mRoPE deltas of this batch; a later plain forward must not reuse them
+            inner = getattr(model, "model", None)
+            if inner is not None and hasattr(inner, "rope_deltas"):
+                inner.rope_deltas = None
+        seqs = out.sequences[:, prompt_len:].cpu()
+        n_steps = seqs.shape[1]
+        if n_steps:
+            recorder.finish(seqs[:, -1])
+        logprobs = torch.stack(recorder.logprobs, 1) if recorder.logprobs else torch.zeros(len(records), 0)
+        mass = torch.stack(recorder.coord_mass, 1) if recorder.coord_mass else torch.zeros(len(records), 0)
+        rollouts = []
+        for r in range(len(records)):
+            ids = seqs[r].tolist()
+            stopped = eot in ids
+            n = ids.index(eot) + 1 if stopped else len(ids)
+            ids = ids[:n]
+            pieces = token_pieces(self.loaded.tokenizer, ids)
+            text = "".join(pieces[: n - 1] if stopped else pieces)
+            rollouts.append(
+                Rollout(
+                    token_ids=ids,
+                    logprobs=logprobs[r, :n].tolist(),
+                    coord_mass=mass[r, :n].tolist(),
+                    stopped=stopped,
+                    hit_max=(not stopped) and n >= self.max_new_tokens,
+                    text=text,
+                    pieces=pieces,
+                )
+            )
+        return rollouts
+
+    def generate(self, records: Sequence[Any], seed: int | None = None) -> list[Rollout]:
+        """One `Rollout` per record, in order (batches of `batch_size`, a tqdm bar over batches)."""
+        import torch
+        from tqdm.auto import tqdm
+
+        records = list(records)
+        starts = range(0, len(records), self.batch_size)
+        device = next(self.loaded.model.parameters()).device
+        devices = [device] if device.type == "cuda" else []
+        out: list[Rollout] = []
+        with torch.random.fork_rng(devices=devices):
+            if seed is not None:
+                torch.manual_seed(int(seed))
+            bar = tqdm(starts, desc="rollout", unit="batch", disable=not self.progress, leave=False)
+            for s in bar:
+                out += self._generate_batch(records[s : s + self.batch_size])
+        return out
+
+
+def make_backend(loaded, cfg, *, constrained: bool | None = None, **kwargs) -> RolloutBackend:
+    """The backend named by `cfg.rollout.backend` (only "hf" for now) for a full `Config`."""
+    from vlmdet.errors import UsageError
+
+    name = cfg.rollout.backend
+    if name != "hf":
+        raise UsageError(f"rollout.backend {name!r} is not available (choose 'hf')")
+    return HFRollout(loaded, cfg.rollout, cfg.prompt, constrained=constrained, **kwargs)

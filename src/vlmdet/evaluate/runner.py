@@ -1,0 +1,248 @@
+"""Rollout evaluation: generate -> parse (token level) -> match -> metrics, dumps, predictions.
+
+`run_rollout_eval(loaded, records, cfg, run_dir=None, step=0, backend=None)` is called by the trainer's
+callback every `eval.eval_steps` and by `vlmdet eval`. It returns a flat `dict[str, float]` (metric
+definitions: docs/EVALUATION.md) and, with a `run_dir`, writes
+
+    eval/step_XXXXXX/metrics.json          {"step", "metrics": {name: float}, "score_source"}
+    eval/step_XXXXXX/predictions.jsonl     `vlmdet eval-preds` PRED format (pixel boxes + scores)
+    eval/step_XXXXXX/predictions_constrained.jsonl   (with eval.also_constrained)
+    monitor_dumps/step_XXXXXX.json (+ PNGs)          (monitor.enabled; unconstrained pass only)
+
+and appends the metrics to logging.jsonl (`RunDir.log`).
+
+Per sample: the backend's tokens are parsed with `parse.parse_rollout` (the one strict parser; coord
+literals must be real coordinate-token ids), valid objects' bins become pixel boxes
+(`coords.bins_to_pixel_box` with the record's size), and each box is scored by the geometric mean of
+its 4 coordinate-token probabilities (`eval.score_source: coord_logprob`, probabilities from the
+model's unprocessed distribution, see `evaluate/rollout.py`) or not scored (`constant`, COCO then
+uses 1.0). Metrics:
+
+- parse health (`evaluate.health.parse_health`): pred_objects, parse_dropped_invalid, drop/<reason>,
+  parse_truncated_rate, ..., duplicate_rate;
+- detection (`evaluate.detection.detection_metrics`, Hungarian at IoU `eval.f1_iou`): precision,
+  recall, f1 (class-aware; `matched` = tp, fp, fn), the `_agnostic` variants, gt_objects, COCO bbox_*;
+  identical to `vlmdet eval-preds --gt VAL --pred predictions.jsonl --f1-iou <eval.f1_iou>`;
+- rollout matching (class-agnostic Hungarian with `match.iou_gate`, `match.fp_cost`, `match.fn_cost`,
+  the matching Channel-B uses; the dumps' `matches`): gate_matched, gate_precision, gate_recall,
+  gate_f1, gate_iou_mean;
+- generation: hit_max_new_tokens_rate, stopped_rate, gen_tokens_mean, coord_vocab_mass_gen;
+- eval_time/{generate_s, total_s, tokens_per_s, samples_per_s}.
+All prefixed `eval_rollout/` (or `eval_rollout_constrained/` for the constrained pass) except eval_time/*
+(`eval_time_constrained/*` for the constrained pass).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from vlmdet.coords import bins_to_pixel_box
+from vlmdet.errors import UsageError
+
+PREFIX = "eval_rollout"
+PREFIX_CONSTRAINED = "eval_rollout_constrained"
+SCORE_SOURCES = ("coord_logprob", "constant")
+
+
+@dataclass(slots=True)
+class SampleEval:
+    """Everything known about one evaluated record (input to metrics, predictions and dumps)."""
+
+    record: Any  # data.records.Record
+    rollout: Any  # rollout.Rollout
+    parse: Any  # parse.RolloutParse
+    boxes: list[tuple[float, float, float, float]]  # pixel box per valid object
+    scores: list[float | None]  # per valid object (None: constant scoring)
+    match: Any  # match.MatchResult of valid objects vs GT (iou_gate, class-agnostic)
+    coord_token_positions: list[int]  # positions (before end-of-turn) of every generated coord-token id
+
+
+def box_score(rollout, positions: Sequence[int]) -> float | None:
+    """Geometric mean of the probabilities of the tokens at `positions`: exp(mean log p); None when
+    the backend gave no log-probabilities for them."""
+    lp = rollout.logprobs
+    if not lp or max(positions) >= len(lp):
+        return None
+    return math.exp(sum(lp[i] for i in positions) / len(positions))
+
+
+def evaluate_sample(record, rollout, cfg, coord_bin_of_id, eot_ids) -> SampleEval:
+    """Parse one rollout and match its valid objects to the record's GT."""
+    from vlmdet.match import hungarian_match
+    from vlmdet.parse import parse_rollout
+
+    pieces = rollout.pieces if len(rollout.pieces) == len(rollout.token_ids) else None
+    if pieces is None:
+        raise ValueError("Rollout.pieces must be aligned with Rollout.token_ids")
+    rp = parse_rollout(rollout.token_ids, pieces, coord_bin_of_id, eot_ids, cfg.prompt.field_order)
+    objs = rp.result.objects
+    boxes = [bins_to_pixel_box(o.bins, record.width, record.height) for o in objs]
+    if cfg.eval.score_source == "coord_logprob":
+        scores = [box_score(rollout, pos) for pos in rp.coord_positions]
+    else:
+        scores = [None] * len(objs)
+    gt_boxes = [o.bbox for o in record.objects]
+    m = hungarian_match(boxes, gt_boxes, iou_gate=cfg.match.iou_gate, fp_cost=cfg.match.fp_cost,
+                        fn_cost=cfg.match.fn_cost)
+    coord_pos = [i for i, t in enumerate(rollout.token_ids[: rp.n_tokens]) if t in coord_bin_of_id]
+    return SampleEval(record, rollout, rp, boxes, scores, m, coord_pos)
+
+
+def prediction_row(s: SampleEval) -> dict:
+    """One `vlmdet eval-preds` PRED line: {"image_id", "objects": [{"desc", "bbox_2d", "score"?}]}."""
+    objects = []
+    for o, box, score in zip(s.parse.result.objects, s.boxes, s.scores):
+        row = {"desc": o.desc, "bbox_2d": [float(v) for v in box]}
+        if score is not None:
+            row["score"] = float(score)
+        objects.append(row)
+    return {"image_id": s.record.image_id, "objects": objects}
+
+
+def dump_sample(s: SampleEval) -> dict:
+    """One monitor-dump sample (format in `evaluate/monitor.py`)."""
+    rec, res, text = s.record, s.parse.result, s.parse.text
+    return {
+        "image_id": rec.image_id,
+        "image": str(Path(rec.image_path).resolve()),
+        "width": rec.width,
+        "height": rec.height,
+        "raw_text": text,
+        "flags": {
+            "failed": res.failed,
+            "truncated": res.truncated,
+            "malformed_container": res.malformed_container,
+            "incomplete_tail": bool(res.incomplete_tail),
+            "empty_pred": not res.objects,
+            "hit_max_new_tokens": bool(s.rollout.hit_max),
+        },
+        "objects": [
+            {"index": o.index, "desc": o.desc, "bins": list(o.bins), "bbox_2d": [float(v) for v in box],
+             "score": score}
+            for o, box, score in zip(res.objects, s.boxes, s.scores)
+        ],
+        "drops": [{"reason": d.reason, "index": d.index, "span": list(d.span), "text": text[d.span[0]:d.span[1]]}
+                  for d in res.dropped],
+        "gt": [{"desc": o.desc, "bbox_2d": [float(v) for v in o.bbox]} for o in rec.objects],
+        "matches": [{"pred": p, "gt": g, "iou": float(iou)} for (p, g), iou in zip(s.match.pairs, s.match.ious)],
+    }
+
+
+def sample_metrics(samples: Sequence[SampleEval], records, cfg) -> tuple[dict[str, float], str]:
+    """Metric name (unprefixed) -> value over all samples, and the score source of the boxes."""
+    from vlmdet.evaluate.detection import detection_metrics
+    from vlmdet.evaluate.health import parse_health
+
+    n = len(samples)
+    out: dict[str, float] = dict(parse_health([s.parse.result for s in samples]))
+    det = detection_metrics(records, {s.record.image_id: prediction_row(s)["objects"] for s in samples},
+                            score_source=cfg.eval.score_source, f1_iou=cfg.eval.f1_iou)
+    score_source = str(det.pop("score_source"))
+    det_pred = det.pop("pred_objects")
+    assert det_pred == out["pred_objects"], (det_pred, out["pred_objects"])
+    det.pop("images", None)
+    out.update({k: float(v) for k, v in det.items()})
+    out["matched"] = out["tp"]
+
+    matched = sum(len(s.match.pairs) for s in samples)
+    preds = out["pred_objects"]
+    gts = out["gt_objects"]
+    p = matched / preds if preds else 0.0
+    r = matched / gts if gts else 0.0
+    ious = [iou for s in samples for iou in s.match.ious]
+    out.update({
+        "gate_matched": float(matched),
+        "gate_precision": p,
+        "gate_recall": r,
+        "gate_f1": 2 * p * r / (p + r) if p + r else 0.0,
+        "gate_iou_mean": sum(ious) / len(ious) if ious else 0.0,
+    })
+
+    rate = (lambda k: k / n) if n else (lambda k: 0.0)
+    out["hit_max_new_tokens_rate"] = rate(sum(bool(s.rollout.hit_max) for s in samples))
+    out["stopped_rate"] = rate(sum(bool(s.rollout.stopped) for s in samples))
+    out["gen_tokens_mean"] = rate(sum(len(s.rollout.token_ids) for s in samples))
+    masses = [s.rollout.coord_mass[i] for s in samples for i in s.coord_token_positions
+              if i < len(s.rollout.coord_mass)]
+    out["coord_vocab_mass_gen"] = sum(masses) / len(masses) if masses else 0.0
+    return out, score_source
+
+
+def _prefixed(metrics: dict[str, float], prefix: str) -> dict[str, float]:
+    return {f"{prefix}/{k}": v for k, v in metrics.items()}
+
+
+def evaluate_pass(loaded, records, cfg, backend, seed: int | None = None):
+    """One generation pass: (samples, unprefixed metrics, timing dict, score_source)."""
+    t0 = time.perf_counter()
+    rollouts = backend.generate(records, seed=seed)
+    gen_s = time.perf_counter() - t0
+    if len(rollouts) != len(records):
+        raise RuntimeError(f"backend returned {len(rollouts)} rollouts for {len(records)} records")
+    samples = [evaluate_sample(rec, ro, cfg, loaded.coord_bin_of_id, {loaded.eot_id})
+               for rec, ro in zip(records, rollouts)]
+    metrics, score_source = sample_metrics(samples, records, cfg)
+    total_s = time.perf_counter() - t0
+    tokens = sum(len(r.token_ids) for r in rollouts)
+    timing = {
+        "generate_s": gen_s,
+        "total_s": total_s,
+        "tokens_per_s": tokens / gen_s if gen_s > 0 else 0.0,
+        "samples_per_s": len(records) / gen_s if gen_s > 0 else 0.0,
+    }
+    return samples, metrics, timing, score_source
+
+
+def run_rollout_eval(loaded, records, cfg, run_dir=None, step: int = 0, backend=None, *,
+                     constrained_backend=None, progress: bool = True) -> dict[str, float]:
+    """Evaluate `records` (the first `eval.max_samples`) with rollouts of `loaded` (see module docstring).
+
+    `cfg`: a full `config.Config`; `run_dir`: a `rundir.RunDir`, a path, or None (nothing written);
+    `step`: the optimizer step (file names, log rows; the generation seed is `cfg.seed + step`);
+    `backend`: a `rollout.RolloutBackend` (default `HFRollout` from `cfg.rollout`);
+    `constrained_backend`: the backend of the `eval.also_constrained` pass (default: `HFRollout` with
+    the grammar constraint on). Returns the metrics (floats)."""
+    from vlmdet.evaluate.monitor import write_dump
+    from vlmdet.evaluate.rollout import make_backend
+    from vlmdet.io import atomic_write_json, atomic_write_jsonl
+    from vlmdet.rundir import RunDir
+
+    if cfg.eval.score_source not in SCORE_SOURCES:
+        raise UsageError(f"eval.score_source must be one of {SCORE_SOURCES}, got {cfg.eval.score_source!r}")
+    records = list(records)
+    if cfg.eval.max_samples:
+        records = records[: cfg.eval.max_samples]
+    if run_dir is not None and not isinstance(run_dir, RunDir):
+        run_dir = RunDir(run_dir)
+    seed = int(cfg.seed) + int(step)
+
+    if backend is None:
+        backend = make_backend(loaded, cfg, progress=progress)
+    samples, metrics, timing, score_source = evaluate_pass(loaded, records, cfg, backend, seed)
+    out = {**_prefixed(metrics, PREFIX), **_prefixed(timing, "eval_time")}
+    passes = [("predictions.jsonl", samples)]
+
+    if cfg.eval.also_constrained and not getattr(backend, "constrained", False):
+        if constrained_backend is None:
+            grammar = getattr(backend, "_grammar", None)
+            constrained_backend = make_backend(loaded, cfg, constrained=True, progress=progress, grammar=grammar)
+        c_samples, c_metrics, c_timing, _ = evaluate_pass(loaded, records, cfg, constrained_backend, seed)
+        out.update(_prefixed(c_metrics, PREFIX_CONSTRAINED))
+        out.update(_prefixed(c_timing, "eval_time_constrained"))
+        passes.append(("predictions_constrained.jsonl", c_samples))
+
+    if run_dir is not None:
+        folder = run_dir.eval_dir(step)
+        for name, ss in passes:
+            atomic_write_jsonl(folder / name, [prediction_row(s) for s in ss])
+        if cfg.monitor.enabled:
+            write_dump(run_dir.dump_path(step), step, [dump_sample(s) for s in samples],
+                       n_samples=cfg.monitor.n_samples, max_text_chars=cfg.monitor.max_text_chars,
+                       draw_images=cfg.monitor.draw_images)
+        atomic_write_json(folder / "metrics.json", {"step": int(step), "metrics": out, "score_source": score_source})
+        run_dir.log({"step": int(step), **out})
+    return out

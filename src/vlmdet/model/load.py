@@ -1,0 +1,181 @@
+"""Load a checkpoint (or the embedded `tiny` model) with its tokenizer, image processor and token ids.
+
+`load_model("tiny")` builds the tiny checkpoint once into `$VLMDET_CACHE/tiny-v1-<hash>` (default
+`~/.cache/vlmdet/`; the hash covers the tiny definition; built in a temporary sibling folder and renamed, so a killed build never
+leaves a half-written cache), then loads it through exactly the same code as a real checkpoint.
+
+Loading needs no torchvision: the image processor is `Qwen2VLImageProcessorPil` built from the
+checkpoint's `preprocessor_config.json` (Qwen2-VL, Qwen2.5-VL and Qwen3-VL share its patchify), and the
+tokenizer is loaded with `AutoTokenizer`. `Loaded.processor` is that image processor (not an
+`AutoProcessor`, whose video processor would need torchvision); chat rendering is done by
+`vlmdet.model.chat`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from vlmdet.coords import COORD_TOKENS, NUM_BINS
+from vlmdet.errors import UsageError
+
+TINY_NAME = "tiny"
+TINY_CACHE_NAME = "tiny-v1"
+DTYPES = ("float32", "bfloat16", "float16")
+IM_END = "<|im_end|>"
+IMAGE_PAD = "<|image_pad|>"
+
+
+@dataclass
+class Loaded:
+    """A model with everything needed to feed it and read its output.
+
+    `coord_ids[k]` is the token id of `<|coord_k|>` (1000 distinct ids, bin order); `eot_id` the id of
+    `<|im_end|>` (end of turn, the generation stop token); `pad_id` the padding id; `image_token_id` the
+    id of `<|image_pad|>`; `path` the checkpoint folder that was loaded."""
+
+    model: Any
+    processor: Any
+    tokenizer: Any
+    coord_ids: list[int]
+    eot_id: int
+    pad_id: int
+    image_token_id: int
+    path: Path | None = None
+    coord_bin_of_id: dict[int, int] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.coord_bin_of_id = coord_bin_of_id(self.coord_ids)
+
+
+def cache_dir() -> Path:
+    """`$VLMDET_CACHE` or `~/.cache/vlmdet`."""
+    env = os.environ.get("VLMDET_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "vlmdet"
+
+
+def tiny_cache_name() -> str:
+    """`tiny-v1-<hash>`: the hash covers the model config and the tokenizer's inputs, so a changed
+    definition builds a fresh cache folder instead of loading a stale one."""
+    import hashlib
+    import json
+
+    from vlmdet.model.tiny import TINY_MODEL_CONFIG
+    from vlmdet.model.tokenizer import CHAT_TEMPLATE, PRETOKENIZE_PATTERN, STRUCTURE_PIECES, default_words
+
+    blob = json.dumps(
+        [TINY_MODEL_CONFIG, sorted(set(default_words())), STRUCTURE_PIECES, PRETOKENIZE_PATTERN, CHAT_TEMPLATE],
+        sort_keys=True,
+    )
+    return f"{TINY_CACHE_NAME}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
+
+
+def tiny_checkpoint_path() -> Path:
+    """The cached tiny checkpoint folder, built on first use (atomic: temp folder + rename)."""
+    from vlmdet.model.tiny import build_tiny_checkpoint
+
+    final = cache_dir() / tiny_cache_name()
+    if (final / "config.json").exists():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        build_tiny_checkpoint(tmp, seed=0)
+        try:
+            os.rename(tmp, final)
+        except OSError:  # another process won the race; use its copy
+            if not (final / "config.json").exists():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def find_coord_ids(tokenizer) -> list[int]:
+    """Ids of `<|coord_0|>`..`<|coord_999|>` in bin order; UsageError if any is missing or not distinct."""
+    vocab = tokenizer.get_vocab()
+    missing = [t for t in COORD_TOKENS if t not in vocab]
+    if missing:
+        raise UsageError(
+            f"the tokenizer has no coordinate tokens ({len(missing)} of {NUM_BINS} missing, e.g. {missing[0]}); "
+            "add them with `vlmdet expand-vocab SRC DST` and load DST"
+        )
+    ids = [vocab[t] for t in COORD_TOKENS]
+    if len(set(ids)) != NUM_BINS:
+        raise UsageError("the coordinate tokens do not have 1000 distinct ids; rerun `vlmdet expand-vocab`")
+    return ids
+
+
+def coord_bin_of_id(coord_ids: Sequence[int]) -> dict[int, int]:
+    """token id -> bin, for the parser's token-level wrapper."""
+    return {int(i): k for k, i in enumerate(coord_ids)}
+
+
+def token_pieces(tokenizer, ids: Sequence[int]) -> list[str]:
+    """Decoded text of each token (special tokens kept), such that "".join(pieces) == decode(ids).
+
+    A token that ends inside a multi-byte character (byte fallback / byte-level BPE) gets "" and the
+    character goes to the token that completes it."""
+    pieces: list[str] = []
+    pending: list[int] = []
+    for i in ids:
+        pending.append(int(i))
+        text = tokenizer.decode(pending, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        if text.endswith("\ufffd") and len(pending) < 4:
+            pieces.append("")
+            continue
+        pieces.append(text)
+        pending = []
+    return pieces
+
+
+def load_image_processor(path: Path):
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    if not (path / "preprocessor_config.json").exists():
+        raise UsageError(f"{path}: no preprocessor_config.json (not a vision-language checkpoint?)")
+    return Qwen2VLImageProcessorPil.from_pretrained(str(path))
+
+
+def load_model(name_or_path: str, dtype: str = "float32", attn_implementation: str = "sdpa") -> Loaded:
+    """Load `name_or_path` ("tiny" or a local checkpoint folder) for training or generation.
+
+    Raises UsageError for a missing folder, an unknown dtype, or a tokenizer without the 1000
+    coordinate tokens (the message names `vlmdet expand-vocab`)."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoTokenizer
+
+    if dtype not in DTYPES:
+        raise UsageError(f"model.dtype must be one of {DTYPES}, got {dtype!r}")
+    path = tiny_checkpoint_path() if name_or_path == TINY_NAME else Path(name_or_path).expanduser()
+    if not (path / "config.json").exists():
+        raise UsageError(f"{name_or_path}: not a checkpoint folder (no config.json); use 'tiny' or a local HF checkpoint")
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    coord_ids = find_coord_ids(tokenizer)
+    processor = load_image_processor(path)
+    model = AutoModelForImageTextToText.from_pretrained(
+        str(path), dtype=getattr(torch, dtype), attn_implementation=attn_implementation
+    )
+    n_rows = model.get_input_embeddings().weight.shape[0]
+    if max(coord_ids) >= n_rows:
+        raise UsageError(
+            f"{path}: coordinate token ids reach {max(coord_ids)} but the model has {n_rows} embedding rows; "
+            "rerun `vlmdet expand-vocab`"
+        )
+    vocab = tokenizer.get_vocab()
+    eot_id = vocab.get(IM_END)
+    if eot_id is None:
+        raise UsageError(f"{path}: the tokenizer has no {IM_END} token (not a Qwen-style chat checkpoint)")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eot_id
+    image_token_id = getattr(model.config, "image_token_id", None)
+    if image_token_id is None:
+        image_token_id = vocab[IMAGE_PAD]
+    return Loaded(
+        model=model, processor=processor, tokenizer=tokenizer, coord_ids=coord_ids, eot_id=int(eot_id),
+        pad_id=int(pad_id), image_token_id=int(image_token_id), path=path,
+    )

@@ -1,0 +1,165 @@
+"""The report's content as plain data, shared by the Markdown and HTML renderers (pure: no I/O).
+
+- `headline_rows(runs, steps)`: one row per (step, run) with the headline metrics and the delta of each
+  against the first run at the same step.
+- `metric_rows(runs, step)`: every `eval_rollout/*` metric at one step, one column per run.
+- `drop_rows(runs, steps)`: the drop-reason histogram, one column per (run, step).
+- `pick_examples(run, dump)` and `text_segments(text, drops)`: monitor-dump examples with the dropped
+  records marked.
+A missing value is None and is rendered as "—" (`MISSING`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from vlmdet.parse import DROP_REASONS
+from vlmdet.report.runs import EVAL_PREFIX, RunData
+
+MISSING = "—"
+
+#: (key, short column label). `eval_rollout/*` from eval metrics; the others are training-log scalars
+#: taken at the last logged step <= the eval step.
+HEADLINE: list[tuple[str, str]] = [
+    ("eval_rollout/bbox_AP50", "AP50"),
+    ("eval_rollout/bbox_AP", "AP"),
+    ("eval_rollout/f1", "F1@0.5"),
+    ("eval_rollout/precision", "P"),
+    ("eval_rollout/recall", "R"),
+    ("eval_rollout/sample_valid_pred_rate", "valid-pred rate"),
+    ("eval_rollout/parse_dropped_invalid", "dropped"),
+    ("eval_rollout/empty_pred_rate", "empty rate"),
+    ("eval_rollout/parse_truncated_rate", "truncated rate"),
+    ("eval_rollout/coord_vocab_mass_gen", "coord mass (gen)"),
+    ("coord_diag/coord_vocab_mass_mean", "coord mass (train)"),
+    ("loss/coord_gate", "loss/coord_gate"),
+]
+
+_COUNT_NAMES = {"pred_objects", "gt_objects", "matched", "fp", "fn", "tp", "parse_dropped_invalid",
+                "tp_agnostic", "fp_agnostic", "fn_agnostic"}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One table cell: the value (None = missing) and its delta against the first run (None = n/a)."""
+
+    value: float | None
+    delta: float | None = None
+
+
+def is_count(key: str) -> bool:
+    name = key.removeprefix(EVAL_PREFIX)
+    return name in _COUNT_NAMES or name.startswith("drop/")
+
+
+def fmt_value(key: str, v: float | None) -> str:
+    """Counts as integers when integral, everything else with 3 decimals; None -> "—"."""
+    if v is None:
+        return MISSING
+    if is_count(key) and float(v).is_integer():
+        return str(int(v))
+    return f"{v:.3f}"
+
+
+def fmt_delta(key: str, d: float | None) -> str:
+    if d is None:
+        return ""
+    if is_count(key) and float(d).is_integer():
+        return f"{int(d):+d}"
+    return f"{d:+.3f}"
+
+
+def fmt_cell(key: str, cell: Cell) -> str:
+    """`0.520 (+0.030)`, `0.520`, or `—`."""
+    text = fmt_value(key, cell.value)
+    delta = fmt_delta(key, cell.delta)
+    return f"{text} ({delta})" if delta and cell.value is not None else text
+
+
+def value_at(run: RunData, key: str, step: int) -> float | None:
+    if key.startswith(EVAL_PREFIX):
+        return run.metric(step, key)
+    return run.value_near(key, step)
+
+
+def _cells(runs: Sequence[RunData], key: str, step: int) -> list[Cell]:
+    vals = [value_at(r, key, step) for r in runs]
+    base = vals[0] if vals else None
+    return [Cell(v, None if i == 0 or v is None or base is None else v - base) for i, v in enumerate(vals)]
+
+
+def report_steps(runs: Sequence[RunData], steps: Sequence[int] | None) -> list[int]:
+    """The steps to tabulate: the requested ones, else the union of all runs' eval steps."""
+    if steps:
+        return sorted(set(steps))
+    return sorted({s for r in runs for s in r.eval_steps})
+
+
+def headline_rows(runs: Sequence[RunData], steps: Sequence[int]) -> list[tuple[int, str, list[Cell]]]:
+    """Rows `(step, run name, [Cell per HEADLINE key])`, grouped by step, runs in the given order."""
+    rows = []
+    for step in steps:
+        per_key = [_cells(runs, key, step) for key, _ in HEADLINE]
+        for i, run in enumerate(runs):
+            rows.append((step, run.name, [cells[i] for cells in per_key]))
+    return rows
+
+
+def metric_rows(runs: Sequence[RunData], step: int) -> list[tuple[str, list[Cell]]]:
+    """Every `eval_rollout/*` metric any run has at `step`: `(key, [Cell per run])`, drop counts last."""
+    keys = {k for r in runs for k in r.eval.get(step, {})}
+    ordered = sorted(keys, key=lambda k: (k.startswith(EVAL_PREFIX + "drop/"), k))
+    return [(k, _cells(runs, k, step)) for k in ordered]
+
+
+def drop_reasons(runs: Sequence[RunData]) -> list[str]:
+    """The parser's reasons in precedence order, then any other `drop/<reason>` found in the runs."""
+    extra = sorted({k.removeprefix(EVAL_PREFIX + "drop/") for r in runs for m in r.eval.values() for k in m
+                    if k.startswith(EVAL_PREFIX + "drop/")} - set(DROP_REASONS))
+    return list(DROP_REASONS) + extra
+
+
+def drop_rows(runs: Sequence[RunData], steps: Sequence[int]) -> list[tuple[str, list[float | None]]]:
+    """`(reason, [count per (run, step)])`, columns ordered run-major (run 1 at every step, then run 2 ...)."""
+    return [(reason, [r.metric(s, f"drop/{reason}") for r in runs for s in steps]) for reason in drop_reasons(runs)]
+
+
+def _has_problem(sample: dict) -> bool:
+    flags = sample.get("flags") or {}
+    return bool(sample.get("drops")) or any(bool(flags.get(k)) for k in ("failed", "truncated", "malformed_container"))
+
+
+def pick_examples(samples: Sequence[dict], n: int = 2) -> list[dict]:
+    """Up to `n` samples of one dump: the first samples with a drop or a failure flag (at most n-1 of them
+    when n > 1), then the first clean samples, so a report shows failure and success side by side."""
+    samples = [s for s in samples if isinstance(s, dict)]
+    bad = [s for s in samples if _has_problem(s)]
+    good = [s for s in samples if not _has_problem(s)]
+    n_bad = min(len(bad), n - 1 if n > 1 and good else n)
+    return bad[:n_bad] + good[: n - n_bad]
+
+
+def text_segments(text: str, drops: Sequence[dict]) -> list[tuple[str, str | None]]:
+    """Split `text` into `(piece, reason)` with reason set on the char spans of dropped records. Spans
+    that are malformed, out of range, or overlap an earlier one are ignored."""
+    spans = []
+    for d in drops or []:
+        try:
+            a, b = (int(x) for x in d["span"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        if 0 <= a < b <= len(text):
+            spans.append((a, b, str(d.get("reason", "?"))))
+    out: list[tuple[str, str | None]] = []
+    pos = 0
+    for a, b, reason in sorted(spans):
+        if a < pos:
+            continue
+        if a > pos:
+            out.append((text[pos:a], None))
+        out.append((text[a:b], reason))
+        pos = b
+    if pos < len(text) or not out:
+        out.append((text[pos:], None))
+    return out

@@ -1,0 +1,134 @@
+"""Trainer callbacks: logging.jsonl, processor files in checkpoints, rollout eval during training.
+
+- `RunLogCallback(run)`: every Trainer log event (`on_log`: training logs with `loss/*`,
+  `coord_diag/*`, `learning_rate`, ...; the end-of-training summary; eval metrics) is appended to the
+  run's `logging.jsonl` via `RunDir.log`, stamped with the optimizer step, on the main process only.
+- `SaveProcessorCallback(loaded)`: after each checkpoint save, writes the tokenizer and the image
+  processor into `checkpoint-<step>/` (main process), so a checkpoint loads with `model/load.load_model`.
+- `RolloutEvalCallback(cfg, run, loaded, records)`: rollout eval (generate -> parse -> match ->
+  metrics, DESIGN §3) at every `eval.eval_steps` optimizer steps (0 = off) and at each step listed in
+  `eval.steps`. The work is done by `vlmdet.evaluate.runner.run_rollout_eval` (imported lazily; if
+  that module is missing the callback warns once and does nothing). It runs on the main process with
+  the unwrapped model in eval mode under `no_grad`; other ranks wait at a barrier. The returned
+  metrics (`eval_rollout/*`) are logged through `trainer.log`, so they reach TensorBoard and
+  logging.jsonl like any other log. `trainer` is attached after the Trainer is built
+  (`callback.trainer = trainer`).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any, Sequence
+
+from transformers import TrainerCallback
+
+
+def numeric(logs: dict) -> dict[str, float]:
+    """The finite-or-not numbers of a log dict as floats (non-numbers dropped; NaN/inf become None
+    so the JSON line stays valid)."""
+    out: dict[str, Any] = {}
+    for k, v in logs.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            try:
+                v = float(v)  # 0-d tensors / numpy scalars
+            except (TypeError, ValueError):
+                continue
+        v = float(v)
+        out[k] = v if math.isfinite(v) else None
+    return out
+
+
+class RunLogCallback(TrainerCallback):
+    """Append every Trainer log to `run.log_path` (main process)."""
+
+    def __init__(self, run):
+        self.run = run
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            self.run.log(numeric(logs), step=int(state.global_step))
+
+
+def save_processor(loaded, folder) -> None:
+    """Write the tokenizer and image processor of `loaded` into `folder`."""
+    loaded.tokenizer.save_pretrained(str(folder))
+    loaded.processor.save_pretrained(str(folder))
+
+
+class SaveProcessorCallback(TrainerCallback):
+    """Add tokenizer + image processor files to every `checkpoint-<step>/` (main process)."""
+
+    def __init__(self, loaded):
+        self.loaded = loaded
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            from pathlib import Path
+
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if folder.is_dir():
+                save_processor(self.loaded, folder)
+
+
+def eval_due(step: int, eval_cfg) -> bool:
+    """Whether optimizer step `step` (>= 1, after the update) gets a rollout eval."""
+    every = int(eval_cfg.eval_steps)
+    return step > 0 and ((every > 0 and step % every == 0) or step in set(eval_cfg.steps))
+
+
+class RolloutEvalCallback(TrainerCallback):
+    """Rollout eval at the configured steps (module docstring)."""
+
+    def __init__(self, cfg, run, loaded, records: Sequence[Any] | None):
+        self.cfg = cfg
+        self.run = run
+        self.loaded = loaded
+        self.records = list(records or [])
+        self.trainer = None
+        self._warned = False
+
+    def _runner(self):
+        try:
+            from vlmdet.evaluate.runner import run_rollout_eval
+        except ImportError as err:
+            if not self._warned:
+                warnings.warn(f"rollout eval is off: vlmdet.evaluate.runner is not available ({err})", stacklevel=2)
+                self._warned = True
+            return None
+        return run_rollout_eval
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        step = int(state.global_step)
+        if not self.records or not eval_due(step, self.cfg.eval):
+            return
+        runner = self._runner()
+        if runner is None:
+            return
+        metrics = None
+        if state.is_world_process_zero:
+            metrics = self.evaluate(runner, model, step)
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
+        if metrics and self.trainer is not None:
+            self.trainer.log(dict(metrics))
+
+    def evaluate(self, runner, model, step: int) -> dict:
+        """Call the runner with the unwrapped model in eval mode; returns its metrics dict."""
+        import torch
+
+        from vlmdet.train.forward import unwrap
+
+        net = unwrap(model if model is not None else self.loaded.model)
+        was_training = net.training
+        net.eval()
+        try:
+            with torch.no_grad():
+                # THE place where training hands over to evaluation (evaluate/runner.py owns the rest).
+                return runner(
+                    model=net, loaded=self.loaded, records=self.records, cfg=self.cfg, run_dir=self.run, step=step
+                )
+        finally:
+            net.train(was_training)

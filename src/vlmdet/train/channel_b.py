@@ -1,0 +1,302 @@
+"""Stage-2 Channel-B: rollout -> strict parse -> Hungarian match -> rebuilt target -> one
+teacher-forced forward (DESIGN §2.5).
+
+Per sample:
+1. rollout with the HF backend (`evaluate/rollout.HFRollout`; greedy unless `rollout.do_sample`;
+   `rollout.repetition_penalty`, `rollout.max_new_tokens`); the seed is derived from the global step:
+   `rollout_seed(seed, step) = (seed + 1000003 * step) & 0x7FFFFFFF` (0 -> 1);
+2. `parse.parse_rollout` on the response tokens (cut at the first end-of-turn);
+3. `match.hungarian_match` of the valid objects' bins to the GT bins (class-agnostic, `match.iou_gate`,
+   `match.fp_cost`, `match.fn_cost`);
+4. target (assistant part) = the rollout's own tokens `token_ids[:prefix_tokens]` (never re-tokenized)
+   + the tokens of `append_text` + end-of-turn, where
+   `append_text = text[prefix_char_end:prefix_end] + sep + render_records(unmatched GT) + "]}"`
+   (`sep = ", "` when the prefix holds a complete record and GT is appended; a rollout without any
+   `{"objects": [` container is replaced by that opener: `append_text = '{"objects": [' + ... `);
+   unmatched GT objects keep the GT order (sorted like Channel-A targets when `prompt.ordering` is
+   `sorted`);
+5. supervision of that sequence (`labels`, `slot_class`, `coord_bins` like `chat.encode_example`, then
+   the same `channel_a.rows_from_batch` and loss terms as Channel-A with N = 1):
+   - matched records in the prefix: CE on their structure tokens (tokens overlapping the record's char
+     span, desc-content tokens excluded); their 4 coord slots (the model's own coord tokens as input)
+     get the matched GT bins as geometry targets (and the GT coord id as label, so coord CE, when on,
+     also targets the GT);
+   - FP records, invalid (dropped) records, leading junk, the `{"objects": [` opener and the
+     separators between records in the prefix: no loss at all (label -100);
+   - the appended part (straddle chars, separator, GT records, `]}`) and the end-of-turn: everything
+     supervised, desc tokens weighted `losses.desc_ce_weight`, GT coord slots as geometry targets.
+
+Telemetry (`rollout/*`, floats) comes with a weight each so that a window mean, combined across ranks,
+is the exact global ratio (see `channel_b_loss`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from vlmdet.format import ANSWER_PREFIX, ANSWER_SUFFIX, RECORD_SEP, render_records, sort_objects
+
+SEED_MULTIPLIER = 1000003
+
+
+def rollout_seed(seed: int, step: int) -> int:
+    """Per-step rollout seed `(seed + 1000003 * step) & 0x7FFFFFFF`, with 0 mapped to 1."""
+    s = (int(seed) + SEED_MULTIPLIER * int(step)) & 0x7FFFFFFF
+    return s or 1
+
+
+@dataclass
+class BTarget:
+    """The assistant part of one Channel-B training sequence (all lists of length n, the end-of-turn
+    included) plus what happened.
+
+    `ids` token ids; `labels` (-100 = no loss); `slot_class` (chat: IGNORE/STRUCT/DESC/COORD of the token);
+    `coord_bins` (target bin at supervised coord slots, -1 elsewhere); `prefix_len` rollout tokens kept;
+    `append_text`; `n_pred` valid predictions; `n_gt`; `matched` pairs (pred index, gt index);
+    `fn` unmatched GT indices (appended, in append order); `parse` the `parse.RolloutParse`.
+    """
+
+    ids: list[int]
+    labels: list[int]
+    slot_class: list[int]
+    coord_bins: list[int]
+    prefix_len: int
+    append_text: str
+    n_pred: int
+    n_gt: int
+    matched: list[tuple[int, int]]
+    fn: list[int]
+    parse: Any = field(repr=False, default=None)
+
+
+def _overlaps(a: int, b: int, s: int, e: int) -> bool:
+    return a < e and b > s
+
+
+def build_target(
+    token_ids: Sequence[int],
+    pieces: Sequence[str],
+    gt: Sequence[tuple[str, Sequence[int]]],
+    tokenizer,
+    coord_ids: Sequence[int],
+    eot_id: int,
+    *,
+    field_order: str = "desc_first",
+    iou_gate: float = 0.3,
+    fp_cost: float = 1.0,
+    fn_cost: float = 1.0,
+) -> BTarget:
+    """Channel-B target for one rollout (module docstring, steps 2-5).
+
+    token_ids / pieces: the rollout's response tokens and their decoded texts (an end-of-turn and
+    anything after it are ignored); gt: `(desc, bins)` objects in GT (training) order; tokenizer: encodes
+    the appended text; coord_ids: 1000 ids in bin order. Pure apart from the tokenizer call.
+    """
+    from vlmdet.match import hungarian_match
+    from vlmdet.model.chat import COORD, DESC, IGNORE, STRUCT, desc_spans
+    from vlmdet.parse import parse_rollout
+
+    coord_bin = {int(t): k for k, t in enumerate(coord_ids)}
+    rp = parse_rollout(list(token_ids), list(pieces), coord_bin, {int(eot_id)}, field_order)
+    res = rp.result
+    preds = res.objects
+    m = hungarian_match([o.bins for o in preds], [b for _, b in gt], iou_gate=iou_gate, fp_cost=fp_cost, fn_cost=fn_cost)
+    fn = sorted(m.unmatched_gt)
+
+    # --- prefix: the rollout's own tokens, supervised only inside matched records
+    n_pre = rp.prefix_tokens
+    ids = [int(t) for t in token_ids[:n_pre]]
+    labels = [-100] * n_pre
+    slot = [IGNORE] * n_pre
+    bins = [-1] * n_pre
+    ends, pos = [], 0
+    for p in pieces[:n_pre]:
+        pos += len(p)
+        ends.append(pos)
+    starts = [e - len(p) for e, p in zip(ends, pieces[:n_pre])]
+    for pi, gi in m.pairs:
+        obj = preds[pi]
+        s, e = obj.span
+        descs = [sp for sp in desc_spans(rp.text[s:e])]
+        descs = [(s + a, s + b) for a, b in descs]
+        coord_pos = dict(zip(rp.coord_positions[pi], gt[gi][1]))
+        for i in range(n_pre):
+            if not _overlaps(starts[i], ends[i], s, e):
+                continue
+            if i in coord_pos:
+                k = int(coord_pos[i])
+                labels[i], slot[i], bins[i] = int(coord_ids[k]), COORD, k
+            elif any(_overlaps(starts[i], ends[i], a, b) for a, b in descs):
+                slot[i] = DESC  # matched desc: context only (no CE)
+            else:
+                labels[i], slot[i] = ids[i], STRUCT
+
+    # --- appended part: straddle chars + separator + unmatched GT + "]}", fully supervised
+    tail = [gt[j] for j in fn]
+    if res.failed:
+        head = ANSWER_PREFIX
+    else:
+        head = rp.text[rp.prefix_char_end : res.prefix_end]
+        if res.n_records > 0 and tail:
+            head += RECORD_SEP
+    append_text = head + render_records(tail, field_order) + ANSWER_SUFFIX
+    enc = tokenizer(append_text, add_special_tokens=False, return_offsets_mapping=True)
+    spans = desc_spans(append_text)
+    for tid, (a, b) in zip(enc["input_ids"], enc["offset_mapping"]):
+        ids.append(int(tid))
+        labels.append(int(tid))
+        if int(tid) in coord_bin:
+            slot.append(COORD)
+            bins.append(coord_bin[int(tid)])
+        else:
+            slot.append(DESC if any(_overlaps(a, b, s, e) for s, e in spans) else STRUCT)
+            bins.append(-1)
+    ids.append(int(eot_id))
+    labels.append(int(eot_id))
+    slot.append(STRUCT)
+    bins.append(-1)
+    return BTarget(ids, labels, slot, bins, n_pre, append_text, len(preds), len(gt), list(m.pairs), fn, rp)
+
+
+def assemble_example(prompt_example: Mapping[str, Any], target: BTarget) -> dict:
+    """Concatenate a prompt-only `chat.encode_example(..., answer=None)` with a `BTarget` into a
+    training example with the same keys and dtypes as a teacher-forced `encode_example`."""
+    import torch
+
+    p = prompt_example
+    n = len(target.ids)
+    ids = torch.cat([p["input_ids"], torch.tensor(target.ids, dtype=torch.long)])
+    return {
+        "input_ids": ids,
+        "labels": torch.cat([p["labels"], torch.tensor(target.labels, dtype=torch.long)]),
+        "slot_class": torch.cat([p["slot_class"], torch.tensor(target.slot_class, dtype=torch.int8)]),
+        "coord_bins": torch.cat([p["coord_bins"], torch.tensor(target.coord_bins, dtype=torch.long)]),
+        "mm_token_type_ids": torch.cat([p["mm_token_type_ids"], torch.zeros(n, dtype=p["mm_token_type_ids"].dtype)]),
+        "pixel_values": p["pixel_values"],
+        "image_grid_thw": p["image_grid_thw"],
+    }
+
+
+# ------------------------------------------------------------------------------------------------
+# telemetry
+
+
+def rollout_metrics(targets: Sequence[BTarget], rollouts: Sequence[Any], gen_seconds: float) -> list[tuple[dict[str, float], float]]:
+    """`rollout/*` telemetry of one Channel-B batch as `(metrics, weight)` groups: a weighted mean of
+    each group over micro-batches and ranks is the exact global value.
+
+    - precision (weight: valid predictions), recall (weight: GT objects), f1 (weight 2TP+FP+FN);
+    - per rollout (weight: rollouts): `truncated_rate` (container never closed), `failed_rate` (no
+      container), `malformed_container_rate`, `hit_max_new_tokens_rate`, `empty_pred_rate` (no valid
+      object), `gen_tokens_mean`, `prefix_tokens_mean`, `append_tokens_mean`, `valid_pred_mean`,
+      `gt_objects_mean`, `fn_appended_mean`, and `drop/<reason>` (dropped records per rollout) for every
+      `parse.DROP_REASONS` entry, plus `dropped_invalid_mean`;
+    - per Channel-B micro-batch (weight 1): `generate_s` (rollout seconds), `batch_rollouts`.
+    """
+    from vlmdet.parse import DROP_REASONS
+
+    n = len(targets)
+    tp = sum(len(t.matched) for t in targets)
+    n_pred = sum(t.n_pred for t in targets)
+    n_gt = sum(t.n_gt for t in targets)
+    fp, fn = n_pred - tp, n_gt - tp
+    groups: list[tuple[dict[str, float], float]] = []
+    if n_pred:
+        groups.append(({"rollout/precision": tp / n_pred}, float(n_pred)))
+    if n_gt:
+        groups.append(({"rollout/recall": tp / n_gt}, float(n_gt)))
+    if 2 * tp + fp + fn:
+        groups.append(({"rollout/f1": 2 * tp / (2 * tp + fp + fn)}, float(2 * tp + fp + fn)))
+    if n:
+        res = [t.parse.result for t in targets]
+        per = {
+            "rollout/truncated_rate": sum(r.truncated for r in res),
+            "rollout/failed_rate": sum(r.failed for r in res),
+            "rollout/malformed_container_rate": sum(r.malformed_container for r in res),
+            "rollout/hit_max_new_tokens_rate": sum(bool(getattr(r, "hit_max", False)) for r in rollouts),
+            "rollout/empty_pred_rate": sum(t.n_pred == 0 for t in targets),
+            "rollout/gen_tokens_mean": sum(len(r.token_ids) for r in rollouts),
+            "rollout/prefix_tokens_mean": sum(t.prefix_len for t in targets),
+            "rollout/append_tokens_mean": sum(len(t.ids) - t.prefix_len for t in targets),
+            "rollout/valid_pred_mean": n_pred,
+            "rollout/gt_objects_mean": n_gt,
+            "rollout/fn_appended_mean": sum(len(t.fn) for t in targets),
+            "rollout/dropped_invalid_mean": sum(sum(r.drops.values()) for r in res),
+        }
+        for reason in DROP_REASONS:
+            per[f"rollout/drop/{reason}"] = sum(r.drops.get(reason, 0) for r in res)
+        groups.append(({k: v / n for k, v in per.items()}, float(n)))
+    groups.append(({"rollout/generate_s": float(gen_seconds), "rollout/batch_rollouts": float(n)}, 1.0))
+    return groups
+
+
+# ------------------------------------------------------------------------------------------------
+# the Channel-B step
+
+
+def channel_b_batch(loaded, records: Sequence[Any], cfg: Any, step: int, backend=None):
+    """Rollouts for `records` (one per record) and the rebuilt, collated training batch.
+
+    Returns `(batch, targets, rollouts, gen_seconds)`. `loaded`: `model.load.Loaded` whose `model` is the
+    unwrapped model; `cfg`: the full `Config`; `step`: the optimizer step (seeds the rollout).
+    """
+    from vlmdet.data.records import load_image
+    from vlmdet.evaluate.rollout import HFRollout
+    from vlmdet.model.chat import encode_example
+    from vlmdet.model.collate import Collator
+
+    backend = backend or HFRollout(loaded, cfg.rollout, cfg.prompt, progress=False)
+    t0 = time.perf_counter()
+    rollouts = backend.generate(records, seed=rollout_seed(cfg.seed, step))
+    gen_s = time.perf_counter() - t0
+    examples, targets = [], []
+    for rec, ro in zip(records, rollouts):
+        gt = rec.bins()
+        if cfg.prompt.ordering == "sorted":
+            gt = sort_objects(gt)
+        pieces = ro.pieces if ro.pieces else _pieces(loaded, ro.token_ids)
+        tgt = build_target(
+            ro.token_ids, pieces, gt, loaded.tokenizer, loaded.coord_ids, loaded.eot_id,
+            field_order=cfg.prompt.field_order, iou_gate=cfg.match.iou_gate,
+            fp_cost=cfg.match.fp_cost, fn_cost=cfg.match.fn_cost,
+        )
+        prompt = encode_example(loaded, load_image(rec), None, cfg.prompt)
+        examples.append(assemble_example(prompt, tgt))
+        targets.append(tgt)
+    batch = Collator(loaded.pad_id, padding_side="right")(examples)
+    return batch, targets, rollouts, gen_s
+
+
+def _pieces(loaded, ids):
+    from vlmdet.model.load import token_pieces
+
+    return token_pieces(loaded.tokenizer, ids)
+
+
+def channel_b_loss(model, loaded, records: Sequence[Any], cfg: Any, step: int, backend=None):
+    """One Channel-B micro-batch: `(total, logs, weighted)`.
+
+    `model` is the (possibly DDP-wrapped) training model, used for the teacher-forced forward;
+    `loaded.model` must be its unwrapped module (used to generate). `logs`: `loss/<term>` (unweighted),
+    `loss/total`; `weighted`: the `rollout_metrics` groups. The forward is Channel-A's with N = 1 on
+    the rebuilt batch (same loss terms and weights, `stage2.a1_anchor` not applied).
+    """
+    import torch
+
+    from vlmdet.train.channel_a import rows_from_batch, soft_context_forwards, stage2_terms
+    from vlmdet.train.objective import combine, log_terms
+
+    batch, targets, rollouts, gen_s = channel_b_batch(loaded, records, cfg, step, backend)
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    batch = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+    batch["pixel_values"] = batch["pixel_values"].to(dtype)
+    lc = cfg.losses
+    rows = rows_from_batch(batch, lc)
+    out = soft_context_forwards(model, batch, rows, loaded.coord_ids, n_iter=1, need_final_text=float(lc.text_gate) != 0.0)
+    terms, _, _ = stage2_terms(out, rows, loaded.coord_ids, lc, {})
+    total = combine(terms, lc)
+    logs = log_terms(terms, total)
+    return total, logs, rollout_metrics(targets, rollouts, gen_s)

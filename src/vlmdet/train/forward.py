@@ -1,0 +1,162 @@
+"""Teacher-forced forwards that materialize logits only at the rows a loss needs (DESIGN §2).
+
+Causal shift: the logits that predict the token at input position p sit at row p - 1. A "row" below
+is always a *predicting* row `(b, t)` with t = p - 1.
+
+Two ways to get logits at chosen rows, both never building a full `[B, L, |V|]` tensor:
+
+- `gathered_logits(model, batch, rows)` (use this in training code): one call of the *top-level*
+  model (`model(...)`, so DDP / FSDP / DeepSpeed wrappers see a normal forward and synchronize as
+  usual) with `logits_to_keep=<bool mask [B, L]>`; transformers slices the final hidden states to the
+  masked rows before `lm_head`, so the output head runs on `[N, D]` only. Rows come back in row-major
+  (b, then t) order of the mask.
+- `hidden_states(model, batch)` + `head_logits(model, hidden[N, D])`: the inner model's final hidden
+  states `[B, L, D]`, then the output head on gathered rows. This calls `model.model(...)` directly,
+  which bypasses a DDP/FSDP wrapper's forward (no gradient-sync bookkeeping, no FSDP parameter
+  gathering): fine on one device, but multi-GPU code should use `gathered_logits`.
+
+Every forward passes `use_cache=False`, the batch's `attention_mask`, `pixel_values`,
+`image_grid_thw`, `mm_token_type_ids`, and explicit mRoPE `position_ids` (`[3, B, L]`, computed from
+the GT ids by `model/collate.position_ids` unless given), with either `input_ids` or `inputs_embeds`
+(image placeholder rows of `inputs_embeds` must be the embedding of the image token).
+
+`Supervision` / `supervision(batch, ...)`: the supervised rows of a collated Stage-1 batch and what
+each row is trained on (token CE target + weight, coord target bin, row class).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+
+#: batch keys passed through to the model (when present and not None)
+MODEL_KEYS = ("attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids")
+
+
+def unwrap(model):
+    """The `PreTrainedModel` inside DDP / DeepSpeed / compile wrappers (`.module`, `._orig_mod`)."""
+    while True:
+        inner = getattr(model, "module", None)
+        if inner is None:
+            inner = getattr(model, "_orig_mod", None)
+        if inner is None:
+            return model
+        model = inner
+
+
+def _model_kwargs(model, batch: Mapping[str, Any], inputs_embeds, position_ids) -> dict:
+    if position_ids is None:
+        from vlmdet.model.collate import position_ids as mrope_position_ids
+
+        position_ids = mrope_position_ids(unwrap(model), batch)
+    kwargs = {k: batch[k] for k in MODEL_KEYS if batch.get(k) is not None}
+    kwargs.update(position_ids=position_ids, use_cache=False)
+    if inputs_embeds is None:
+        kwargs["input_ids"] = batch["input_ids"]
+    else:
+        kwargs["inputs_embeds"] = inputs_embeds
+    return kwargs
+
+
+def hidden_states(model, batch: Mapping[str, Any], inputs_embeds=None, position_ids=None) -> torch.Tensor:
+    """Final hidden states `[B, L, D]` of the inner model (`model.model`, after the final norm).
+
+    Single-device helper: see the module docstring for why multi-GPU code uses `gathered_logits`."""
+    inner = unwrap(model).model
+    out = inner(**_model_kwargs(model, batch, inputs_embeds, position_ids))
+    return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+
+
+def head_logits(model, hidden: torch.Tensor) -> torch.Tensor:
+    """The output head (`lm_head`) on gathered rows: hidden `[N, D]` -> logits `[N, V]` (model dtype)."""
+    return unwrap(model).get_output_embeddings()(hidden)
+
+
+def gathered_logits(model, batch: Mapping[str, Any], rows: torch.Tensor, inputs_embeds=None, position_ids=None) -> torch.Tensor:
+    """Logits `[N, V]` (model dtype) at the True rows of `rows` (bool `[B, L]`, N = rows.sum()), in
+    row-major order, from one top-level forward (module docstring)."""
+    if rows.dtype != torch.bool:
+        raise TypeError(f"rows must be a bool mask [B, L], got {rows.dtype}")
+    kwargs = _model_kwargs(model, batch, inputs_embeds, position_ids)
+    out = model(**kwargs, logits_to_keep=rows)
+    logits = out.logits
+    return logits.reshape(-1, logits.shape[-1])
+
+
+def rows_mask(shape: tuple[int, int], *row_sets: tuple[torch.Tensor, torch.Tensor], device=None) -> torch.Tensor:
+    """Bool mask `[B, L]` that is True at every `(b, t)` of the given row sets."""
+    mask = torch.zeros(shape, dtype=torch.bool, device=device)
+    for b, t in row_sets:
+        mask[b, t] = True
+    return mask
+
+
+def logits_at(model, batch: Mapping[str, Any], *row_sets, inputs_embeds=None, position_ids=None) -> list[torch.Tensor]:
+    """Logits at several row sets `(b [Ni], t [Ni])` from ONE forward: a list of `[Ni, V]`, one per set,
+    in the order of each set's own indices (sets may overlap; duplicates are computed once)."""
+    ids = batch["input_ids"]
+    B, L = ids.shape
+    mask = rows_mask((B, L), *row_sets, device=ids.device)
+    logits = gathered_logits(model, batch, mask, inputs_embeds=inputs_embeds, position_ids=position_ids)
+    where = mask.flatten().long().cumsum(0) - 1  # flat (b, t) -> its row in `logits`
+    return [logits.index_select(0, where[b * L + t]) for b, t in row_sets]
+
+
+# ---------------------------------------------------------------------------------------------
+# supervised rows of a collated Stage-1 batch
+
+
+@dataclass
+class Supervision:
+    """Supervised rows of a teacher-forced batch, in row-major order of `rows`.
+
+    rows `[B, L]` bool: predicting rows t = p - 1 of every labelled position p (`labels != -100`);
+    N = rows.sum(). Per gathered row (all `[N]`): `target_ids` (the token at p), `slot_class`
+    (`model/chat`: STRUCT=1, DESC=2, COORD=3 of the token at p), `coord_bins` (its bin, -1 unless
+    COORD), `sample` (b). Coord rows of one sample come in document order, 4 per box."""
+
+    rows: torch.Tensor
+    target_ids: torch.Tensor
+    slot_class: torch.Tensor
+    coord_bins: torch.Tensor
+    sample: torch.Tensor
+
+    @property
+    def coord(self) -> torch.Tensor:
+        """`[N]` bool: rows that predict a coord token."""
+        from vlmdet.model.chat import COORD
+
+        return self.slot_class == COORD
+
+    def ce_weights(self, desc_ce_weight: float = 1.0, ce_on_coord_slots: bool = True) -> torch.Tensor:
+        """`[N]` float token-CE weights: STRUCT 1, DESC `desc_ce_weight`, COORD 1 or 0."""
+        from vlmdet.model.chat import COORD, DESC, STRUCT
+
+        s = self.slot_class
+        w = torch.zeros(s.shape, dtype=torch.float32, device=s.device)
+        w[s == STRUCT] = 1.0
+        w[s == DESC] = float(desc_ce_weight)
+        if ce_on_coord_slots:
+            w[s == COORD] = 1.0
+        return w
+
+
+def supervision(batch: Mapping[str, torch.Tensor]) -> Supervision:
+    """`Supervision` of a collated batch (`input_ids`, `labels`, `slot_class`, `coord_bins` `[B, L]`).
+
+    Raises `ValueError` when a sample's coord slots are not a multiple of 4 (boxes must be whole)."""
+    labels = batch["labels"]
+    B, L = labels.shape
+    sup = labels[:, 1:] != -100  # [B, L-1]: row t predicts position t + 1
+    rows = torch.zeros(B, L, dtype=torch.bool, device=labels.device)
+    rows[:, :-1] = sup
+    slot = batch["slot_class"][:, 1:][sup].long()
+    from vlmdet.model.chat import COORD
+
+    per_sample = ((batch["slot_class"][:, 1:] == COORD) & sup).sum(1)
+    if bool((per_sample % 4 != 0).any()):
+        raise ValueError(f"coord slots per sample must be a multiple of 4 (whole boxes), got {per_sample.tolist()}")
+    sample = torch.arange(B, device=labels.device).unsqueeze(1).expand(B, L - 1)[sup]
+    return Supervision(rows, labels[:, 1:][sup], slot, batch["coord_bins"][:, 1:][sup].long(), sample)

@@ -1,0 +1,62 @@
+"""Channel schedule for Stage-2 AB (DESIGN §2.6).
+
+`b_ratio` r in [0, 1]: optimizer step s (0-based, the Trainer's `state.global_step` before the
+step runs) is a Channel-B step iff floor((s+1)·r) > floor(s·r) (Bresenham). The choice depends only
+on the global step, so a resumed run replays exactly the same sequence. r = 0: Channel-A only (the
+seed's setting); r = 1: Channel-B only; r = 0.5: A, B, A, B, ...; r = 0.05: B at s = 19, 39, ...
+
+Pure module (no torch): the trainer asks `channel(step, r)` once per optimizer step and logs
+`schedule_metrics(step, r)`.
+"""
+
+from __future__ import annotations
+
+import math
+
+from vlmdet.errors import UsageError
+
+CHANNELS = ("A", "B")
+
+
+def check_b_ratio(b_ratio: float) -> float:
+    r = float(b_ratio)
+    if not (0.0 <= r <= 1.0) or math.isnan(r):
+        raise UsageError(f"stage2.b_ratio must be in [0, 1], got {b_ratio!r}")
+    return r
+
+
+def _floor(x: float) -> int:
+    # Guard against binary rounding (e.g. 0.1*30 = 3.0000000000000004 is fine, 0.29*100 = 28.999...):
+    # round to 9 decimals first so the sequence matches exact rational arithmetic for ratios that are
+    # written in decimal in a config.
+    return math.floor(round(x, 9))
+
+
+def n_channel_b(steps: int, b_ratio: float) -> int:
+    """Number of Channel-B steps among steps 0..steps-1 (= floor(steps·r))."""
+    return _floor(steps * check_b_ratio(b_ratio))
+
+
+def is_channel_b(step: int, b_ratio: float) -> bool:
+    """True iff optimizer step `step` (0-based) runs Channel-B: floor((s+1)r) > floor(sr)."""
+    if step < 0:
+        raise ValueError(f"step must be >= 0, got {step}")
+    r = check_b_ratio(b_ratio)
+    return _floor((step + 1) * r) > _floor(step * r)
+
+
+def channel(step: int, b_ratio: float) -> str:
+    """"A" or "B" for optimizer step `step`."""
+    return "B" if is_channel_b(step, b_ratio) else "A"
+
+
+def schedule_metrics(step: int, b_ratio: float) -> dict[str, float]:
+    """Log values for the step that just ran: `stage2/channel_a`, `stage2/channel_b` (0/1) and
+    `stage2_ab/b_ratio_realized` (fraction of B steps among steps 0..step, a pure function of the step,
+    so it is identical after a resume)."""
+    b = is_channel_b(step, b_ratio)
+    return {
+        "stage2/channel_a": 0.0 if b else 1.0,
+        "stage2/channel_b": 1.0 if b else 0.0,
+        "stage2_ab/b_ratio_realized": n_channel_b(step + 1, b_ratio) / (step + 1),
+    }

@@ -1,0 +1,107 @@
+"""`DetTrainer`: a `transformers.Trainer` that overrides `compute_loss` and `log` only (TRL style).
+
+Everything else (TrainingArguments, gradient accumulation, optimizer/scheduler, checkpoint/resume,
+`report_to`, DDP/FSDP/DeepSpeed, `torchrun` / `accelerate launch`) is the stock Trainer. The
+constructor only stores the vlmdet config and the coord token ids and sets
+`loss_is_scaled_for_ga = False` (our losses are per-micro-batch means; the Trainer divides by the
+number of accumulation steps).
+
+Objectives are a plain dict `OBJECTIVES = {stage: fn}`; `fn(trainer, model, batch) -> (loss, logs)`
+where `loss` is the scalar to back-propagate and `logs` a dict of floats (`loss/<term>` unweighted,
+`loss/total`, `coord_diag/*`, ...). `cfg.stage` picks the entry:
+- 1: `stage1_loss` (below);
+- 2: `stage2_loss`, a lazy hand-off to `vlmdet.train.schedule.stage2_loss(trainer, model, batch)`
+  (the Stage-2 AB channel dispatch; it may use `trainer.cfg`, `trainer.coord_ids`,
+  `trainer.state.global_step`, and the helpers in `train/forward.py` and `train/objective.py`).
+
+Logging: `compute_loss` adds each training micro-batch's `logs` to a `MetricWindow`; `log` (called by
+the Trainer on every rank at each `logging_steps`) merges the window means, combined across ranks,
+into the Trainer's own training log (`loss`, `grad_norm`, `learning_rate`, ...), from where
+`report_to` (TensorBoard) and the callbacks (`logging.jsonl`) pick them up.
+
+Stage-1 (DESIGN §2.3), one teacher-forced forward, logits gathered only at supervised rows:
+- `token_ce`: full-vocabulary CE on all assistant tokens: structure (incl. `<|im_end|>`) weight 1,
+  desc tokens `losses.desc_ce_weight`, coord slots 1 when `losses.ce_on_coord_slots` else 0;
+- at coord slots: `coord_ce`, `soft_ce`, `w1`, `smoothl1`, `ciou` (expected boxes), `coord_gate`,
+  `entropy`; at text rows (structure + desc targets): `text_gate`;
+- total = `objective.combine(terms, cfg.losses)`; every term is logged (unweighted) whatever its weight.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import torch
+from transformers import Trainer
+
+from vlmdet.train.forward import gathered_logits, supervision
+from vlmdet.train.objective import MetricWindow, active, combine, coord_diagnostics, coord_terms, log_terms
+
+
+def stage1_terms(logits: torch.Tensor, sup, coord_ids, losses_cfg: Any) -> dict[str, torch.Tensor]:
+    """Unweighted Stage-1 terms (scalars, keyed like `objective.TERMS`) from logits `[N, V]` at the
+    supervised rows `sup` (`forward.Supervision`, same row order)."""
+    from vlmdet import losses as L
+
+    w = sup.ce_weights(losses_cfg.desc_ce_weight, losses_cfg.ce_on_coord_slots)
+    with torch.set_grad_enabled(torch.is_grad_enabled() and active(losses_cfg, "token_ce")):
+        terms = {"token_ce": L.token_ce(logits, sup.target_ids, w)}
+    c = sup.coord
+    terms.update(coord_terms(logits[c], sup.coord_bins[c], coord_ids, losses_cfg))
+    with torch.set_grad_enabled(torch.is_grad_enabled() and active(losses_cfg, "text_gate")):
+        text = logits[~c]
+        if text.shape[0]:
+            terms["text_gate"] = L.text_gate_loss(text, coord_ids, float(losses_cfg.temperature)).mean()
+        else:
+            terms["text_gate"] = logits.sum() * 0.0
+    return terms
+
+
+def stage1_loss(trainer: "DetTrainer", model, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+    """Stage-1 teacher forcing on a collated batch: `(total, logs)` (module docstring)."""
+    lc = trainer.cfg.losses
+    sup = supervision(batch)
+    logits = gathered_logits(model, batch, sup.rows)
+    terms = stage1_terms(logits, sup, trainer.coord_ids, lc)
+    total = combine(terms, lc)
+    logs = log_terms(terms, total)
+    c = sup.coord
+    logs.update(coord_diagnostics(logits[c], sup.coord_bins[c], trainer.coord_ids, float(lc.temperature)))
+    return total, logs
+
+
+def stage2_loss(trainer: "DetTrainer", model, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+    """Stage-2 AB: lazily hands off to `vlmdet.train.schedule.stage2_loss` (same signature)."""
+    from vlmdet.train import schedule
+
+    return schedule.stage2_loss(trainer, model, batch)
+
+
+#: stage -> objective(trainer, model, batch) -> (loss, logs)
+OBJECTIVES: dict[int, Callable[..., tuple[torch.Tensor, dict[str, float]]]] = {1: stage1_loss, 2: stage2_loss}
+
+
+class DetTrainer(Trainer):
+    """`Trainer` with the vlmdet objectives (module docstring).
+
+    Extra keyword arguments: `vlm_cfg` (the `vlmdet.config.Config`) and `coord_ids` (1000 ids, bin order).
+    """
+
+    loss_is_scaled_for_ga = False
+
+    def __init__(self, *args, vlm_cfg, coord_ids, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.cfg = vlm_cfg
+        self.coord_ids = [int(i) for i in coord_ids]
+        self.metric_window = MetricWindow()
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, logs = OBJECTIVES[self.cfg.stage](self, model, inputs)
+        if model.training:
+            self.metric_window.add(logs)
+        return (loss, {"loss": loss}) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:  # a training log (eval logs carry eval_* keys, the end-of-train summary train_*)
+            logs = {**logs, **self.metric_window.pop()}
+        super().log(logs, start_time)

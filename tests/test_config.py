@@ -1,0 +1,270 @@
+"""config.py: every shipped config loads; extends, overrides, strict keys and types, paths."""
+
+import dataclasses
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vlmdet.config import (
+    CHOICES,
+    Config,
+    config_from_dict,
+    config_to_dict,
+    deep_merge,
+    dump_config_yaml,
+    load_config,
+    training_arguments,
+)
+from vlmdet.errors import UsageError
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+SHIPPED = sorted(CONFIGS.rglob("*.yaml"))
+
+
+def _yaml(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_there_are_shipped_configs():
+    assert CONFIGS / "base.yaml" in SHIPPED
+    assert CONFIGS / "smoke" / "tiny_stage1.yaml" in SHIPPED
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(CONFIGS)))
+def test_every_shipped_config_loads_and_round_trips(path, tmp_path):
+    cfg = load_config(path)
+    assert isinstance(cfg, Config)
+    dumped = _yaml(tmp_path / "resolved.yaml", dump_config_yaml(cfg))
+    assert load_config(dumped) == cfg
+
+
+def test_defaults_match_the_documented_schema():
+    c = Config()
+    # spot checks against ARCHITECTURE.md "Config schema"
+    assert (c.run_name, c.output_dir, c.seed, c.stage) == ("run", "runs", 0, 1)
+    assert c.model.name_or_path == "tiny" and c.model.dtype == "float32"
+    assert c.training.learning_rate == 2.0e-3 and c.training.lr_scheduler_kwargs == {"min_lr_rate": 0.1}
+    assert c.training.report_to == ["tensorboard"] and c.training.fsdp == "" and c.training.extra == {}
+    assert c.losses.ce_on_coord_slots is True and c.losses.sigma == 2.0 and c.losses.coord_gate == 0.0
+    assert c.stage2.softctx_grad_mode == "unroll" and c.stage2.a1_anchor == {}
+    assert c.eval.score_source == "coord_logprob" and c.eval.steps == [] and c.eval.max_samples == 100
+    assert c.match.iou_gate == 0.3 and c.monitor.max_text_chars == 0
+    # mutable defaults are not shared between instances
+    Config().training.report_to.append("x")
+    assert Config().training.report_to == ["tensorboard"]
+    # an empty file is all defaults
+    assert config_from_dict({}) == Config()
+
+
+def test_smoke_config_values():
+    cfg = load_config(CONFIGS / "smoke" / "tiny_stage1.yaml")
+    assert cfg.stage == 1 and cfg.training.max_steps == 4 and cfg.training.report_to == []
+    assert cfg.data.train is None  # filled by tests through overrides
+    assert cfg.output_dir == "runs"  # from base.yaml through extends
+
+
+def test_extends_deep_merges_dicts_and_replaces_lists(tmp_path):
+    _yaml(tmp_path / "a.yaml", "seed: 1\ntraining: {max_steps: 10, report_to: [tensorboard, wandb], "
+          "lr_scheduler_kwargs: {min_lr_rate: 0.2, x: 1}}\neval: {steps: [1, 2, 3]}\n")
+    _yaml(tmp_path / "b.yaml", "seed: 2\nrun_name: from_b\n")
+    leaf = _yaml(tmp_path / "sub/leaf.yaml", "extends: [../a.yaml, ../b.yaml]\ntraining: {learning_rate: 0.5, "
+                 "report_to: [], lr_scheduler_kwargs: {x: 2}}\neval: {steps: [7]}\n")
+    cfg = load_config(leaf)
+    assert cfg.seed == 2  # later base wins over earlier base
+    assert cfg.run_name == "from_b"
+    assert cfg.training.max_steps == 10  # kept from a (dict deep merge)
+    assert cfg.training.learning_rate == 0.5
+    assert cfg.training.report_to == []  # list replaced, not merged
+    assert cfg.training.lr_scheduler_kwargs == {"min_lr_rate": 0.2, "x": 2}
+    assert cfg.eval.steps == [7]
+
+
+def test_extends_single_string_and_chain(tmp_path):
+    _yaml(tmp_path / "base.yaml", "seed: 5\nmodel: {dtype: bfloat16}\n")
+    _yaml(tmp_path / "mid.yaml", "extends: base.yaml\nseed: 6\n")
+    leaf = _yaml(tmp_path / "leaf.yaml", "extends: mid.yaml\n")
+    cfg = load_config(leaf)
+    assert cfg.seed == 6 and cfg.model.dtype == "bfloat16"
+
+
+def test_extends_cycle_names_the_chain(tmp_path):
+    _yaml(tmp_path / "a.yaml", "extends: b.yaml\n")
+    _yaml(tmp_path / "b.yaml", "extends: c.yaml\n")
+    _yaml(tmp_path / "c.yaml", "extends: a.yaml\n")
+    with pytest.raises(UsageError, match=r"extends cycle: .*a\.yaml -> .*b\.yaml -> .*c\.yaml -> .*a\.yaml"):
+        load_config(tmp_path / "a.yaml")
+
+
+def test_diamond_extends_is_not_a_cycle(tmp_path):
+    _yaml(tmp_path / "base.yaml", "seed: 1\n")
+    _yaml(tmp_path / "x.yaml", "extends: base.yaml\nrun_name: x\n")
+    _yaml(tmp_path / "y.yaml", "extends: base.yaml\noutput_dir: y\n")
+    cfg = load_config(_yaml(tmp_path / "leaf.yaml", "extends: [x.yaml, y.yaml]\n"))
+    assert (cfg.seed, cfg.run_name, cfg.output_dir) == (1, "x", "y")
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("extends: missing.yaml\n", "cannot read config"),
+        ("extends: 3\n", "'extends' must be a path or a list of paths"),
+        ("- a\n- b\n", "must be a mapping at the top level"),
+        ("seed: [unclosed\n", "bad YAML"),
+        ("trainig: {max_steps: 3}\n", r"unknown config key 'trainig' \(did you mean 'training'\?\)"),
+        ("training: {max_step: 3}\n", r"unknown config key 'training.max_step' \(did you mean 'training.max_steps'\?\)"),
+        ("model: {name_or_path: tiny, zzz: 1}\n", r"unknown config key 'model.zzz'; allowed here: name_or_path"),
+        ("training: 3\n", "training: expected a mapping"),
+        ("training: {max_steps: 1.5}\n", r"training.max_steps: expected int, got float 1.5"),
+        ("training: {max_steps: '10'}\n", r"training.max_steps: expected int, got str"),
+        ("training: {bf16: 1}\n", r"training.bf16: expected bool, got int 1"),
+        ("seed: true\n", r"seed: expected int, got bool True"),
+        ("training: {learning_rate: abc}\n", "training.learning_rate: expected float"),
+        ("training: {report_to: tensorboard}\n", r"training.report_to: expected list\[str\]"),
+        ("eval: {steps: [1, x]}\n", r"eval.steps\[1\]: expected int, got str"),
+        ("stage2: {a1_anchor: {ciou: x}}\n", r"stage2.a1_anchor.ciou: expected float"),
+        ("data: {train: 5}\n", "data.train: expected str or null"),
+        ("stage: 3\n", r"stage: 3 is not one of 1, 2"),
+        ("prompt: {field_order: desc_frist}\n", r"prompt.field_order: 'desc_frist' is not one of 'desc_first', 'geometry_first'"),
+        ("prompt: {ordering: sortd}\n", "is not one of 'sorted', 'random'"),
+        ("prompt: {variant: coco80}\n", "is not one of 'default', 'coco_80'"),
+        ("model: {dtype: fp16}\n", "is not one of 'float32', 'bfloat16', 'float16'"),
+        ("stage2: {softctx_grad_mode: detach}\n", "is not one of 'unroll', 'em_detach'"),
+        ("stage2: {ctx_embed_mode: x}\n", "is not one of 'soft', 'st', 'hard'"),
+        ("eval: {score_source: x}\n", "is not one of 'coord_logprob', 'constant'"),
+        ("rollout: {backend: vllm}\n", "is not one of 'hf'"),
+        ("stage2: {b_ratio: 1.5}\n", r"stage2.b_ratio: 1.5 must be in \[0, 1\]"),
+        ("losses: {sigma: 0}\n", r"losses.sigma: 0.0 must be > 0"),
+    ],
+)
+def test_bad_config_files_fail_with_dotted_path(tmp_path, text, match):
+    with pytest.raises(UsageError, match=match):
+        load_config(_yaml(tmp_path / "c.yaml", text))
+
+
+def test_every_enum_field_is_checked():
+    # each CHOICES path exists in the schema and its default is allowed
+    d = config_to_dict(Config())
+    for dotted, allowed in CHOICES.items():
+        node = d
+        for part in dotted.split("."):
+            node = node[part]
+        assert node in allowed, dotted
+
+
+def test_ints_are_accepted_for_floats_and_exponents_without_dot(tmp_path):
+    cfg = load_config(_yaml(tmp_path / "c.yaml", "training: {learning_rate: 1e-3, num_train_epochs: 3}\n"))
+    assert cfg.training.learning_rate == 0.001 and isinstance(cfg.training.learning_rate, float)
+    assert cfg.training.num_train_epochs == 3.0 and isinstance(cfg.training.num_train_epochs, float)
+
+
+def test_overrides(tmp_path):
+    path = _yaml(tmp_path / "c.yaml", "training: {max_steps: 10}\n")
+    cfg = load_config(path, [
+        "training.max_steps=50",
+        "training.learning_rate=3e-4",
+        "eval.steps=[10, 20]",
+        "training.extra.eval_strategy=no",  # YAML 1.1: a bare `no` is the bool False
+        "training.lr_scheduler_kwargs.min_lr_rate=0.5",
+        "prompt.system=You find shapes.",
+        "eval.max_samples=null",
+        "run_name=abc",
+        "seed=3",
+        "seed=4",  # later overrides win
+    ])
+    assert cfg.training.max_steps == 50 and cfg.training.learning_rate == 3e-4
+    assert cfg.eval.steps == [10, 20] and cfg.eval.max_samples is None
+    assert cfg.training.extra == {"eval_strategy": False}
+    assert cfg.training.lr_scheduler_kwargs == {"min_lr_rate": 0.5}
+    assert cfg.prompt.system == "You find shapes."
+    assert (cfg.run_name, cfg.seed) == ("abc", 4)
+
+
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        ("trainng.max_steps=1", r"unknown config key 'trainng' \(did you mean 'training'\?\)"),
+        ("training.max_stpes=1", r"did you mean 'training.max_steps'\?"),
+        ("training.max_steps", "expected key.sub=value"),
+        ("training..x=1", "expected key.sub=value"),
+        ("training.max_steps=[1", "not valid YAML"),
+        ("seed.x=1", r"seed is not a mapping"),
+        ("extends=x.yaml", "'extends' cannot be overridden"),
+        ("stage=2.5", "stage: expected int"),
+    ],
+)
+def test_bad_overrides(tmp_path, override, match):
+    with pytest.raises(UsageError, match=match):
+        load_config(_yaml(tmp_path / "c.yaml", "seed: 1\n"), [override])
+
+
+def test_data_paths_resolve_against_the_authoring_file(tmp_path, monkeypatch):
+    _yaml(tmp_path / "configs/base.yaml", "data: {train: ../data/train.jsonl, val: /abs/val.jsonl}\n")
+    leaf = _yaml(tmp_path / "configs/stage1/leaf.yaml", "extends: ../base.yaml\n")
+    cfg = load_config(leaf)
+    assert cfg.data.train == str((tmp_path / "data/train.jsonl").resolve())
+    assert cfg.data.val == "/abs/val.jsonl"
+    leaf2 = _yaml(tmp_path / "configs/stage1/leaf2.yaml", "extends: ../base.yaml\ndata: {val: v.jsonl}\n")
+    assert load_config(leaf2).data.val == str((tmp_path / "configs/stage1/v.jsonl").resolve())
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(leaf, ["data.val=here/val.jsonl", "data.train=null"])
+    assert cfg.data.val == str((tmp_path / "here/val.jsonl").resolve()) and cfg.data.train is None
+
+
+def test_deep_merge_does_not_mutate_inputs():
+    a = {"x": {"y": 1, "z": [1]}, "w": 1}
+    b = {"x": {"y": 2}, "v": 3}
+    out = deep_merge(a, b)
+    assert out == {"x": {"y": 2, "z": [1]}, "w": 1, "v": 3}
+    assert a == {"x": {"y": 1, "z": [1]}, "w": 1} and b == {"x": {"y": 2}, "v": 3}
+
+
+def test_dump_is_fully_resolved_yaml(tmp_path):
+    cfg = load_config(_yaml(tmp_path / "c.yaml", "seed: 9\n"))
+    loaded = yaml.safe_load(dump_config_yaml(cfg))
+    assert "extends" not in loaded
+    assert loaded["seed"] == 9
+    assert set(loaded) == {f.name for f in dataclasses.fields(Config)}
+    assert set(loaded["training"]) == {f.name for f in dataclasses.fields(type(cfg.training))}
+    assert config_from_dict(loaded) == cfg
+
+
+def test_training_arguments_mapping(tmp_path):
+    cfg = load_config(_yaml(tmp_path / "c.yaml", "run_name: r1\nseed: 7\ntraining: {max_steps: 12, "
+                      "learning_rate: 1e-3, report_to: [], gradient_checkpointing: true, "
+                      "extra: {eval_strategy: 'no', dataloader_drop_last: true}}\n"))
+    args = training_arguments(cfg, tmp_path / "out")
+    assert args.output_dir == str(tmp_path / "out")
+    assert (args.run_name, args.seed, args.max_steps, args.learning_rate) == ("r1", 7, 12, 1e-3)
+    assert args.lr_scheduler_kwargs == {"min_lr_rate": 0.1}
+    assert args.adam_beta2 == 0.98 and args.warmup_steps == 100 and args.save_total_limit == 2
+    assert args.dataloader_drop_last is True
+    assert args.remove_unused_columns is False
+    assert args.gradient_checkpointing is True
+    assert getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type) == "cosine_with_min_lr"
+
+
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        ("{eval_stratgy: 'no'}", r"training.extra.eval_stratgy: not a TrainingArguments field \(did you mean 'training.extra.eval_strategy'\?\)"),
+        ("{lerning_rate: 1.0}", r"did you mean 'training.learning_rate'\?"),
+        ("{max_steps: 3}", r"training.extra.max_steps: set it as 'training.max_steps' instead"),
+        ("{seed: 3}", r"training.extra.seed: set it as 'seed' instead"),
+    ],
+)
+def test_training_arguments_extra_is_checked(tmp_path, extra, match):
+    cfg = load_config(_yaml(tmp_path / "c.yaml", f"training: {{extra: {extra}}}\n"))
+    with pytest.raises(UsageError, match=match):
+        training_arguments(cfg, tmp_path / "out")
+
+
+def test_module_imports_no_transformers():
+    import subprocess
+    import sys
+
+    code = "import sys, vlmdet.config; sys.exit(int('transformers' in sys.modules or 'torch' in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code], env={**os.environ}).returncode == 0
