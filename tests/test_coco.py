@@ -124,6 +124,9 @@ def test_no_filters_keeps_everything_and_splits_share_the_manifest(tmp_path):
         ({"images": [{"id": 9, "file_name": "nope.png", "width": 4, "height": 4}], "annotations": []},
          "image 9: unreadable image"),
         ({"annotations": None}, "not a COCO instances file"),
+        ({"annotations": [{"id": 1, "image_id": 3, "category_id": 1}]}, r"annotations\[0\]: missing bbox"),
+        ({"annotations": [{"id": 5, "image_id": 3, "category_id": 1, "bbox": [1, 2, 3]}]}, r"annotation 5: bbox must be 4 numbers"),
+        ({"images": [{"id": 3, "width": 64, "height": 64}]}, r"images\[0\]: missing file_name"),
     ],
 )
 def test_input_faults_fail(tmp_path, change, match):

@@ -232,6 +232,7 @@ def test_dump_is_fully_resolved_yaml(tmp_path):
     assert config_from_dict(loaded) == cfg
 
 
+@pytest.mark.slow  # the first transformers import takes seconds on a loaded 2-core machine
 def test_training_arguments_mapping(tmp_path):
     cfg = load_config(_yaml(tmp_path / "c.yaml", "run_name: r1\nseed: 7\ntraining: {max_steps: 12, "
                       "learning_rate: 1e-3, report_to: [], gradient_checkpointing: true, "

@@ -207,6 +207,6 @@ def test_tiny_tokenizer_leak_made_parseable(field_order):
     # the structure pieces are single tokens: the empty answer is 3 tokens
     assert g.dist(g.START) == 3
     for max_new in (3, 30, 64):
-        proc = CoordJSONLogitsProcessor(g, prompt_len=4, max_new_tokens=max_new)
+        proc = CoordJSONLogitsProcessor(g, prompt_len=5, max_new_tokens=max_new)
         rows = simulate(proc, len(tok), leaky_scores(digits, max_new), max_new, pad_id=tok.pad_token_id, eot_id=eot)
         check_parseable(rows, pieces, eot, field_order, max_new)

@@ -173,8 +173,9 @@ def test_cli_validate_summary_and_error(tmp_path, capsys):
     assert "records: 2 (1 with no objects)" in out
     assert "objects: 2 (max 2 per image)" in out
     assert "classes: 2: " in out and "red circle (1)" in out
-    # x bins: 0, 999 (63/63), floor(1/63*999)=15, ceil(2/63*999)=32 -> 4; y: 0, 999, floor(1/31*999)=32, ceil(2/31*999)=65
-    assert "bin coverage: x 4/1000, y 4/1000, overall 6/1000" in out
+    # x bins {0, 999, floor(1/63*999)=15, ceil(2/63*999)=32}; y bins {0, 999, floor(1/31*999)=32,
+    # ceil(2/31*999)=65}; union {0, 15, 32, 65, 999}
+    assert "bin coverage: x 4/1000, y 4/1000, overall 5/1000" in out
 
     bad = _write(tmp_path / "bad.jsonl", [_rec(), _rec(image_id="c", width=70)])
     assert main(["data", "validate", str(bad)]) == 2

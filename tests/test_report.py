@@ -231,3 +231,30 @@ def test_report_of_empty_run_dir_does_not_crash(tmp_path):
     md = paths["md"].read_text()
     assert "no run artifacts found" in md
     assert "No monitor dumps in these runs." in md
+
+
+@pytest.mark.slow
+def test_report_from_a_real_short_run(tmp_path):
+    """Train the smoke Stage-1 config for 2 steps with a rollout eval + monitor dump at each step, then
+    report on the real run directory."""
+    from vlmdet.config import load_config
+    from vlmdet.data.synth import make_synth
+    from vlmdet.train.cli import train
+
+    make_synth(tmp_path / "data", n_train=4, n_val=2, seed=0)
+    cfg = load_config(Path(__file__).parents[1] / "configs" / "smoke" / "tiny_stage1.yaml", [
+        f"data.train={tmp_path / 'data' / 'train.jsonl'}", f"data.val={tmp_path / 'data' / 'val.jsonl'}",
+        f"output_dir={tmp_path / 'runs'}", "training.max_steps=2", "training.per_device_train_batch_size=2",
+        "eval.eval_steps=1", "eval.max_samples=2", "rollout.max_new_tokens=16", "monitor.n_samples=2"])
+    run_dir = Path(train(cfg, ["test"])["run_dir"])
+    paths = build_report([run_dir], tmp_path / "rep", steps=[1, 2, 5])
+    md = paths["md"].read_text()
+    run = load_run(run_dir)
+    assert run.eval_steps == [1, 2] and sorted(run.dumps) == [1, 2]
+    v = run.metric(2, "sample_valid_pred_rate")
+    assert v is not None and f"| 2 | {run.name} |" in md
+    assert "| 5 | " + run.name + " | — |" in md
+    assert run.series("loss/token_ce"), "the training log must carry loss/token_ce"
+    assert "### " + run.name + " @ step 2:" in md
+    html = paths["html"].read_text()
+    assert html.count("data:image/png;base64,") >= len(__import__("vlmdet.report.plots", fromlist=["PLOTS"]).PLOTS) + 2

@@ -9,6 +9,7 @@ from PIL import Image
 from vlmdet.coords import pixel_box_to_bins
 from vlmdet.data.records import load_records
 from vlmdet.data.synth import CLASS_NAMES, class_names, make_synth, overlap
+from vlmdet.errors import UsageError
 
 
 def _files(root):
@@ -123,11 +124,11 @@ def test_parameters(tmp_path):
     recs = load_records(tmp_path / "train.jsonl")
     assert all(r.width == 96 and 1 <= len(r.objects) <= 2 for r in recs)
     assert {o.desc for r in recs for o in r.objects} <= {"yellow diamond", "yellow circle"}
-    with pytest.raises(ValueError, match="multiple of 32"):
+    with pytest.raises(UsageError, match="multiple of 32"):
         make_synth(tmp_path / "x", 1, 0, size=100)
-    with pytest.raises(ValueError, match="unknown colour 'pink'"):
+    with pytest.raises(UsageError, match="unknown colour 'pink'"):
         make_synth(tmp_path / "x", 1, 0, colours=("pink",))
-    with pytest.raises(ValueError, match="unknown shape 'star'"):
+    with pytest.raises(UsageError, match="unknown shape 'star'"):
         make_synth(tmp_path / "x", 1, 0, shapes=("star",))
 
 

@@ -124,7 +124,7 @@ _CANONICAL_OPEN = '{"objects": ['
 _ATOM_RE = re.compile(r'[^ \t\n\r,:\[\]{}"]+')
 _COORD_ATOM_RE = re.compile(r"<\|coord_(0|[1-9][0-9]*)\|>")
 # A JSON string body for brace matching: any char but quote/backslash, or a backslash + any char.
-_STRING_TAIL_RE = re.compile(r'[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_STRING_TAIL_RE = re.compile(r'[^"\\]*+(?:\\.[^"\\]*+)*+"', re.DOTALL)
 _BRACE_OR_QUOTE_RE = re.compile(r'[{}"]')
 _MAX_DEPTH = 64
 

@@ -33,7 +33,7 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
-from vlmdet.errors import DataError
+from vlmdet.errors import DataError, UsageError
 from vlmdet.io import atomic_write_bytes, atomic_write_json, atomic_write_jsonl
 
 FACTOR = 32
@@ -89,9 +89,9 @@ def convert_coco(
 
     instances_json, images_dir, out_dir = Path(instances_json), Path(images_dir), Path(out_dir)
     if max_objects is not None and max_objects < 1:
-        raise DataError(f"max_objects must be >= 1, got {max_objects}")
+        raise UsageError(f"max_objects must be >= 1, got {max_objects}")
     if max_pixels is not None and max_pixels < FACTOR * FACTOR:
-        raise DataError(f"max_pixels must be >= {FACTOR * FACTOR}, got {max_pixels}")
+        raise UsageError(f"max_pixels must be >= {FACTOR * FACTOR}, got {max_pixels}")
     try:
         data = json.loads(instances_json.read_text(encoding="utf-8"))
     except OSError as err:
@@ -101,6 +101,17 @@ def convert_coco(
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
             raise DataError(f"{instances_json}: not a COCO instances file (no {key!r} list)")
+    required = {"categories": ("id", "name"), "images": ("id", "file_name", "width", "height"),
+                "annotations": ("id", "image_id", "category_id", "bbox")}
+    for key, fields in required.items():
+        for i, entry in enumerate(data[key]):
+            missing = [f for f in fields if not isinstance(entry, dict) or f not in entry]
+            if missing:
+                raise DataError(f"{instances_json}: {key}[{i}]: missing {', '.join(missing)}")
+    for a in data["annotations"]:
+        b = a["bbox"]
+        if not (isinstance(b, list) and len(b) == 4 and all(isinstance(v, (int, float)) for v in b)):
+            raise DataError(f"{instances_json}: annotation {a['id']}: bbox must be 4 numbers [x, y, w, h], got {b!r}")
     split = split or instances_json.stem.removeprefix("instances_")
     names = {c["id"]: c["name"] for c in data["categories"]}
     images = sorted(data["images"], key=lambda im: im["id"])

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from vlmdet.coords import NUM_BINS, pixel_box_to_bins
+from vlmdet.errors import UsageError
 from vlmdet.format import sort_objects
 from vlmdet.io import atomic_write_bytes, atomic_write_json, atomic_write_jsonl
 
@@ -177,17 +178,17 @@ def make_synth(
     from tqdm import tqdm
 
     if size < 32 or size % 32:
-        raise ValueError(f"size must be a positive multiple of 32, got {size}")
+        raise UsageError(f"size must be a positive multiple of 32, got {size}")
     if not (0 < min_frac <= max_frac < 1):
-        raise ValueError(f"need 0 < min_frac <= max_frac < 1, got {min_frac}, {max_frac}")
+        raise UsageError(f"need 0 < min_frac <= max_frac < 1, got {min_frac}, {max_frac}")
     if max_objects < 1:
-        raise ValueError(f"max_objects must be >= 1, got {max_objects}")
+        raise UsageError(f"max_objects must be >= 1, got {max_objects}")
     for c in colours:
         if c not in COLOURS:
-            raise ValueError(f"unknown colour {c!r}; known: {', '.join(COLOURS)}")
+            raise UsageError(f"unknown colour {c!r}; known: {', '.join(COLOURS)}")
     for s in shapes:
         if s not in SHAPES:
-            raise ValueError(f"unknown shape {s!r}; known: {', '.join(SHAPES)}")
+            raise UsageError(f"unknown shape {s!r}; known: {', '.join(SHAPES)}")
     classes = [(c, s) for c in colours for s in shapes]
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)

@@ -206,18 +206,18 @@ class HFRollout:
         prompt_len = inputs["input_ids"].shape[1]
         recorder = RawStatsRecorder(torch.tensor(self.loaded.coord_ids, dtype=torch.long))
         eot = self.loaded.eot_id
+        # our own processors do penalty / temperature / top-p; neutralize the checkpoint's defaults
+        neutral = {"temperature": 1.0, "top_p": 1.0, "top_k": 0} if self.do_sample else {}
         was_training = model.training
         model.eval()
         try:
             with torch.no_grad():
                 out = model.generate(
                     **inputs,
+                    **neutral,
                     max_new_tokens=self.max_new_tokens,
                     do_sample=self.do_sample,
                     num_beams=1,
-                    temperature=1.0,
-                    top_p=1.0,
-                    top_k=0,
                     repetition_penalty=1.0,
                     eos_token_id=eot,
                     pad_token_id=self.loaded.pad_id,

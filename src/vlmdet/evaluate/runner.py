@@ -197,15 +197,21 @@ def evaluate_pass(loaded, records, cfg, backend, seed: int | None = None):
     return samples, metrics, timing, score_source
 
 
-def run_rollout_eval(loaded, records, cfg, run_dir=None, step: int = 0, backend=None, *,
-                     constrained_backend=None, progress: bool = True) -> dict[str, float]:
+def run_rollout_eval(loaded, records, cfg, run_dir=None, step: int = 0, backend=None, *, model=None,
+                     constrained_backend=None, progress: bool = True, log: bool = True) -> dict[str, float]:
     """Evaluate `records` (the first `eval.max_samples`) with rollouts of `loaded` (see module docstring).
 
     `cfg`: a full `config.Config`; `run_dir`: a `rundir.RunDir`, a path, or None (nothing written);
     `step`: the optimizer step (file names, log rows; the generation seed is `cfg.seed + step`);
     `backend`: a `rollout.RolloutBackend` (default `HFRollout` from `cfg.rollout`);
+    `model`: the module to generate with instead of `loaded.model` (the trainer's unwrapped model);
     `constrained_backend`: the backend of the `eval.also_constrained` pass (default: `HFRollout` with
-    the grammar constraint on). Returns the metrics (floats)."""
+    the grammar constraint on); `log`: append the metrics to the run's logging.jsonl (a caller that
+    logs them itself, e.g. through `Trainer.log`, may pass False). Returns the metrics (floats)."""
+    import dataclasses
+
+    if model is not None and model is not loaded.model:
+        loaded = dataclasses.replace(loaded, model=model)
     from vlmdet.evaluate.monitor import write_dump
     from vlmdet.evaluate.rollout import make_backend
     from vlmdet.io import atomic_write_json, atomic_write_jsonl
@@ -244,5 +250,6 @@ def run_rollout_eval(loaded, records, cfg, run_dir=None, step: int = 0, backend=
                        n_samples=cfg.monitor.n_samples, max_text_chars=cfg.monitor.max_text_chars,
                        draw_images=cfg.monitor.draw_images)
         atomic_write_json(folder / "metrics.json", {"step": int(step), "metrics": out, "score_source": score_source})
-        run_dir.log({"step": int(step), **out})
+        if log:
+            run_dir.log({"step": int(step), **out})
     return out

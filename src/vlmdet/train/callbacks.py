@@ -128,7 +128,8 @@ class RolloutEvalCallback(TrainerCallback):
             with torch.no_grad():
                 # THE place where training hands over to evaluation (evaluate/runner.py owns the rest).
                 return runner(
-                    model=net, loaded=self.loaded, records=self.records, cfg=self.cfg, run_dir=self.run, step=step
+                    model=net, loaded=self.loaded, records=self.records, cfg=self.cfg, run_dir=self.run, step=step,
+                    log=False,  # the metrics are logged once, through trainer.log (TensorBoard + logging.jsonl)
                 )
         finally:
             net.train(was_training)

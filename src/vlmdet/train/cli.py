@@ -1,4 +1,4 @@
-"""`vlmdet train CONFIG [key.sub=value ...] [--resume [CHECKPOINT]] [--overwrite]`
+"""`vlmdet train CONFIG [key.sub=value ...] [--resume [CHECKPOINT]] [--overwrite]` (options after the overrides)
 
 Loads the config (`config.load_config`, overrides applied in order), makes the run directory
 (`RunDir.create`: config.yaml + run.json), loads the model (`model/load.load_model`), builds the

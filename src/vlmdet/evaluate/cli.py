@@ -1,0 +1,79 @@
+"""`vlmdet eval CONFIG --checkpoint DIR [--data VAL.jsonl] [--out DIR] [--max-samples N] [--step N]
+[--constrained] [key=value ...]`: rollout evaluation of a checkpoint (DESIGN §3).
+
+- CONFIG is a training/eval YAML (`config.load_config`); `key=value` overrides any field
+  (e.g. `rollout.max_new_tokens=512 eval.score_source=constant`).
+- `--checkpoint`: a checkpoint folder (HF format with tokenizer + preprocessor files) or `tiny`;
+  default: `model.name_or_path` of the config. A checkpoint without the 1000 coordinate tokens is
+  refused with a UsageError that names `vlmdet expand-vocab`.
+- `--data`: the JSONL to evaluate on (default `data.val` of the config); `--max-samples` caps it
+  (default `eval.max_samples`; 0 = all).
+- `--constrained`: also run grammar-constrained decoding and report `eval_rollout_constrained/*` next to
+  `eval_rollout/*` (sets `eval.also_constrained`); to evaluate constrained decoding only, override
+  `rollout.constrained=true` instead.
+- `--out`: the output folder (default `<output_dir>/<run_name>-eval`), laid out like a run folder so that
+  `vlmdet report` reads it: `eval/step_XXXXXX/{metrics.json,predictions.jsonl}`,
+  `monitor_dumps/step_XXXXXX.json` (+ PNGs), `logging.jsonl`. `--step` names the step (default: N of a
+  `checkpoint-N` folder, else 0).
+Prints the metrics as a table. Exit 0, or 2 on bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", type=Path, help="YAML config (training config of the checkpoint, or an eval config)")
+    parser.add_argument("overrides", nargs="*", default=[], help="config overrides key.sub=value")
+    parser.add_argument("--checkpoint", default=None, help="checkpoint folder or 'tiny' (default: model.name_or_path)")
+    parser.add_argument("--data", type=Path, default=None, help="JSONL to evaluate on (default: data.val)")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: <output_dir>/<run_name>-eval)")
+    parser.add_argument("--max-samples", type=int, default=None, help="evaluate the first N records (0 = all)")
+    parser.add_argument("--step", type=int, default=None, help="step number for the output names")
+    parser.add_argument("--constrained", action="store_true",
+                        help="also run grammar-constrained decoding (eval_rollout_constrained/*)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def checkpoint_step(path: str) -> int:
+    """N of a `checkpoint-N` folder name, else 0."""
+    m = re.fullmatch(r"checkpoint-(\d+)", Path(path).name)
+    return int(m.group(1)) if m else 0
+
+
+def run(args: argparse.Namespace) -> int:
+    from vlmdet.config import load_config
+    from vlmdet.data.records import load_records
+    from vlmdet.errors import UsageError
+    from vlmdet.evaluate.detection import format_metrics
+    from vlmdet.evaluate.runner import run_rollout_eval
+    from vlmdet.model.load import load_model
+    from vlmdet.rundir import RunDir
+
+    cfg = load_config(args.config, args.overrides)
+    if args.max_samples is not None:
+        if args.max_samples < 0:
+            raise UsageError(f"--max-samples must be >= 0, got {args.max_samples}")
+        cfg.eval.max_samples = args.max_samples
+    if args.constrained:
+        cfg.eval.also_constrained = True
+    data = args.data if args.data is not None else cfg.data.val
+    if data is None:
+        raise UsageError("no data to evaluate: pass --data VAL.jsonl or set data.val in the config")
+    checkpoint = args.checkpoint if args.checkpoint is not None else cfg.model.name_or_path
+    out = args.out if args.out is not None else Path(cfg.output_dir) / f"{cfg.run_name}-eval"
+    step = args.step if args.step is not None else checkpoint_step(checkpoint)
+
+    records = load_records(data, check_images=cfg.data.check_images)
+    if not records:
+        raise UsageError(f"{data}: no records")
+    loaded = load_model(checkpoint, dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation)
+    run_dir = RunDir(out)
+    metrics = run_rollout_eval(loaded, records, cfg, run_dir=run_dir, step=step, progress=not args.no_progress)
+    n = len(records) if not cfg.eval.max_samples else min(len(records), cfg.eval.max_samples)
+    print(format_metrics(metrics, f"vlmdet eval: {checkpoint} on {data} ({n} images, step {step})"))
+    print(f"\nwrote {run_dir.eval_dir(step)}" + (f" and {run_dir.dump_path(step)}" if cfg.monitor.enabled else ""))
+    return 0

@@ -1,0 +1,183 @@
+"""Channel-B target construction on hand-written rollouts (DESIGN §2.5), and one Channel-B step."""
+
+from __future__ import annotations
+
+import pytest
+
+from vlmdet.format import render_record
+from vlmdet.model.chat import COORD, DESC, IGNORE, STRUCT
+from vlmdet.model.load import find_coord_ids, token_pieces
+from vlmdet.model.tokenizer import IM_END, build_tiny_tokenizer
+from vlmdet.train.channel_b import build_target, rollout_metrics, rollout_seed
+
+
+@pytest.fixture(scope="module")
+def tok():
+    t = build_tiny_tokenizer()
+    return t, find_coord_ids(t), t.convert_tokens_to_ids(IM_END)
+
+
+A = ("red circle", (10, 10, 100, 100))
+B = ("blue square", (500, 500, 600, 600))
+GT = [A, B]
+
+
+def rec(desc, bins, key="bbox_2d"):
+    return render_record(desc, bins).replace("bbox_2d", key)
+
+
+def target_for(tok, text, gt=GT, stop=True):
+    t, coord_ids, eot = tok
+    ids = t(text, add_special_tokens=False)["input_ids"] + ([eot] if stop else [])
+    pieces = token_pieces(t, ids)
+    return build_target(ids, pieces, gt, t, coord_ids, eot), token_pieces
+
+
+def classify(tok, tgt):
+    """Per token of the target: (piece, kind) with kind none | struct | desc_ctx | desc | coord:<bin> | eot."""
+    t, coord_ids, eot = tok
+    pieces = token_pieces(t, tgt.ids)
+    out = []
+    for i, (p, lab, s, b) in enumerate(zip(pieces, tgt.labels, tgt.slot_class, tgt.coord_bins)):
+        if tgt.ids[i] == eot:
+            kind = "eot" if lab == eot else "eot_unsupervised"
+        elif lab == -100:
+            kind = "desc_ctx" if s == DESC else "none"
+            assert b == -1
+        elif s == COORD:
+            assert lab == coord_ids[b]  # the label is the GT coord token of the target bin
+            kind = f"coord:{b}"
+        elif s == DESC:
+            kind = "desc"
+        else:
+            assert s == STRUCT and lab == tgt.ids[i]
+            kind = "struct"
+        out.append((p, kind))
+    return out
+
+
+def join(parts, *kinds):
+    return "".join(p for p, k in parts if k in kinds)
+
+
+def coords(parts):
+    return [int(k.split(":")[1]) for _, k in parts if k.startswith("coord:")]
+
+
+def test_valid_rollout_matched_fp_fn_masks(tok):
+    pred_a = ("red circle", (12, 11, 98, 101))  # matches A (IoU ~0.93), own bins differ from GT
+    fp = ("green triangle", (200, 200, 300, 300))  # no GT there
+    text = '{"objects": [' + rec(*pred_a) + ", " + rec(*fp) + "]}"
+    tgt, _ = target_for(tok, text)
+    assert tgt.matched == [(0, 0)] and tgt.fn == [1] and tgt.n_pred == 2
+    parts = classify(tok, tgt)
+    pre, app = parts[: tgt.prefix_len], parts[tgt.prefix_len :]
+    # prefix: the rollout's own tokens; no loss on the opener, the separator and the FP record
+    assert join(pre, "none") == '{"objects": [' + ", " + rec(*fp)
+    # matched record: structure supervised, desc is context only, coords target the GT bins
+    assert join(pre, "struct") == '{"desc": "' + '", "bbox_2d": [' + ", " * 3 + "]}"
+    assert join(pre, "desc_ctx") == "red circle"
+    assert coords(pre) == list(A[1])
+    assert "".join(p for p, _ in pre) == '{"objects": [' + rec(*pred_a) + ", " + rec(*fp)  # own tokens kept
+    # appended: separator + FN record + "]}" + end-of-turn, every token supervised
+    assert tgt.append_text == ", " + rec(*B) + "]}"
+    assert all(k != "none" and k != "desc_ctx" for _, k in app)
+    assert join(app, "desc") == "blue square"
+    assert coords(app) == list(B[1])
+    assert app[-1] == ("<|im_end|>", "eot")
+
+
+def test_drifted_key_record_gets_no_loss(tok):
+    text = '{"objects": [' + rec(*A, key="bbox_3d") + ", " + rec(*B) + "]}"
+    tgt, _ = target_for(tok, text)
+    assert tgt.parse.result.drops == {"unexpected_keys": 1}
+    assert tgt.matched == [(0, 1)] and tgt.fn == [0]
+    parts = classify(tok, tgt)
+    pre = parts[: tgt.prefix_len]
+    assert join(pre, "none") == '{"objects": [' + rec(*A, key="bbox_3d") + ", "
+    assert join(pre, "desc_ctx") == "blue square"
+    assert coords(pre) == list(B[1])
+    assert tgt.append_text == ", " + rec(*A) + "]}"
+
+
+def test_truncated_rollout_keeps_complete_records_and_appends(tok):
+    text = '{"objects": [' + rec(*A) + ', {"desc": "blu'
+    tgt, _ = target_for(tok, text, stop=False)
+    r = tgt.parse.result
+    assert r.truncated and r.incomplete_tail == 1 and not tgt.parse.stopped
+    parts = classify(tok, tgt)
+    assert "".join(p for p, _ in parts[: tgt.prefix_len]) == '{"objects": [' + rec(*A)
+    assert tgt.matched == [(0, 0)] and coords(parts[: tgt.prefix_len]) == list(A[1])
+    assert tgt.append_text == ", " + rec(*B) + "]}"
+    assert all(k not in ("none", "desc_ctx") for _, k in parts[tgt.prefix_len :])
+
+
+def test_empty_rollout_appends_all_gt_without_separator(tok):
+    tgt, _ = target_for(tok, '{"objects": []}')
+    parts = classify(tok, tgt)
+    assert join(parts[: tgt.prefix_len], "none") == '{"objects": ['
+    assert tgt.prefix_len == 1 and tgt.n_pred == 0 and tgt.fn == [0, 1]
+    assert tgt.append_text == rec(*A) + ", " + rec(*B) + "]}"
+    assert coords(parts) == list(A[1]) + list(B[1])
+
+
+def test_leading_junk_is_unsupervised_context(tok):
+    text = 'Sure! here: {"objects": [' + rec(*A) + "]}"
+    tgt, _ = target_for(tok, text)
+    parts = classify(tok, tgt)
+    pre = parts[: tgt.prefix_len]
+    assert join(pre, "none") == 'Sure! here: {"objects": ['
+    assert tgt.matched == [(0, 0)] and coords(pre) == list(A[1])
+    assert tgt.append_text == ", " + rec(*B) + "]}"
+
+
+def test_all_invalid_rollout_supervises_only_the_appended_gt(tok):
+    digits = '{"desc": "red circle", "bbox_2d": [12, 34, 56, 78]}'
+    wrong_arity = '{"desc": "blue square", "bbox_2d": [<|coord_1|>, <|coord_2|>, <|coord_3|>]}'
+    text = '{"objects": [' + digits + ", " + wrong_arity + "]}"
+    tgt, _ = target_for(tok, text)
+    assert tgt.parse.result.drops == {"non_coord_token": 1, "wrong_arity": 1}
+    assert tgt.n_pred == 0 and tgt.matched == [] and tgt.fn == [0, 1]
+    parts = classify(tok, tgt)
+    assert all(k == "none" for _, k in parts[: tgt.prefix_len])
+    assert join(parts[: tgt.prefix_len], "none") == '{"objects": [' + digits + ", " + wrong_arity
+    assert tgt.append_text == ", " + rec(*A) + ", " + rec(*B) + "]}"
+
+
+def test_failed_rollout_restarts_the_container(tok):
+    tgt, _ = target_for(tok, "I cannot see anything")
+    assert tgt.parse.result.failed and tgt.prefix_len == 0
+    assert tgt.append_text == '{"objects": [' + rec(*A) + ", " + rec(*B) + "]}"
+    parts = classify(tok, tgt)
+    assert parts[0] == ('{"objects": [', "struct")
+
+
+def test_gate_rejects_low_iou_pairs(tok):
+    far = ("red circle", (10, 10, 40, 40))  # IoU with A = 0.11 < 0.3
+    tgt, _ = target_for(tok, '{"objects": [' + rec(*far) + "]}")
+    assert tgt.matched == [] and tgt.fn == [0, 1]
+
+
+def test_rollout_metrics_weights_give_global_ratios(tok):
+    t1, _ = target_for(tok, '{"objects": [' + rec(*A) + "]}")  # tp 1, fp 0, fn 1
+    t2, _ = target_for(tok, '{"objects": [' + rec("x", (800, 800, 900, 900)) + ", " + rec(*B) + "]}")  # tp 1, fp 1, fn 1
+
+    class R:
+        def __init__(self, n, hit):
+            self.token_ids, self.hit_max = [0] * n, hit
+
+    groups = rollout_metrics([t1, t2], [R(10, False), R(30, True)], 1.5)
+    flat = {k: (v, w) for m, w in groups for k, v in m.items()}
+    assert flat["rollout/precision"] == (pytest.approx(2 / 3), 3.0)
+    assert flat["rollout/recall"] == (pytest.approx(2 / 4), 4.0)
+    assert flat["rollout/f1"] == (pytest.approx(4 / 7), 7.0)
+    assert flat["rollout/gen_tokens_mean"] == (20.0, 2.0)
+    assert flat["rollout/hit_max_new_tokens_rate"] == (0.5, 2.0)
+    assert flat["rollout/generate_s"] == (1.5, 1.0)
+    assert flat["rollout/drop/unexpected_keys"] == (0.0, 2.0)
+
+
+def test_rollout_seed():
+    assert rollout_seed(0, 0) == 1
+    assert rollout_seed(7, 3) == 7 + 3 * 1000003
+    assert rollout_seed(1, 2**40) == (1 + 1000003 * 2**40) & 0x7FFFFFFF

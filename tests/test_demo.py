@@ -1,0 +1,68 @@
+"""vlmdet demo: argument checks, data reuse, and the whole path in --smoke mode."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from vlmdet.cli import main
+from vlmdet.config import load_config
+from vlmdet.demo import SMOKE_DATA, config_dir, make_data, run_demo, shipped_stage1
+from vlmdet.errors import UsageError
+
+
+def test_demo_configs_share_the_prompt_and_differ_in_stage():
+    s1 = load_config(config_dir() / "stage1.yaml")
+    s2 = load_config(config_dir() / "stage2.yaml")
+    assert (s1.stage, s2.stage) == (1, 2)
+    assert s1.prompt == s2.prompt  # Stage-2 must see the prompt Stage-1 learned
+    assert s2.stage2.b_ratio == 0.0 and s2.losses.coord_gate > 0 and not s2.losses.ce_on_coord_slots
+    assert s1.losses.ce_on_coord_slots
+
+
+def test_make_data_reuses_a_matching_set(tmp_path):
+    params = {**SMOKE_DATA, "n_train": 2, "n_val": 1}
+    make_data(tmp_path, params, progress=False)
+    first = (tmp_path / "train.jsonl").stat().st_mtime_ns
+    os.utime(tmp_path / "train.jsonl", ns=(1, 1))
+    make_data(tmp_path, params, progress=False)
+    assert (tmp_path / "train.jsonl").stat().st_mtime_ns == 1  # untouched
+    make_data(tmp_path, {**params, "n_train": 3}, progress=False)
+    assert (tmp_path / "train.jsonl").stat().st_mtime_ns not in (1, first) or \
+        len((tmp_path / "train.jsonl").read_text().splitlines()) == 3
+    assert len((tmp_path / "train.jsonl").read_text().splitlines()) == 3
+
+
+def test_bad_arguments(tmp_path, capsys):
+    with pytest.raises(UsageError, match="exclude"):
+        run_demo(tmp_path, from_scratch=True, stage1=str(tmp_path))
+    assert main(["demo", "--out", str(tmp_path), "--stage1", str(tmp_path / "nope")]) == 2
+    assert "not a checkpoint folder" in capsys.readouterr().err
+
+
+def test_shipped_stage1_checkpoint_is_small_and_complete():
+    ckpt = shipped_stage1()
+    if not (ckpt / "config.json").is_file():
+        pytest.fail(f"{ckpt} missing: `vlmdet demo` starts from it (make it with `vlmdet demo --from-scratch`)")
+    size = sum(f.stat().st_size for f in ckpt.iterdir())
+    assert size < 8_000_000
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json"):
+        assert (ckpt / name).is_file(), name
+
+
+@pytest.mark.slow
+def test_demo_smoke(tmp_path, capsys):
+    assert main(["demo", "--smoke", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "report: " + str(tmp_path / "report" / "report.html") in out
+    for phase in ("[1/5]", "[2/5]", "[3/5]", "[4/5]", "[5/5]"):
+        assert phase in out
+    s2 = tmp_path / "runs" / "demo_stage2"
+    metrics = json.loads((s2 / "eval" / "step_000002" / "metrics.json").read_text())["metrics"]
+    assert 0.0 <= metrics["eval_rollout/sample_valid_pred_rate"] <= 1.0
+    assert (s2 / "monitor_dumps" / "step_000001.json").is_file()
+    assert (tmp_path / "runs" / "demo_stage1" / "checkpoint-final" / "config.json").is_file()
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "| demo_stage1 |" in md and "| 2 | demo_stage2 |" in md

@@ -1,0 +1,151 @@
+"""train/forward.py on the tiny Qwen3-VL: gathered logits equal the full model's logits at those rows."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from vlmdet.format import render_answer
+from vlmdet.model.chat import COORD, DESC, STRUCT, encode_example
+from vlmdet.model.collate import Collator, position_ids
+from vlmdet.model.load import load_model
+from vlmdet.train import forward as F
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    ld = load_model("tiny")
+    ld.model.eval()
+    return ld
+
+
+@pytest.fixture(scope="module")
+def batch(loaded):
+    img_a = Image.new("RGB", (64, 64), (200, 10, 10))
+    img_b = Image.new("RGB", (32, 64), (10, 10, 200))
+    exs = [
+        encode_example(loaded, img_a, render_answer([("red circle", (10, 20, 300, 400)), ("blue square", (50, 60, 70, 80))])),
+        encode_example(loaded, img_b, render_answer([("green triangle", (1, 2, 903, 904))])),
+    ]
+    return Collator(loaded.pad_id)(exs)
+
+
+@pytest.fixture(scope="module")
+def full_logits(loaded, batch):
+    """Reference: the stock full forward, [B, L, V]."""
+    with torch.no_grad():
+        out = loaded.model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], pixel_values=batch["pixel_values"],
+            image_grid_thw=batch["image_grid_thw"], mm_token_type_ids=batch["mm_token_type_ids"],
+        )
+    return out.logits
+
+
+def test_supervision_rows_are_shifted_labels(loaded, batch):
+    sup = F.supervision(batch)
+    labels, ids = batch["labels"], batch["input_ids"]
+    B, L = labels.shape
+    expect_rows = [(b, p - 1) for b in range(B) for p in range(1, L) if labels[b, p] != -100]
+    got_rows = [tuple(x) for x in sup.rows.nonzero().tolist()]
+    assert got_rows == expect_rows
+    assert sup.target_ids.tolist() == [int(ids[b, t + 1]) for b, t in expect_rows]
+    assert sup.sample.tolist() == [b for b, _ in expect_rows]
+    # 3 boxes -> 12 coord rows, bins in document order
+    assert int(sup.coord.sum()) == 12
+    assert sup.coord_bins[sup.coord].tolist()[:4] == [10, 20, 300, 400]
+    assert (sup.coord_bins[~sup.coord] == -1).all()
+    # the last supervised row of each sample predicts <|im_end|>, a STRUCT token
+    for b in range(B):
+        last = max(i for i, s in enumerate(sup.sample.tolist()) if s == b)
+        assert sup.target_ids[last] == loaded.eot_id and sup.slot_class[last] == STRUCT
+    w = sup.ce_weights(desc_ce_weight=0.25, ce_on_coord_slots=False)
+    assert (w[sup.slot_class == DESC] == 0.25).all() and (w[sup.slot_class == COORD] == 0).all()
+    assert (w[sup.slot_class == STRUCT] == 1).all() and int((sup.slot_class == DESC).sum()) > 0
+    assert (sup.ce_weights()[sup.coord] == 1).all()
+
+
+def test_supervision_rejects_partial_boxes(batch):
+    bad = dict(batch)
+    slot = batch["slot_class"].clone()
+    first_coord = (slot[0] == COORD).nonzero()[0, 0]
+    slot[0, first_coord] = STRUCT
+    bad["slot_class"] = slot
+    with pytest.raises(ValueError, match="multiple of 4"):
+        F.supervision(bad)
+
+
+def test_gathered_logits_equal_full_logits_at_rows_and_head_sees_only_rows(loaded, batch, full_logits):
+    sup = F.supervision(batch)
+    shapes = []
+    hook = loaded.model.get_output_embeddings().register_forward_hook(lambda m, i, o: shapes.append(tuple(o.shape)))
+    try:
+        with torch.no_grad():
+            got = F.gathered_logits(loaded.model, batch, sup.rows)
+    finally:
+        hook.remove()
+    V = full_logits.shape[-1]
+    n = int(sup.rows.sum())
+    assert shapes == [(n, V)]  # the output head ran on the N gathered rows only, never [B, L, V]
+    assert got.shape == (n, V)
+    torch.testing.assert_close(got, full_logits[sup.rows], rtol=1e-5, atol=1e-5)
+
+
+def test_hidden_states_head_logits_and_inputs_embeds_paths_agree(loaded, batch, full_logits):
+    sup = F.supervision(batch)
+    b, t = sup.rows.nonzero(as_tuple=True)
+    pos = position_ids(loaded.model, batch)
+    with torch.no_grad():
+        h = F.hidden_states(loaded.model, batch, position_ids=pos)
+        assert h.shape[:2] == batch["input_ids"].shape
+        torch.testing.assert_close(F.head_logits(loaded.model, h[b, t]), full_logits[b, t], rtol=1e-5, atol=1e-5)
+        embeds = loaded.model.get_input_embeddings()(batch["input_ids"])
+        via_embeds = F.gathered_logits(loaded.model, batch, sup.rows, inputs_embeds=embeds, position_ids=pos)
+    torch.testing.assert_close(via_embeds, full_logits[sup.rows], rtol=1e-5, atol=1e-5)
+
+
+def test_logits_at_several_overlapping_row_sets(loaded, batch, full_logits):
+    b1, t1 = torch.tensor([1, 0, 0]), torch.tensor([5, 7, 3])  # unsorted on purpose
+    b2, t2 = torch.tensor([0, 1]), torch.tensor([7, 9])  # overlaps (0, 7)
+    with torch.no_grad():
+        x1, x2 = F.logits_at(loaded.model, batch, (b1, t1), (b2, t2))
+    torch.testing.assert_close(x1, full_logits[b1, t1], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x2, full_logits[b2, t2], rtol=1e-5, atol=1e-5)
+
+
+def test_gathered_logits_gradients_match_full_logits_loss(loaded, batch):
+    """Same scalar loss through the gathered path and the full-logits path -> same parameter grads."""
+    sup = F.supervision(batch)
+    model = loaded.model
+    head = model.get_output_embeddings().weight
+
+    def grad_of(fn):
+        model.zero_grad(set_to_none=True)
+        fn().backward()
+        g = head.grad.clone()
+        model.zero_grad(set_to_none=True)
+        return g
+
+    def gathered():
+        return torch.nn.functional.cross_entropy(F.gathered_logits(model, batch, sup.rows).float(), sup.target_ids)
+
+    def full():
+        logits = model(**{k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids")}).logits
+        return torch.nn.functional.cross_entropy(logits[sup.rows].float(), sup.target_ids)
+
+    torch.testing.assert_close(grad_of(gathered), grad_of(full), rtol=1e-4, atol=1e-6)
+
+
+def test_rows_must_be_bool(loaded, batch):
+    with pytest.raises(TypeError, match="bool"):
+        F.gathered_logits(loaded.model, batch, batch["attention_mask"])
+
+
+def test_unwrap_strips_wrappers(loaded):
+    class Wrap(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.module = m
+
+    assert F.unwrap(Wrap(Wrap(loaded.model))) is loaded.model
+    assert F.unwrap(loaded.model) is loaded.model
