@@ -98,10 +98,11 @@ def child(a) -> None:
         def step():
             sup = supervision(batch)
             logits = head(hidden[sup.rows])  # [N, V]
-            terms = stage1_terms(logits, sup, coord_ids, lc)
-            loss = combine(terms, lc)
             c = sup.coord
-            coord_diagnostics(logits[c], sup.coord_bins[c], coord_ids, lc.temperature)
+            coord_rows = logits[c]
+            terms = stage1_terms(logits, sup, coord_ids, lc, coord_rows)
+            loss = combine(terms, lc)
+            coord_diagnostics(coord_rows, sup.coord_bins[c], coord_ids, lc.temperature)
             loss.backward()
             return float(loss)
 

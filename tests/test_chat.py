@@ -137,3 +137,13 @@ def test_generation_prompt(loaded):
 def test_image_not_multiple_of_32_is_an_error(loaded, size):
     with pytest.raises(UsageError, match="multiple of 32"):
         encode_example(loaded, _image(*size), None, None)
+
+
+def test_prompt_config_dataclass_is_accepted(loaded):
+    from vlmdet.config import PromptConfig
+
+    cfg = PromptConfig(field_order="geometry_first", ordering="random")
+    assert system_prompt(cfg) == system_prompt({"field_order": "geometry_first", "ordering": "random"})
+    ex = encode_example(loaded, _image(), render_answer(OBJS, "geometry_first"), cfg)
+    text = loaded.tokenizer.decode(ex["input_ids"], skip_special_tokens=False)
+    assert user_prompt(cfg) in text and "bbox_2d first" in text and "any order" in text

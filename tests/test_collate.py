@@ -60,6 +60,7 @@ def _logits(model, **kw):
 def test_position_ids_skip_padding_and_follow_the_image_grid(loaded, examples):
     batch = Collator(loaded.pad_id, "right")(examples)
     pos = position_ids(loaded.model, batch)
+    assert torch.equal(pos, position_ids(loaded.model.model, batch))  # inner model gives the same
     assert pos.shape == (3,) + batch["input_ids"].shape
     # sample 0 (shorter, right padded): padding gets 0; text positions of real tokens are consecutive
     la = examples[0]["input_ids"].shape[0]

@@ -37,7 +37,6 @@ def test_plain_checkpoint_is_refused_by_load_model(plain):
         load_model(str(plain))
 
 
-@pytest.mark.slow
 def test_expand_then_load(plain, expanded):
     dst, summary = expanded
     assert summary["added"] == 1000 and summary["already_present"] == 0
@@ -69,7 +68,6 @@ def test_expand_then_load(plain, expanded):
     assert tok(COORD_TOKENS[17] + COORD_TOKENS[3], add_special_tokens=False)["input_ids"] == [ids[17], ids[3]]
 
 
-@pytest.mark.slow
 def test_expand_is_idempotent(expanded, tmp_path):
     dst, _ = expanded
     again = tmp_path / "again"
@@ -87,3 +85,33 @@ def test_refuses_bad_destinations(expanded, tmp_path):
         expand_vocab(dst, dst.parent)
     with pytest.raises(UsageError, match="not a checkpoint"):
         expand_vocab(tmp_path, tmp_path / "x")
+
+
+def test_untied_head_gets_its_own_new_rows(tmp_path):
+    from transformers import Qwen3VLForConditionalGeneration
+
+    from vlmdet.model.tiny import tiny_config, tiny_image_processor
+    from vlmdet.model.tokenizer import build_tiny_tokenizer
+
+    tok = build_tiny_tokenizer(coord_tokens=False)
+    cfg = tiny_config(tok)
+    cfg.tie_word_embeddings = False
+    torch.manual_seed(0)
+    model = Qwen3VLForConditionalGeneration(cfg)
+    assert model.lm_head.weight.data_ptr() != model.get_input_embeddings().weight.data_ptr()
+    src = tmp_path / "untied"
+    model.save_pretrained(src)
+    tok.save_pretrained(src)
+    tiny_image_processor().save_pretrained(src)
+    summary = expand_vocab(src, tmp_path / "dst")
+    assert summary["tied"] is False and summary["added"] == 1000
+    loaded = load_model(str(tmp_path / "dst"))
+    head = loaded.model.lm_head.weight.detach()
+    emb = loaded.model.get_input_embeddings().weight.detach()
+    assert head.data_ptr() != emb.data_ptr()
+    n_old = len(tok)
+    assert torch.equal(head[:n_old], model.lm_head.weight.detach())
+    ids = loaded.coord_ids
+    assert torch.unique(head[ids], dim=0).shape[0] == 1000
+    assert torch.allclose(head[ids].mean(0), model.lm_head.weight.detach().mean(0), atol=0.01)
+    assert not torch.allclose(head[ids], emb[ids])

@@ -235,8 +235,8 @@ def test_report_of_empty_run_dir_does_not_crash(tmp_path):
 
 @pytest.mark.slow
 def test_report_from_a_real_short_run(tmp_path):
-    """Train the smoke Stage-1 config for 2 steps with a rollout eval + monitor dump at each step, then
-    report on the real run directory."""
+    """Train the smoke Stage-1 config for 2 steps (a training log at step 1, a rollout eval + monitor dump
+    at step 2), then report on the real run directory."""
     from vlmdet.config import load_config
     from vlmdet.data.synth import make_synth
     from vlmdet.train.cli import train
@@ -245,12 +245,12 @@ def test_report_from_a_real_short_run(tmp_path):
     cfg = load_config(Path(__file__).parents[1] / "configs" / "smoke" / "tiny_stage1.yaml", [
         f"data.train={tmp_path / 'data' / 'train.jsonl'}", f"data.val={tmp_path / 'data' / 'val.jsonl'}",
         f"output_dir={tmp_path / 'runs'}", "training.max_steps=2", "training.per_device_train_batch_size=2",
-        "eval.eval_steps=1", "eval.max_samples=2", "rollout.max_new_tokens=16", "monitor.n_samples=2"])
+        "training.logging_steps=1", "eval.eval_steps=0", "eval.steps=[2]", "eval.max_samples=2", "rollout.max_new_tokens=16", "monitor.n_samples=2"])
     run_dir = Path(train(cfg, ["test"])["run_dir"])
     paths = build_report([run_dir], tmp_path / "rep", steps=[1, 2, 5])
     md = paths["md"].read_text()
     run = load_run(run_dir)
-    assert run.eval_steps == [1, 2] and sorted(run.dumps) == [1, 2]
+    assert run.eval_steps == [2] and sorted(run.dumps) == [2]
     v = run.metric(2, "sample_valid_pred_rate")
     assert v is not None and f"| 2 | {run.name} |" in md
     assert "| 5 | " + run.name + " | — |" in md

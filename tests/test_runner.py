@@ -6,6 +6,7 @@ answers 100% parseable."""
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -293,3 +294,34 @@ def test_constrained_decoding_repairs_a_leaking_model(loaded, val, tmp_path):
         # same structure, same descs; coordinate tokens where the digits were
         assert ro.text.count("<|coord_") == 8 and "85" not in ro.text
     assert (tmp_path / "eval" / "step_000002" / "predictions_constrained.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_eval_inside_a_short_training_run(tmp_path):
+    """Stage-1 on the tiny model for 4 steps with eval_steps 2: the trainer's callback calls
+    run_rollout_eval, which writes metrics, predictions and dumps at steps 2 and 4 only."""
+    from vlmdet.config import load_config
+    from vlmdet.data.synth import make_synth
+    from vlmdet.train.cli import train
+
+    make_synth(tmp_path / "d", n_train=8, n_val=3, seed=0, size=64)
+    smoke = str(Path(__file__).resolve().parents[1] / "configs" / "smoke" / "tiny_stage1.yaml")
+    cfg = load_config(smoke, [f"data.train={tmp_path / 'd' / 'train.jsonl'}", f"data.val={tmp_path / 'd' / 'val.jsonl'}",
+                              f"output_dir={tmp_path / 'runs'}", "run_name=r", "training.max_steps=4",
+                              "eval.eval_steps=2", "eval.max_samples=3", "rollout.max_new_tokens=12",
+                              "monitor.n_samples=2", "monitor.draw_images=true"])
+    summary = train(cfg, ["test"])
+    assert summary["global_step"] == 4
+    run = RunDir(tmp_path / "runs" / "r")
+    assert sorted(p.name for p in (run.root / "eval").iterdir()) == ["step_000002", "step_000004"]
+    assert sorted(p.name for p in (run.root / "monitor_dumps").glob("*.json")) == ["step_000002.json", "step_000004.json"]
+    for step in (2, 4):
+        saved = json.loads((run.eval_dir(step) / "metrics.json").read_text())
+        assert saved["step"] == step and saved["metrics"]["eval_rollout/samples"] == 3
+        assert len((run.eval_dir(step) / "predictions.jsonl").read_text().splitlines()) == 3
+        dump = json.loads(run.dump_path(step).read_text())
+        assert dump["step"] == step and len(dump["samples"]) == 2
+        assert len(list(run.dump_path(step).with_suffix("").glob("*.png"))) == 2
+    rows = [json.loads(line) for line in run.log_path.read_text().splitlines()]
+    eval_steps = sorted({r["step"] for r in rows if "eval_rollout/f1" in r})
+    assert eval_steps == [2, 4]

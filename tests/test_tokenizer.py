@@ -5,6 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vlmdet.coords import COORD_TOKENS
+from vlmdet.data.synth import CLASS_NAMES
 from vlmdet.format import render_answer
 from vlmdet.model.chat import system_prompt, user_prompt
 from vlmdet.model.tokenizer import (
@@ -83,14 +84,14 @@ def test_any_text_round_trips(tok, text):
 
 
 def test_known_words_are_single_tokens(tok):
-    for word in ("red", "circle", "person", "teddy"):
+    for word in ("red", "circle", "person", "teddy", *(w for name in CLASS_NAMES for w in name.split())):
         assert len(tok(word, add_special_tokens=False)["input_ids"]) == 1
         assert len(tok(" " + word, add_special_tokens=False)["input_ids"]) == 1
     # an unknown word falls back to several pieces
     assert len(tok("zqxjv", add_special_tokens=False)["input_ids"]) > 1
 
 
-_NAMES = st.sampled_from(list(COCO_80_CLASS_NAMES) + [f"{c} {s}" for c in COLOURS for s in SHAPES])
+_NAMES = st.sampled_from(list(CLASS_NAMES) + list(COCO_80_CLASS_NAMES) + [f"{c} {s}" for c in COLOURS for s in SHAPES])
 _DESC = st.one_of(_NAMES, st.text(min_size=1, max_size=12))
 _BOX = st.tuples(*[st.integers(0, 999)] * 4)
 

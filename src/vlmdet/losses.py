@@ -36,9 +36,23 @@ CIOU_EPS = 1e-7
 
 
 def sanitize_logits(logits: torch.Tensor) -> torch.Tensor:
-    """float32 copy of `logits` with NaN -> 0, +inf -> +1e4, -inf -> -1e4, then clamped to [-1e4, 1e4]."""
-    z = torch.nan_to_num(logits.float(), nan=0.0, posinf=LOGIT_CLAMP, neginf=-LOGIT_CLAMP)
+    """float32 logits with NaN -> 0, +inf -> +1e4, -inf -> -1e4, then clamped to [-1e4, 1e4].
+
+    Clean float32 input (finite, within the clamp range: the normal case) is returned as is, without
+    a copy (one min/max reduction decides); anything else gets a sanitized copy."""
+    z = logits.float()
+    if z.numel() == 0:
+        return z
+    lo, hi = torch.aminmax(z)
+    if bool(torch.isfinite(lo) & torch.isfinite(hi) & (lo >= -LOGIT_CLAMP) & (hi <= LOGIT_CLAMP)):
+        return z
+    z = torch.nan_to_num(z, nan=0.0, posinf=LOGIT_CLAMP, neginf=-LOGIT_CLAMP)
     return z.clamp(-LOGIT_CLAMP, LOGIT_CLAMP)
+
+
+def _tempered(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    z = sanitize_logits(logits)
+    return z if temperature == 1.0 else z / temperature
 
 
 def _as_index(ids: torch.Tensor | list[int], device: torch.device) -> torch.Tensor:
@@ -56,9 +70,13 @@ def token_ce(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) 
     (entries < 0, e.g. -100, are ignored), weights `[N]` >= 0 (desc tokens carry `desc_ce_weight`).
     Returns the scalar `sum_i w_i * ce_i / sum_i w_i` (ignored rows count with weight 0); exactly 0
     (still attached to the graph) when the weight sum is 0.
+    Computed as `logsumexp(z) - z[label]`, which keeps no `[N, V]` tensor for backward (a
+    log-softmax would keep one more full copy of the logits).
     """
+    z = logits.float()
     w = weights.float() * (labels >= 0)
-    ce = F.cross_entropy(logits.float(), labels.clamp_min(0), reduction="none")
+    picked = z.gather(-1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+    ce = torch.logsumexp(z, dim=-1) - picked
     # no host sync: when sum(w) == 0 the numerator is 0 too and the result is exactly 0
     return torch.where(w > 0, w * ce, 0.0).sum() / w.sum().clamp_min(1e-12)
 
@@ -103,7 +121,7 @@ def coord_w1(coord_logits: torch.Tensor, target_bins: torch.Tensor, sigma: float
 
 def coord_probs(coord_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """pi = softmax(s / T) over the coord vocabulary, float32 `[N, 1000]`."""
-    return torch.softmax(sanitize_logits(coord_logits) / temperature, dim=-1)
+    return torch.softmax(_tempered(coord_logits, temperature), dim=-1)
 
 
 def expected_bins(coord_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -119,7 +137,7 @@ def coord_entropy(coord_logits: torch.Tensor, temperature: float = 1.0) -> torch
 
     Returned with a + sign: the loss is the entropy, so a positive weight sharpens pi.
     """
-    logpi = torch.log_softmax(sanitize_logits(coord_logits) / temperature, dim=-1)
+    logpi = torch.log_softmax(_tempered(coord_logits, temperature), dim=-1)
     return -(logpi.exp() * logpi).sum(-1)
 
 
@@ -129,7 +147,7 @@ def coord_entropy(coord_logits: torch.Tensor, temperature: float = 1.0) -> torch
 
 def _lse_parts(logits: torch.Tensor, coord_ids, temperature: float):
     """(lse over all of z/T, lse over coord ids, mask of coord columns), z sanitized, float32."""
-    z = sanitize_logits(logits) / temperature
+    z = _tempered(logits, temperature)
     idx = _as_index(coord_ids, z.device)
     lse_all = torch.logsumexp(z, dim=-1)
     lse_coord = torch.logsumexp(z.index_select(-1, idx), dim=-1)

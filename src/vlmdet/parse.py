@@ -37,9 +37,10 @@ Records (each complete record is either a `ParsedObject` or exactly one `Dropped
   its 4 bins, its `index` in the array (dropped records counted), the character span of the record and
   of its 4 coordinate literals. Duplicated objects are not drops.
 
-Speed: canonical records (exact separators, a desc without escapes) are recognised by one compiled regex
-anchored at the current position; every other record goes through the careful scanner above, which
-gives the same answer for canonical records.
+Speed: canonical records (exact `", "` / `": "` separators, in-range unpadded tokens) are recognised
+by a compiled regex anchored at the current position (a second one when the desc has escapes); every
+other record, and any canonical one that turns out invalid, goes through the careful scanner above,
+which gives the same answer for canonical records. See docs/BENCHMARKS.md ("Parser").
 
 `parse_rollout` is the token-level wrapper used for training rollouts (see its docstring).
 """

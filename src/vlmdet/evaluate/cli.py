@@ -36,6 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--constrained", action="store_true",
                         help="also run grammar-constrained decoding (eval_rollout_constrained/*)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    # `key=value` overrides may follow the options (`vlmdet eval CFG --checkpoint X a.b=1`): plain
+    # parse_args would stop at the first positional group, intermixed parsing collects them all
+    parser.parse_args = parser.parse_intermixed_args
 
 
 def checkpoint_step(path: str) -> int:
@@ -44,11 +47,26 @@ def checkpoint_step(path: str) -> int:
     return int(m.group(1)) if m else 0
 
 
+def metrics_table(metrics: dict[str, float], title: str = "") -> str:
+    """Name / value lines: whole numbers (counts) as integers, other values with 4 decimals."""
+    width = max((len(k) for k in metrics), default=0)
+    lines = [title] if title else []
+    for k, v in metrics.items():
+        count = float(v).is_integer() and not k.endswith(("_rate", "_s")) and "/" in k and \
+            k.split("/", 1)[1].split("/")[0] in COUNT_NAMES
+        lines.append(f"  {k:<{width}}  {int(v) if count else f'{v:.4f}'}")
+    return "\n".join(lines)
+
+
+#: metric names (after the prefix) printed as integers
+COUNT_NAMES = {"samples", "pred_objects", "gt_objects", "matched", "tp", "fp", "fn", "tp_agnostic", "fp_agnostic",
+               "fn_agnostic", "gate_matched", "parse_dropped_invalid", "drop", "parse_incomplete_tail"}
+
+
 def run(args: argparse.Namespace) -> int:
     from vlmdet.config import load_config
     from vlmdet.data.records import load_records
     from vlmdet.errors import UsageError
-    from vlmdet.evaluate.detection import format_metrics
     from vlmdet.evaluate.runner import run_rollout_eval
     from vlmdet.model.load import load_model
     from vlmdet.rundir import RunDir
@@ -74,6 +92,6 @@ def run(args: argparse.Namespace) -> int:
     run_dir = RunDir(out)
     metrics = run_rollout_eval(loaded, records, cfg, run_dir=run_dir, step=step, progress=not args.no_progress)
     n = len(records) if not cfg.eval.max_samples else min(len(records), cfg.eval.max_samples)
-    print(format_metrics(metrics, f"vlmdet eval: {checkpoint} on {data} ({n} images, step {step})"))
+    print(metrics_table(metrics, f"vlmdet eval: {checkpoint} on {data} ({n} images, step {step})"))
     print(f"\nwrote {run_dir.eval_dir(step)}" + (f" and {run_dir.dump_path(step)}" if cfg.monitor.enabled else ""))
     return 0

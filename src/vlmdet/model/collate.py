@@ -84,8 +84,14 @@ def position_ids(model, batch: dict):
     """mRoPE position ids [3, B, L] (long) from the model's own rope-index function.
 
     Padding positions get 0 (the rope index skips them via `attention_mask`). `model` is the
-    `...ForConditionalGeneration` (or its inner `.model`)."""
-    inner = getattr(model, "model", model)
+    `...ForConditionalGeneration`, its inner `.model`, or a wrapper (`.module`) around either."""
+    inner = model
+    for _ in range(4):
+        if hasattr(inner, "get_rope_index"):
+            break
+        inner = getattr(inner, "module", None) or getattr(inner, "model", None)
+        if inner is None:
+            raise TypeError(f"{type(model).__name__} has no mRoPE rope-index function (get_rope_index)")
     pos, _deltas = inner.get_rope_index(
         batch["input_ids"],
         mm_token_type_ids=batch["mm_token_type_ids"],

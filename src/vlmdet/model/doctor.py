@@ -169,10 +169,19 @@ def _check_supervision(loaded, examples, prompt_cfg, out: Callable[[str], None])
         coord_set = loaded.coord_bin_of_id
         if any((i in coord_set) != (c == COORD) for i, c in zip(span_ids, span_slots)):
             sup_problems.append(f"example {n}: coord slots are not exactly the coord-token positions")
-        desc_text = "".join(p for p, c in zip(pieces, span_slots) if c == DESC)
-        want_desc = "".join(answer[a:b] for a, b in desc_spans(answer))
-        if desc_text != want_desc:
-            sup_problems.append(f"example {n}: desc slots read {desc_text!r}, the answer's descs are {want_desc!r}")
+        # desc slots: every desc character lies in a DESC token, and every DESC token touches a desc
+        # (a BPE token may straddle a quote and the first letters: it counts as DESC)
+        starts = [0]
+        for p in pieces:
+            starts.append(starts[-1] + len(p))
+        tok_spans = [(starts[i], starts[i + 1]) for i in range(len(pieces))]
+        spans = desc_spans(answer)
+        desc_tok = [sp for sp, c in zip(tok_spans, span_slots) if c == DESC]
+        uncovered = [a for a0, b0 in spans for a in range(a0, b0) if not any(s <= a < e for s, e in desc_tok)]
+        stray = [sp for sp in desc_tok if not any(s < b0 and e > a0 for (s, e), (a0, b0) in [(sp, d) for d in spans])]
+        if uncovered or stray:
+            sup_problems.append(f"example {n}: desc slots miss {len(uncovered)} desc characters and "
+                                f"include {len(stray)} tokens outside any desc")
         if n == 0:
             out(f"supervision of example 0 ({len(span_ids)} tokens; S struct, D desc, C coord):")
             for p, c in zip(pieces, span_slots):

@@ -73,7 +73,8 @@ def expand_vocab(src, dst, seed: int = 0) -> dict:
             raise UsageError(f"{src}: {t} does not tokenize to its own single id")
 
     new_ids = [vocab[t] for t in missing]
-    old_ids = [i for i in range(min(n_tok_before, rows_before)) if i not in set(new_ids)]
+    new_set = set(new_ids)
+    old_ids = [i for i in range(min(n_tok_before, rows_before)) if i not in new_set]
     tied = model.get_output_embeddings() is None or (
         model.get_output_embeddings().weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
     )

@@ -67,6 +67,8 @@ def line_plot(runs: Sequence[RunData], name: str, marks: Sequence[int] = ()) -> 
                 continue
             any_data = True
             xs, ys = zip(*pts)
+            if len(pts) == 1 and "o" not in style:  # a lone point of a line style would be invisible
+                style += "o"
             ax.plot(xs, ys, style, color=color, label=run.name + suffix, markersize=4, linewidth=1.5)
     for s in marks:
         ax.axvline(s, color="0.8", linestyle=":", linewidth=1)

@@ -38,23 +38,36 @@ from vlmdet.train.forward import gathered_logits, supervision
 from vlmdet.train.objective import MetricWindow, active, combine, coord_diagnostics, coord_terms, log_terms
 
 
-def stage1_terms(logits: torch.Tensor, sup, coord_ids, losses_cfg: Any) -> dict[str, torch.Tensor]:
+def stage1_terms(logits: torch.Tensor, sup, coord_ids, losses_cfg: Any, coord_rows: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Unweighted Stage-1 terms (scalars, keyed like `objective.TERMS`) from logits `[N, V]` at the
-    supervised rows `sup` (`forward.Supervision`, same row order)."""
+    supervised rows `sup` (`forward.Supervision`, same row order). `coord_rows`: `logits[sup.coord]`
+    if the caller already has it."""
     from vlmdet import losses as L
 
     w = sup.ce_weights(losses_cfg.desc_ce_weight, losses_cfg.ce_on_coord_slots)
     with torch.set_grad_enabled(torch.is_grad_enabled() and active(losses_cfg, "token_ce")):
         terms = {"token_ce": L.token_ce(logits, sup.target_ids, w)}
     c = sup.coord
-    terms.update(coord_terms(logits[c], sup.coord_bins[c], coord_ids, losses_cfg))
-    with torch.set_grad_enabled(torch.is_grad_enabled() and active(losses_cfg, "text_gate")):
-        text = logits[~c]
-        if text.shape[0]:
-            terms["text_gate"] = L.text_gate_loss(text, coord_ids, float(losses_cfg.temperature)).mean()
-        else:
-            terms["text_gate"] = logits.sum() * 0.0
+    if coord_rows is None:
+        coord_rows = logits[c]
+    terms.update(coord_terms(coord_rows, sup.coord_bins[c], coord_ids, losses_cfg))
+    terms["text_gate"] = _text_gate(logits, ~c, coord_ids, losses_cfg)
     return terms
+
+
+def _text_gate(logits: torch.Tensor, text: torch.Tensor, coord_ids, losses_cfg: Any, chunk: int = 128) -> torch.Tensor:
+    """Mean text gate over the rows where `text` [N] is True. When the term is off it is only logged:
+    computed under no_grad in row chunks, so it never needs more than `chunk` x V temporary floats."""
+    from vlmdet import losses as L
+
+    T = float(losses_cfg.temperature)
+    if not bool(text.any()):
+        return logits.sum() * 0.0
+    if torch.is_grad_enabled() and active(losses_cfg, "text_gate"):
+        return L.text_gate_loss(logits[text], coord_ids, T).mean()
+    with torch.no_grad():
+        per_row = torch.cat([L.text_gate_loss(part, coord_ids, T) for part in logits.detach().split(chunk)])
+        return per_row[text].mean()
 
 
 def stage1_loss(trainer: "DetTrainer", model, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
@@ -62,11 +75,12 @@ def stage1_loss(trainer: "DetTrainer", model, batch: Mapping[str, Any]) -> tuple
     lc = trainer.cfg.losses
     sup = supervision(batch)
     logits = gathered_logits(model, batch, sup.rows)
-    terms = stage1_terms(logits, sup, trainer.coord_ids, lc)
+    c = sup.coord
+    coord_rows = logits[c]
+    terms = stage1_terms(logits, sup, trainer.coord_ids, lc, coord_rows)
     total = combine(terms, lc)
     logs = log_terms(terms, total)
-    c = sup.coord
-    logs.update(coord_diagnostics(logits[c], sup.coord_bins[c], trainer.coord_ids, float(lc.temperature)))
+    logs.update(coord_diagnostics(coord_rows, sup.coord_bins[c], trainer.coord_ids, float(lc.temperature)))
     return total, logs
 
 
