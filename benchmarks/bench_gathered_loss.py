@@ -85,7 +85,7 @@ def child(a) -> None:
             labels = torch.nn.functional.pad(batch["labels"], (0, 1), value=-100)[:, 1:]
             loss = torch.nn.functional.cross_entropy(logits.view(-1, a.vocab), labels.reshape(-1), ignore_index=-100)
             loss.backward()
-            return float(loss)
+            return float(loss.detach())
 
     else:
         from vlmdet.config import load_config
@@ -104,7 +104,7 @@ def child(a) -> None:
             loss = combine(terms, lc)
             coord_diagnostics(coord_rows, sup.coord_bins[c], coord_ids, lc.temperature)
             loss.backward()
-            return float(loss)
+            return float(loss.detach())
 
     times, peaks = [], []
     for i in range(a.repeats + 1):

@@ -45,8 +45,10 @@ def test_prompts_follow_config():
     assert all(n in user_prompt({"variant": "coco_80"}) for n in COCO_80_CLASS_NAMES)
     assert "<|coord_N|>" in d and '{"objects": []}' in d
     assert system_prompt({"system": "S"}) == "S" and user_prompt({"user": "U"}) == "U"
-    with pytest.raises(UsageError, match="variant"):
+    with pytest.raises(UsageError, match="did you mean 'coco_80'"):
         system_prompt({"variant": "coco80"})
+    with pytest.raises(UsageError, match="field_order"):
+        user_prompt({"field_order": "desc"})
 
 
 def test_render_prompt_matches_tokenizer_chat_template(loaded):

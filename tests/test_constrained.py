@@ -210,3 +210,16 @@ def test_tiny_tokenizer_leak_made_parseable(field_order):
         proc = CoordJSONLogitsProcessor(g, prompt_len=5, max_new_tokens=max_new)
         rows = simulate(proc, len(tok), leaky_scores(digits, max_new), max_new, pad_id=tok.pad_token_id, eot_id=eot)
         check_parseable(rows, pieces, eot, field_order, max_new)
+
+
+def test_prompt_length_defaults_to_the_first_call():
+    g = grammar()
+    proc = CoordJSONLogitsProcessor(g, max_new_tokens=None)
+    seq = torch.full((2, 7), P["x"])  # a 7-token prompt of arbitrary ids
+    out = proc(seq, torch.zeros(2, len(PIECES)))
+    assert proc.prompt_len == 7
+    allowed = torch.isfinite(out[0]).nonzero().flatten().tolist()
+    assert allowed == [P['{"'], P["{"]]  # only pieces that start the container
+    seq = torch.cat([seq, torch.tensor([[P['{"']], [P["{"]]])], 1)
+    proc(seq, torch.zeros(2, len(PIECES)))
+    assert proc.states == [("open", 2), ("open", 1)]

@@ -63,6 +63,8 @@ def test_demo_smoke(tmp_path, capsys):
     metrics = json.loads((s2 / "eval" / "step_000002" / "metrics.json").read_text())["metrics"]
     assert 0.0 <= metrics["eval_rollout/sample_valid_pred_rate"] <= 1.0
     assert (s2 / "monitor_dumps" / "step_000001.json").is_file()
+    assert (s2 / "eval" / "step_000000" / "metrics.json").is_file()  # the Stage-1 checkpoint as step 0
     assert (tmp_path / "runs" / "demo_stage1" / "checkpoint-final" / "config.json").is_file()
     md = (tmp_path / "report" / "report.md").read_text()
-    assert "| demo_stage1 |" in md and "| 2 | demo_stage2 |" in md
+    assert "| 0 | demo_stage2 |" in md and "| 2 | demo_stage2 |" in md and "demo_stage1" not in md
+    assert "| demo_stage1 |" in (tmp_path / "report_stage1" / "report.md").read_text()

@@ -54,15 +54,31 @@ def test_identical_coord_rows_fail(tiny_copy):
     assert checks["coord_ids"] and checks["stop_token"] and checks["supervision"]
 
 
-def test_unsupervised_end_of_turn_fails(monkeypatch):
+def _drop_eot_label(ex):
+    ex["labels"][-1] = -100  # the end-of-turn token loses its label
+
+
+def _desc_as_struct(ex):
+    ex["slot_class"][ex["slot_class"] == chat.DESC] = chat.STRUCT
+
+
+def _first_coord_as_struct(ex):
+    where = (ex["slot_class"] == chat.COORD).nonzero().flatten()
+    if len(where):  # the built-in examples include an empty answer
+        ex["slot_class"][where[0]] = chat.STRUCT
+        ex["coord_bins"][where[0]] = -1
+
+
+@pytest.mark.parametrize("breakage", [_drop_eot_label, _desc_as_struct, _first_coord_as_struct])
+def test_broken_supervision_fails(monkeypatch, breakage):
     real = chat.encode_example
 
-    def drop_eot_label(loaded, image, answer, prompt_cfg):
+    def broken(loaded, image, answer, prompt_cfg):
         ex = real(loaded, image, answer, prompt_cfg)
-        ex["labels"][-1] = -100  # the end-of-turn token loses its label
+        breakage(ex)
         return ex
 
-    monkeypatch.setattr(chat, "encode_example", drop_eot_label)
+    monkeypatch.setattr(chat, "encode_example", broken)
     checks = _by_name(run_doctor("tiny", out=lambda s: None))
     assert checks["supervision"] is False and checks["round_trip"] is True
 

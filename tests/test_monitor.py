@@ -121,3 +121,12 @@ def test_write_dump_without_images_keeps_text(tmp_path):
     assert on_disk["samples"][0]["raw_text"] == "é" * 5000
     assert "\\u00e9" not in path.read_text(encoding="utf-8")  # UTF-8, not ASCII-escaped
     assert not path.with_suffix("").exists()
+
+
+def test_png_names_do_not_clash(tmp_path):
+    im = tmp_path / "im.png"
+    Image.new("RGB", (32, 32)).save(im)
+    path = tmp_path / "step_000001.json"
+    payload = write_dump(path, 1, [sample("a/b", image=str(im)), sample("a_b", image=str(im))], n_samples=2)
+    assert sorted(p.name for p in path.with_suffix("").iterdir()) == ["a_b.png", "a_b_2.png"]
+    assert len({s["png"] for s in payload["samples"]}) == 2

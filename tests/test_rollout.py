@@ -124,13 +124,16 @@ def test_statistics_are_the_unprocessed_distribution(loaded, records):
 
 
 def test_batching_does_not_change_results(loaded, records):
-    one = HFRollout(loaded, {"max_new_tokens": 5, "batch_size": 1}, progress=False).generate(records)
-    three = HFRollout(loaded, {"max_new_tokens": 5, "batch_size": 3}, progress=False).generate(records)
-    for a, b in zip(one, three):
+    force = forcing(loaded, {r.image_id: ANSWER for r in records})
+    one = HFRollout(loaded, {"max_new_tokens": 40, "batch_size": 1}, extra_processors=force, progress=False)
+    three = HFRollout(loaded, {"max_new_tokens": 40, "batch_size": 3}, extra_processors=force, progress=False)
+    for a, b in zip(one.generate(records), three.generate(records)):
         assert a.token_ids == b.token_ids
         np.testing.assert_allclose(a.logprobs, b.logprobs, atol=2e-4)
+        np.testing.assert_allclose(a.coord_mass, b.coord_mass, atol=2e-4)
     # the images differ, so the rows' statistics differ (the vision input reached the model)
-    assert not np.allclose(one[0].logprobs, one[1].logprobs, atol=1e-6)
+    a = one.generate(records[:2])
+    assert not np.allclose(a[0].logprobs, a[1].logprobs, atol=1e-6)
 
 
 def test_sampling_seed_is_reproducible_and_isolated(loaded, records):
@@ -150,12 +153,46 @@ def test_sampling_seed_is_reproducible_and_isolated(loaded, records):
 
 
 def test_repetition_penalty_changes_tokens_not_the_recorded_distribution(loaded, records):
-    """HF's penalty also counts prompt tokens, so the greedy first token changes ("\n" is in the
-    prompt); the recorded statistics of step 0 stay those of the raw distribution."""
+    """HF's penalty also counts prompt tokens: under a huge penalty greedy never repeats a token of the
+    prompt or of its own output; the recorded statistics stay those of the raw distribution."""
+    from vlmdet.data.records import load_image
+    from vlmdet.model.chat import encode_example
+
     plain = HFRollout(loaded, {"max_new_tokens": 4}, progress=False).generate(records[:1])[0]
-    pen = HFRollout(loaded, {"max_new_tokens": 4, "repetition_penalty": 50.0}, progress=False).generate(records[:1])[0]
-    assert plain.token_ids[0] != pen.token_ids[0]
+    pen = HFRollout(loaded, {"max_new_tokens": 4, "repetition_penalty": 1e4}, progress=False).generate(records[:1])[0]
+    prompt = set(encode_example(loaded, load_image(records[0]), None)["input_ids"].tolist())
+    assert len(set(pen.token_ids)) == 4 and not set(pen.token_ids) & prompt
     assert pen.coord_mass[0] == pytest.approx(plain.coord_mass[0], abs=1e-6)
-    lp, _ = teacher_forced_stats(loaded, records[0], pen.token_ids)
-    assert pen.logprobs[0] == pytest.approx(float(lp[0]), abs=2e-4)
-    assert pen.logprobs[0] < plain.logprobs[0]  # greedy under the penalty took a less likely token
+    lp, mass = teacher_forced_stats(loaded, records[0], pen.token_ids)
+    np.testing.assert_allclose(pen.logprobs, lp.numpy(), atol=2e-4)
+    np.testing.assert_allclose(pen.coord_mass, mass.numpy(), atol=2e-4)
+    assert pen.logprobs[0] <= plain.logprobs[0] + 1e-6  # plain greedy took the raw argmax
+
+
+def test_grammar_for_a_loaded_model_is_cached_and_blocks_chat_tokens(loaded):
+    from vlmdet.evaluate.constrained import grammar_for
+
+    g = grammar_for(loaded)
+    assert grammar_for(loaded) is g and grammar_for(loaded, "geometry_first") is not g
+    tok = loaded.tokenizer
+    for name in ("<|im_start|>", "<|image_pad|>", "<|vision_start|>", "<|endoftext|>"):
+        assert tok.convert_tokens_to_ids(name) in g.blocked, name
+    assert loaded.eot_id not in g.blocked and not (set(loaded.coord_ids) & g.blocked)
+    assert g.vocab_size == loaded.model.get_output_embeddings().weight.shape[0]
+    # the structure pieces of the tiny tokenizer are single tokens: 3 tokens for the empty answer
+    assert g.dist(g.START) == 3
+
+
+def test_extra_processors_accept_lists_single_processors_and_factories(loaded, records):
+    from transformers import LogitsProcessorList
+
+    forced = forcing(loaded, {r.image_id: ANSWER for r in records[:1]})(records[:1])[0]
+    for extra in ([forced], LogitsProcessorList([forced]), forced):
+        forced.start = None
+        be = HFRollout(loaded, {"max_new_tokens": 40}, extra_processors=extra, progress=False)
+        assert be.generate(records[:1])[0].text == ANSWER
+    factory_calls = []
+    be = HFRollout(loaded, {"max_new_tokens": 3, "batch_size": 2}, progress=False,
+                   extra_processors=lambda recs: factory_calls.append([r.image_id for r in recs]) or [])
+    be.generate(records)
+    assert factory_calls == [["im0", "im1"], ["im2"]]

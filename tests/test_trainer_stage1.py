@@ -48,7 +48,7 @@ def _log_rows(run_dir):
 
 
 @pytest.mark.slow
-def test_stage1_learns_and_logs_every_term_to_jsonl_and_tensorboard(synth, tmp_path):
+def test_stage1_learns_and_logs_every_term_to_jsonl_and_tensorboard(synth, tmp_path, monkeypatch):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from vlmdet.model.load import load_model
@@ -60,9 +60,17 @@ def test_stage1_learns_and_logs_every_term_to_jsonl_and_tensorboard(synth, tmp_p
     cfg = _cfg(synth, tmp_path, **{
         "data.max_train_samples": 2, "training.max_steps": 10, "training.learning_rate": 3e-3,
         "training.lr_scheduler_type": "constant", "training.lr_scheduler_kwargs": "{}",
+        "data.val": str(synth / "val.jsonl"), "eval.eval_steps": 4,
     })
+    # a stand-in rollout eval (the real one is tested in tests/test_runner.py): its metrics must be
+    # logged at steps 4 and 8 without swallowing those steps' training logs
+    fake = types.ModuleType("vlmdet.evaluate.runner")
+    fake.run_rollout_eval = lambda **kw: {"eval_rollout/f1": kw["step"] / 100}
+    monkeypatch.setitem(sys.modules, "vlmdet.evaluate.runner", fake)
     summary = train(cfg, ["test"], loaded=loaded)
     assert summary["global_step"] == 10
+    evals = [(r["step"], r["eval_rollout/f1"]) for r in _log_rows(summary["run_dir"]) if "eval_rollout/f1" in r]
+    assert evals == [(4, 0.04), (8, 0.08)]
 
     changed = [k for k, v in loaded.model.named_parameters() if not torch.equal(v.detach(), before[k])]
     assert "lm_head.weight" in changed or "model.language_model.embed_tokens.weight" in changed
@@ -89,6 +97,7 @@ def test_stage1_learns_and_logs_every_term_to_jsonl_and_tensorboard(synth, tmp_p
     assert {f"train/{k}" for k in DIAG_KEYS} <= tags
     tb_total = [e.value for e in acc.Scalars("train/loss/total")]
     assert tb_total[0] == pytest.approx(first["loss/total"], rel=1e-5) and len(tb_total) == 5
+    assert [e.step for e in acc.Scalars("train/eval_rollout/f1")] == [4, 8]
 
     final = Path(summary["final_checkpoint"])
     assert (final / "model.safetensors").exists() and (final / "preprocessor_config.json").exists()
@@ -213,9 +222,17 @@ def test_rollout_eval_hook_calls_runner_and_logs(monkeypatch, tmp_path):
     model = torch.nn.Linear(2, 2)
     loaded = types.SimpleNamespace(model=model)
     cb = RolloutEvalCallback(cfg, run=None, loaded=loaded, records=["r1"])
-    cb.trainer = types.SimpleNamespace(log=logged.append)
+    control = types.SimpleNamespace(should_log=True)
+
+    def log(metrics):  # like Trainer.log: its on_log handler clears should_log
+        logged.append(metrics)
+        control.should_log = False
+
+    cb.trainer = types.SimpleNamespace(log=log)
     for step in (1, 2, 3, 4):
-        cb.on_step_end(None, _State(step), None, model=model)
+        control.should_log = step % 2 == 0
+        cb.on_step_end(None, _State(step), control, model=model)
+        assert control.should_log == (step % 2 == 0)  # the step's own training log is not swallowed
     assert calls == [(2, False, False), (4, False, False)]  # eval mode, no grad, at the due steps
     assert model.training  # restored
     assert logged == [{"eval_rollout/f1": 0.5}, {"eval_rollout/f1": 0.5}]

@@ -7,9 +7,10 @@ Phases (each with its own progress bar; the wall time of each is printed at the 
               with `--from-scratch`: `vlmdet train configs/demo/stage1.yaml` from random init -> OUT/runs/demo_stage1
 3. stage2     Stage-2 AB, Channel-A only (configs/demo/stage2.yaml) from that checkpoint, with rollout eval
               + monitor dumps during training -> OUT/runs/demo_stage2
-4. eval       the final model on the whole synthetic val set, written into the Stage-2 run at its last step
-              (and, when starting from the shipped checkpoint, the checkpoint itself at step 0)
-5. report     `vlmdet report` of the runs -> OUT/report/report.{md,html}
+4. eval       the final model on the whole synthetic val set, written into the Stage-2 run at its last step,
+              and the Stage-1 checkpoint itself as step 0 of the Stage-2 run (where Stage-2 started)
+5. report     `vlmdet report` of the Stage-2 run -> OUT/report/report.{md,html} (with --from-scratch also
+              OUT/report_stage1/ for the Stage-1 run, which has its own step axis)
 The summary prints the final metrics against the demo targets (bbox_AP50 >= 0.5 and
 sample_valid_pred_rate >= 0.95) and where the report is. `--smoke` runs every phase with tiny numbers
 (a few steps, a few images; for tests, under a minute) and never uses the shipped checkpoint.
@@ -156,13 +157,16 @@ def run_demo(out: str | Path, from_scratch: bool = False, smoke: bool = False, s
         metrics = run_rollout_eval(load_model(s2["final_checkpoint"]), val, cfg2, run2, final_step)
     else:
         metrics = json.loads((run2.eval_dir(final_step) / "metrics.json").read_text())["metrics"]
-    if use_shipped or stage1 is not None:  # the starting point, for the report's deltas over steps
-        run_rollout_eval(load_model(str(ckpt)), val, cfg2, run2, 0)
+    # the starting point (the Stage-1 checkpoint) as step 0 of the Stage-2 run: the report shows Stage-2
+    # against where it started
+    run_rollout_eval(load_model(str(ckpt)), val, cfg2, run2, 0)
     seconds["eval"] = time.time() - t
 
     t = time.time()
     _phase(5, n, "report")
-    paths = build_report(runs, out / "report", title="vlmdet demo")
+    paths = build_report([run2.root], out / "report", title="vlmdet demo: Stage-2 Channel-A from the Stage-1 checkpoint")
+    if len(runs) > 1:  # Stage-1 has its own step axis: its own report
+        build_report(runs[:1], out / "report_stage1", title="vlmdet demo: Stage-1 from random init")
     seconds["report"] = time.time() - t
 
     targets = {k: (metrics.get(k), metrics.get(k) is not None and metrics[k] >= v) for k, v in TARGETS.items()}

@@ -63,22 +63,40 @@ def _as_index(ids: torch.Tensor | list[int], device: torch.device) -> torch.Tens
 # token-level CE
 
 
+class _WeightedCE(torch.autograd.Function):
+    """sum_i w_i * (logsumexp(z_i) - z_i[y_i]) with a one-buffer backward: the gradient
+    w_i * (softmax(z_i) - onehot(y_i)) is built in place in a single `[N, V]` tensor (autograd's
+    generic logsumexp/gather backward would allocate three). Saves only z (the caller's tensor), lse."""
+
+    @staticmethod
+    def forward(ctx, z, labels, w):
+        lse = torch.logsumexp(z, dim=-1)
+        ce = lse - z.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+        ctx.save_for_backward(z, lse, labels, w)
+        return torch.where(w > 0, w * ce, 0.0).sum()
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        z, lse, labels, w = ctx.saved_tensors
+        grad = (z - lse.unsqueeze(-1)).exp_()
+        grad.scatter_add_(-1, labels.unsqueeze(-1), torch.full_like(lse, -1.0).unsqueeze(-1))
+        grad.mul_((grad_out * w).unsqueeze(-1))
+        return grad, None, None
+
+
 def token_ce(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Weighted full-vocabulary CE.
 
     logits `[N, V]` (rows already shifted: row i predicts labels[i]), labels `[N]` token ids
     (entries < 0, e.g. -100, are ignored), weights `[N]` >= 0 (desc tokens carry `desc_ce_weight`).
     Returns the scalar `sum_i w_i * ce_i / sum_i w_i` (ignored rows count with weight 0); exactly 0
-    (still attached to the graph) when the weight sum is 0.
-    Computed as `logsumexp(z) - z[label]`, which keeps no `[N, V]` tensor for backward (a
-    log-softmax would keep one more full copy of the logits).
+    (still attached to the graph) when the weight sum is 0. float32 math; memory-lean: nothing of
+    size `[N, V]` is kept for backward beyond `logits` itself (float32 input), and backward needs one
+    `[N, V]` buffer (no double backward).
     """
-    z = logits.float()
     w = weights.float() * (labels >= 0)
-    picked = z.gather(-1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1)
-    ce = torch.logsumexp(z, dim=-1) - picked
-    # no host sync: when sum(w) == 0 the numerator is 0 too and the result is exactly 0
-    return torch.where(w > 0, w * ce, 0.0).sum() / w.sum().clamp_min(1e-12)
+    w = w / w.sum().clamp_min(1e-12)  # no host sync: sum(w) == 0 gives all-zero weights
+    return _WeightedCE.apply(logits.float(), labels.clamp_min(0), w)
 
 
 # --------------------------------------------------------------------------------------------

@@ -51,6 +51,7 @@ import bisect
 import re
 from dataclasses import dataclass
 from json.decoder import scanstring
+from operator import attrgetter
 from typing import Collection, Mapping, Sequence
 
 from vlmdet.coords import COORD_TOKENS
@@ -80,15 +81,73 @@ DROP_REASONS = (
 )
 
 
-@dataclass(frozen=True, slots=True)
 class ParsedObject:
-    """A valid record. `bins` are ints 0..999 `(x1, y1, x2, y2)` with x2 > x1 and y2 > y1."""
+    """A valid record. `bins` are ints 0..999 `(x1, y1, x2, y2)` with x2 > x1 and y2 > y1.
 
-    desc: str
-    bins: tuple[int, int, int, int]
-    index: int  # position in the objects array, counting dropped records
-    span: tuple[int, int]  # char span [start, end) of the record text "{...}"
-    coord_spans: tuple[tuple[int, int], ...]  # 4 char spans [start, end) of the `<|coord_k|>` literals
+    Fields (read-only; `ParsedObject(desc, bins, index, span, coord_spans)` builds one):
+      desc: str; bins: tuple[int, int, int, int];
+      index: int, position in the objects array, counting dropped records;
+      span: tuple[int, int], char span [start, end) of the record text "{...}";
+      coord_spans: tuple[tuple[int, int], ...], 4 char spans [start, end) of the `<|coord_k|>` literals.
+    Behaves like a frozen dataclass of those 5 fields: `==` (ParsedObject vs ParsedObject, all 5 fields),
+    `hash`, `repr` and pickling go by the field values; assigning a field raises AttributeError.
+
+    Objects built by the parser's fast path keep the regex match of their record (and so a reference to
+    the parsed text) and derive `span` and `coord_spans` from it when accessed: building those 5 tuples
+    for every object was ~1/4 of the parse time, and most callers never read them.
+    """
+
+    # _span: the span tuple, or the fast path's `re.Match` of the record (group 0 = record plus an
+    # optional ", " separator; the record ends 2 chars after its last group's end: `]}` or `"}`).
+    # _coord_spans: the tuple, or (fast path) the int number of the match group of the first literal.
+    __slots__ = ("_desc", "_bins", "_index", "_span", "_coord_spans")
+    __match_args__ = ("desc", "bins", "index", "span", "coord_spans")
+
+    def __init__(self, desc, bins, index, span, coord_spans) -> None:
+        self._desc = desc
+        self._bins = bins
+        self._index = index
+        self._span = span
+        self._coord_spans = coord_spans
+
+    desc: str = property(attrgetter("_desc"))  # type: ignore[assignment]
+    bins: tuple[int, int, int, int] = property(attrgetter("_bins"))  # type: ignore[assignment]
+    index: int = property(attrgetter("_index"))  # type: ignore[assignment]
+
+    @property
+    def span(self) -> tuple[int, int]:
+        if self._coord_spans.__class__ is not int:
+            return self._span
+        r = self._span.regs
+        return (r[0][0], r[-1][1] + 2)
+
+    @property
+    def coord_spans(self) -> tuple[tuple[int, int], ...]:
+        c = self._coord_spans
+        if c.__class__ is not int:
+            return c
+        return self._span.regs[c : c + 4]
+
+    def _fields(self) -> tuple:
+        return (self._desc, self._bins, self._index, self.span, self.coord_spans)
+
+    def __eq__(self, other):
+        if other.__class__ is not ParsedObject:
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        desc, bins, index, span, coord_spans = self._fields()
+        return (
+            f"ParsedObject(desc={desc!r}, bins={bins!r}, index={index!r}, span={span!r}, "
+            f"coord_spans={coord_spans!r})"
+        )
+
+    def __reduce__(self):
+        return (ParsedObject, self._fields())
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,25 +188,27 @@ _STRING_TAIL_RE = re.compile(r'[^"\\]*+(?:\\.[^"\\]*+)*+"', re.DOTALL)
 _BRACE_OR_QUOTE_RE = re.compile(r'[{}"]')
 _MAX_DEPTH = 64
 
-# Fast path: a canonical record, matched at the current position. Groups: the desc body and the 4
-# coordinate literals. `_FAST_RE` takes descs without escapes (the common case; the escape-aware
-# pattern is ~2x slower in `re`), `_FAST_ESC_RE` any valid JSON string body; neither allows raw
-# control characters. Digits are `[0-9]{1,3}`: zero-padded literals miss `_BIN_OF_LITERAL` and go to
-# the careful path, which calls them `non_coord_token`.
-_FAST_DESC = r'"([^"\\\x00-\x1f]*+)"'
-_FAST_DESC_ESC = r'"([^"\\\x00-\x1f]*+(?:\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4})[^"\\\x00-\x1f]*+)*+)"'
+# Fast path: a run of canonical records, read by a `Pattern.scanner` from the current position: each
+# match starts exactly where the previous one ended, so the run stops at the first record that is not
+# canonical. A match is one record plus the ", " after it when a "{" follows; a record directly
+# followed by "{" (missing comma) does not match, so the scanner cannot run on past it. Groups: the
+# desc body (any valid JSON string body, no raw control characters; written with possessive loops it
+# matches as fast as an escape-free body) and the 4 coordinate literals, in record order. Digits are
+# `[0-9]{1,3}`: zero-padded literals miss `_BIN_OF_LITERAL` and go to the careful path, which calls
+# them `non_coord_token`.
+_FAST_DESC = r'"([^"\\\x00-\x1f]*+(?:\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4})[^"\\\x00-\x1f]*+)*+)"'
 _FAST_COORD = r"(<\|coord_[0-9]{1,3}+\|>)"
 _FAST_BOX = r"\[" + ", ".join([_FAST_COORD] * 4) + r"\]"
+_FAST_SEP = r"(?:, (?=\{)|(?!\{))"
 
 
-def _fast_record_re(field_order: str, desc: str) -> re.Pattern:
+def _fast_record_re(field_order: str) -> re.Pattern:
     if field_order == "desc_first":
-        return re.compile(r'\{"desc": ' + desc + r', "bbox_2d": ' + _FAST_BOX + r"\}")
-    return re.compile(r'\{"bbox_2d": ' + _FAST_BOX + r', "desc": ' + desc + r"\}")
+        return re.compile(r'\{"desc": ' + _FAST_DESC + r', "bbox_2d": ' + _FAST_BOX + r"\}" + _FAST_SEP)
+    return re.compile(r'\{"bbox_2d": ' + _FAST_BOX + r', "desc": ' + _FAST_DESC + r"\}" + _FAST_SEP)
 
 
-_FAST_RE = {o: _fast_record_re(o, _FAST_DESC) for o in FIELD_ORDERS}
-_FAST_ESC_RE = {o: _fast_record_re(o, _FAST_DESC_ESC) for o in FIELD_ORDERS}
+_FAST_RE = {o: _fast_record_re(o) for o in FIELD_ORDERS}
 _BIN_OF_LITERAL = {tok: k for k, tok in enumerate(COORD_TOKENS)}
 _KEY_ORDER = {"desc_first": [DESC_KEY, GEOMETRY_KEY], "geometry_first": [GEOMETRY_KEY, DESC_KEY]}
 
@@ -305,15 +366,10 @@ def _failed() -> ParseResult:
     return ParseResult([], {}, [], True, False, 0, False, 0, 0)
 
 
-# Fast construction of valid objects: ParsedObject is frozen, so its generated __init__ goes through
-# object.__setattr__ per field; setting the slots through their descriptors is ~2x faster and gives
-# the very same object (a plain dataclass instance, equal to ParsedObject(...) with the same fields).
-_new_object = object.__new__
-_set_desc = ParsedObject.desc.__set__  # type: ignore[attr-defined]
-_set_bins = ParsedObject.bins.__set__  # type: ignore[attr-defined]
-_set_index = ParsedObject.index.__set__  # type: ignore[attr-defined]
-_set_span = ParsedObject.span.__set__  # type: ignore[attr-defined]
-_set_coord_spans = ParsedObject.coord_spans.__set__  # type: ignore[attr-defined]
+def _record_span(m: re.Match) -> tuple[int, int]:
+    """The record span of a fast-path match (the record ends 2 chars after its last group: `]}`/`"}`)."""
+    r = m.regs
+    return (r[0][0], r[-1][1] + 2)
 
 
 def parse_prediction(text: str, field_order: str = "desc_first") -> ParseResult:
@@ -325,20 +381,10 @@ def parse_prediction(text: str, field_order: str = "desc_first") -> ParseResult:
     fast = _FAST_RE.get(field_order)
     if fast is None:
         raise ValueError(f"field_order must be one of {FIELD_ORDERS}, got {field_order!r}")
-    fast = fast.match
-    fast_esc = _FAST_ESC_RE[field_order].match
+    scanner = fast.scanner
     desc_first = field_order == "desc_first"
-    c0 = 2 if desc_first else 1  # m.regs index of the first coordinate literal
-    d_g = 1 if desc_first else 5  # group of the desc body
     bin_of = _BIN_OF_LITERAL
-    new, cls = _new_object, ParsedObject
-    set_desc, set_bins, set_index, set_span, set_coord_spans = (
-        _set_desc,
-        _set_bins,
-        _set_index,
-        _set_span,
-        _set_coord_spans,
-    )
+    cls = ParsedObject
 
     if text.startswith(_CANONICAL_OPEN):
         pos = len(_CANONICAL_OPEN)
@@ -370,50 +416,60 @@ def parse_prediction(text: str, field_order: str = "desc_first") -> ParseResult:
         closing = False
     else:
         closing = False
-        while True:  # invariant: text[pos] == "{"
-            m = fast(text, pos)
-            if m is None:
-                m = fast_esc(text, pos)
-            if m is not None:
-                if desc_first:
+        while True:  # invariant: text[pos] == "{" opens record number n
+            # 1. the run of canonical records starting here (the two loops differ only in group order)
+            m = None
+            if desc_first:
+                for k, m in enumerate(iter(scanner(text, pos).match, None), n):
                     desc, l0, l1, l2, l3 = m.groups()
-                else:
+                    try:
+                        x1 = bin_of[l0]
+                        y1 = bin_of[l1]
+                        x2 = bin_of[l2]
+                        y2 = bin_of[l3]
+                    except KeyError:  # zero-padded: the careful path names it
+                        x1 = y1 = x2 = y2 = 0
+                    if "\\" in desc:  # decode escapes exactly like json.loads
+                        desc = scanstring(text, m.start(1), True)[0]
+                    if x1 < x2 and y1 < y2 and desc.strip():
+                        append(cls(desc, (x1, y1, x2, y2), k, m, 2))
+                    else:  # degenerate, blank desc or a padded literal: the careful path names it
+                        _careful(text, _record_span(m), k, field_order, objects, dropped)
+            else:
+                for k, m in enumerate(iter(scanner(text, pos).match, None), n):
                     l0, l1, l2, l3, desc = m.groups()
-                try:
-                    x1 = bin_of[l0]
-                    y1 = bin_of[l1]
-                    x2 = bin_of[l2]
-                    y2 = bin_of[l3]
-                except KeyError:  # zero-padded or > 999
-                    x1 = y1 = x2 = y2 = 0
-                if "\\" in desc:  # decode escapes exactly like json.loads
-                    desc = scanstring(text, m.start(d_g), True)[0]
-                if x1 < x2 and y1 < y2 and desc.strip():
-                    r = m.regs
-                    o = new(cls)
-                    set_desc(o, desc)
-                    set_bins(o, (x1, y1, x2, y2))
-                    set_index(o, n)
-                    set_span(o, r[0])
-                    set_coord_spans(o, r[c0 : c0 + 4])
-                    append(o)
-                    end = r[0][1]
-                else:  # degenerate, blank desc or a non-canonical literal: the careful path names it
-                    m = None
+                    try:
+                        x1 = bin_of[l0]
+                        y1 = bin_of[l1]
+                        x2 = bin_of[l2]
+                        y2 = bin_of[l3]
+                    except KeyError:
+                        x1 = y1 = x2 = y2 = 0
+                    if "\\" in desc:  # decode escapes exactly like json.loads
+                        desc = scanstring(text, m.start(5), True)[0]
+                    if x1 < x2 and y1 < y2 and desc.strip():
+                        append(cls(desc, (x1, y1, x2, y2), k, m, 1))
+                    else:
+                        _careful(text, _record_span(m), k, field_order, objects, dropped)
             if m is None:
+                at_record = True
+            else:
+                n = k + 1
+                pos = m.end()
+                # a match that took the ", " stops at the next record, which is not canonical
+                at_record = text[pos - 1] == " "
+                prefix_end = pos - 2 if at_record else pos
+            # 2. one record that is not canonical (or an incomplete one): the careful path
+            if at_record:
                 end = _record_end(text, pos)
                 if end < 0:
                     truncated = True
                     tail = 1
                     break
-                obj = _classify(text, pos, end, n, field_order)
-                if obj.__class__ is str:
-                    dropped.append(DroppedRecord(obj, n, (pos, end)))
-                else:
-                    append(obj)
-            n += 1
-            prefix_end = pos = end
-            # separator
+                _careful(text, (pos, end), n, field_order, objects, dropped)
+                n += 1
+                prefix_end = pos = end
+            # 3. the separator after the record ending at pos
             if text.startswith(", {", pos):
                 pos += 2
                 continue
@@ -449,6 +505,15 @@ def parse_prediction(text: str, field_order: str = "desc_first") -> ParseResult:
             drops[d.reason] = drops.get(d.reason, 0) + 1
         drops = {r: drops[r] for r in DROP_REASONS if r in drops}
     return ParseResult(objects, drops, dropped, False, truncated, tail, broken, prefix_end, n)
+
+
+def _careful(text: str, span: tuple[int, int], index: int, field_order: str, objects: list, dropped: list) -> None:
+    """Classify the complete record text[span[0]:span[1]] on the careful path; append where it belongs."""
+    obj = _classify(text, span[0], span[1], index, field_order)
+    if obj.__class__ is str:
+        dropped.append(DroppedRecord(obj, index, span))
+    else:
+        objects.append(obj)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -254,18 +254,31 @@ class CoordJSONGrammar:
         return state
 
 
+_CACHE: dict[tuple, tuple] = {}  # (id(tokenizer), field_order, vocab_size) -> (tokenizer, grammar)
+
+
 def grammar_for(loaded, field_order: str = "desc_first", pieces: Sequence[str] | None = None) -> CoordJSONGrammar:
     """A grammar for a `model.load.Loaded` (pieces from `model.load.token_pieces` unless given).
-    Every added special token other than the coord tokens and end-of-turn is blocked, and so is unk."""
+    Every added special token other than the coord tokens and end-of-turn is blocked, and so is unk.
+    Grammars built from the tokenizer's own pieces are cached per (tokenizer, field order, logits
+    width), so repeated evals during training build the tables once."""
     tok = loaded.tokenizer
+    vocab_size = loaded.model.get_output_embeddings().weight.shape[0]
+    key = (id(tok), field_order, vocab_size, tuple(loaded.coord_ids[:1]), loaded.eot_id)
+    hit = _CACHE.get(key)
+    if pieces is None and hit is not None and hit[0] is tok:
+        return hit[1]
+    own_pieces = pieces is None
     if pieces is None:
         from vlmdet.model.load import token_pieces
 
         pieces = [token_pieces(tok, [i])[0] for i in range(len(tok))]
     special = {int(i) for i, t in tok.added_tokens_decoder.items() if getattr(t, "special", False)}
     special |= {int(i) for i in tok.all_special_ids}
-    vocab_size = loaded.model.get_output_embeddings().weight.shape[0]
-    return CoordJSONGrammar(pieces, loaded.coord_ids, loaded.eot_id, special, field_order, vocab_size)
+    grammar = CoordJSONGrammar(pieces, loaded.coord_ids, loaded.eot_id, special, field_order, vocab_size)
+    if own_pieces:
+        _CACHE[key] = (tok, grammar)
+    return grammar
 
 
 class CoordJSONLogitsProcessor(LogitsProcessor):

@@ -91,7 +91,7 @@ def draw_sample(sample: dict, image=None):
         r = rect(o["bbox_2d"])
         draw.rectangle(r, outline=PRED_COLOUR, width=2)
         score = o.get("score")
-        label = o["desc"] if score is None else f"{o['desc']} {score:.2f}"
+        label = o["desc"] if score is None else f"{o['desc']} {score:.3g}"
         draw.text((r[0] + 2, r[1] + 1), label, fill=PRED_COLOUR)
     return image
 
@@ -120,6 +120,7 @@ def write_dump(
     if draw_images:
         png_dir = path.with_suffix("")
         errors = []
+        used: set[str] = set()
         for s in chosen:
             try:
                 img = draw_sample(s)
@@ -128,7 +129,13 @@ def write_dump(
                 continue
             buf = io.BytesIO()
             img.save(buf, format="PNG")
-            target = png_dir / png_name(s["image_id"])
+            name = png_name(s["image_id"])
+            k = 1
+            while name in used:  # two image_ids that sanitize to the same name
+                k += 1
+                name = png_name(f"{s['image_id']}_{k}")
+            used.add(name)
+            target = png_dir / name
             atomic_write_bytes(target, buf.getvalue())
             s["png"] = str(target)
         if errors:

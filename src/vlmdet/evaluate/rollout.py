@@ -88,11 +88,11 @@ class RawStatsRecorder:
     def __init__(self, coord_ids):
         self.coord_ids = coord_ids
         self.prev = None
-        self.logprobs: list = []  # per step: [B] tensors
+        self.logprobs: list = []  # per step: [B] tensors (on the logits' device)
         self.coord_mass: list = []
 
     def _take(self, chosen) -> None:
-        self.logprobs.append(self.prev.gather(1, chosen.view(-1, 1).to(self.prev.device)).squeeze(1).cpu())
+        self.logprobs.append(self.prev.gather(1, chosen.view(-1, 1).to(self.prev.device)).squeeze(1))
         self.prev = None
 
     def __call__(self, input_ids, scores):
@@ -102,8 +102,10 @@ class RawStatsRecorder:
             self._take(input_ids[:, -1])
         logp = torch.log_softmax(scores.float(), dim=-1)
         self.prev = logp
-        ids = self.coord_ids.to(logp.device)
-        self.coord_mass.append(torch.logsumexp(logp.index_select(1, ids), dim=-1).exp().cpu())
+        if self.coord_ids.device != logp.device:
+            self.coord_ids = self.coord_ids.to(logp.device)
+        ids = self.coord_ids
+        self.coord_mass.append(torch.logsumexp(logp.index_select(1, ids), dim=-1).exp())
         return scores
 
     def finish(self, last_tokens) -> None:
@@ -157,6 +159,18 @@ class HFRollout:
             self._grammar = grammar_for(self.loaded, self.field_order)
         return self._grammar
 
+    def _extra(self, records) -> list:
+        """The extra processors for this batch: a list / LogitsProcessorList / single processor as
+        given, or the result of calling a factory with the batch's records."""
+        from transformers import LogitsProcessor
+
+        extra = self.extra_processors
+        if isinstance(extra, (list, tuple)):
+            return list(extra)
+        if isinstance(extra, LogitsProcessor):
+            return [extra]
+        return list(extra(records))
+
     def _processors(self, records, prompt_len: int, recorder) -> list:
         from transformers.generation.logits_process import (
             RepetitionPenaltyLogitsProcessor,
@@ -167,8 +181,7 @@ class HFRollout:
         procs: list = [recorder]
         if self.repetition_penalty != 1.0:
             procs.append(RepetitionPenaltyLogitsProcessor(self.repetition_penalty))
-        extra = self.extra_processors(records) if callable(self.extra_processors) else self.extra_processors
-        procs += list(extra)
+        procs += self._extra(records)
         if self.constrained:
             from vlmdet.evaluate.constrained import CoordJSONLogitsProcessor
 
@@ -236,8 +249,8 @@ class HFRollout:
         n_steps = seqs.shape[1]
         if n_steps:
             recorder.finish(seqs[:, -1])
-        logprobs = torch.stack(recorder.logprobs, 1) if recorder.logprobs else torch.zeros(len(records), 0)
-        mass = torch.stack(recorder.coord_mass, 1) if recorder.coord_mass else torch.zeros(len(records), 0)
+        logprobs = torch.stack(recorder.logprobs, 1).cpu() if recorder.logprobs else torch.zeros(len(records), 0)
+        mass = torch.stack(recorder.coord_mass, 1).cpu() if recorder.coord_mass else torch.zeros(len(records), 0)
         rollouts = []
         for r in range(len(records)):
             ids = seqs[r].tolist()

@@ -70,15 +70,17 @@ def box_score(rollout, positions: Sequence[int]) -> float | None:
     return math.exp(sum(lp[i] for i in positions) / len(positions))
 
 
-def evaluate_sample(record, rollout, cfg, coord_bin_of_id, eot_ids) -> SampleEval:
-    """Parse one rollout and match its valid objects to the record's GT."""
+def evaluate_sample(record, rollout, cfg, loaded) -> SampleEval:
+    """Parse one rollout (token level) and match its valid objects to the record's GT."""
     from vlmdet.match import hungarian_match
+    from vlmdet.model.load import token_pieces
     from vlmdet.parse import parse_rollout
 
-    pieces = rollout.pieces if len(rollout.pieces) == len(rollout.token_ids) else None
-    if pieces is None:
-        raise ValueError("Rollout.pieces must be aligned with Rollout.token_ids")
-    rp = parse_rollout(rollout.token_ids, pieces, coord_bin_of_id, eot_ids, cfg.prompt.field_order)
+    coord_bin_of_id = loaded.coord_bin_of_id
+    pieces = rollout.pieces
+    if len(pieces) != len(rollout.token_ids):  # a backend that did not decode per token
+        pieces = token_pieces(loaded.tokenizer, rollout.token_ids)
+    rp = parse_rollout(rollout.token_ids, pieces, coord_bin_of_id, {loaded.eot_id}, cfg.prompt.field_order)
     objs = rp.result.objects
     boxes = [bins_to_pixel_box(o.bins, record.width, record.height) for o in objs]
     if cfg.eval.score_source == "coord_logprob":
@@ -183,8 +185,7 @@ def evaluate_pass(loaded, records, cfg, backend, seed: int | None = None):
     gen_s = time.perf_counter() - t0
     if len(rollouts) != len(records):
         raise RuntimeError(f"backend returned {len(rollouts)} rollouts for {len(records)} records")
-    samples = [evaluate_sample(rec, ro, cfg, loaded.coord_bin_of_id, {loaded.eot_id})
-               for rec, ro in zip(records, rollouts)]
+    samples = [evaluate_sample(rec, ro, cfg, loaded) for rec, ro in zip(records, rollouts)]
     metrics, score_source = sample_metrics(samples, records, cfg)
     total_s = time.perf_counter() - t0
     tokens = sum(len(r.token_ids) for r in rollouts)

@@ -17,6 +17,7 @@ patch_size * merge_size (32 for Qwen3-VL); the data converters resize offline.
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 from typing import Any
@@ -40,17 +41,20 @@ def _get(cfg: Any, key: str, default: Any) -> Any:
     return getattr(cfg, key, default)
 
 
+def _check_choice(key: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        close = difflib.get_close_matches(str(value), choices, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise UsageError(f"prompt.{key} must be one of {choices}, got {value!r}{hint}")
+    return value
+
+
 def _prompt_settings(prompt_cfg: Any) -> tuple[str, str, str]:
-    field_order = _get(prompt_cfg, "field_order", "desc_first")
-    ordering = _get(prompt_cfg, "ordering", "sorted")
-    variant = _get(prompt_cfg, "variant", "default")
-    if field_order not in FIELD_ORDERS:
-        raise UsageError(f"prompt.field_order must be one of {FIELD_ORDERS}, got {field_order!r}")
-    if ordering not in ORDERINGS:
-        raise UsageError(f"prompt.ordering must be one of {ORDERINGS}, got {ordering!r}")
-    if variant not in VARIANTS:
-        raise UsageError(f"prompt.variant must be one of {VARIANTS}, got {variant!r}")
-    return field_order, ordering, variant
+    return (
+        _check_choice("field_order", _get(prompt_cfg, "field_order", "desc_first"), FIELD_ORDERS),
+        _check_choice("ordering", _get(prompt_cfg, "ordering", "sorted"), ORDERINGS),
+        _check_choice("variant", _get(prompt_cfg, "variant", "default"), VARIANTS),
+    )
 
 
 def _coco_list() -> str:

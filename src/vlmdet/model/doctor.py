@@ -178,7 +178,8 @@ def _check_supervision(loaded, examples, prompt_cfg, out: Callable[[str], None])
         spans = desc_spans(answer)
         desc_tok = [sp for sp, c in zip(tok_spans, span_slots) if c == DESC]
         uncovered = [a for a0, b0 in spans for a in range(a0, b0) if not any(s <= a < e for s, e in desc_tok)]
-        stray = [sp for sp in desc_tok if not any(s < b0 and e > a0 for (s, e), (a0, b0) in [(sp, d) for d in spans])]
+        # a token ending inside a multi-byte character has an empty piece: it belongs to the next char
+        stray = [(s, e) for s, e in desc_tok if not any(s < b0 and max(e, s + 1) > a0 for a0, b0 in spans)]
         if uncovered or stray:
             sup_problems.append(f"example {n}: desc slots miss {len(uncovered)} desc characters and "
                                 f"include {len(stray)} tokens outside any desc")

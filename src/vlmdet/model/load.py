@@ -83,6 +83,7 @@ def tiny_checkpoint_path() -> Path:
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the result is an ordinary folder
     try:
         build_tiny_checkpoint(tmp, seed=0)
         try:

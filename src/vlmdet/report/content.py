@@ -44,6 +44,9 @@ class Content:
 
 
 def config_value(cfg: dict, dotted: str):
+    """`cfg["a"]["b"]` for "a.b", None when absent; `stage2.*` is None for a run that is not Stage-2."""
+    if dotted.startswith("stage2.") and cfg.get("stage") not in (2, None):
+        return None
     cur = cfg
     for part in dotted.split("."):
         if not isinstance(cur, dict) or part not in cur:

@@ -113,7 +113,12 @@ class RolloutEvalCallback(TrainerCallback):
         if dist.is_available() and dist.is_initialized():
             dist.barrier()
         if metrics and self.trainer is not None:
+            # Trainer.log resets control.should_log (its on_log handler does); keep the flag the flow
+            # callback set for this step so the step's training log is still written
+            should_log = control.should_log
             self.trainer.log(dict(metrics))
+            control.should_log = should_log
+        return control
 
     def evaluate(self, runner, model, step: int) -> dict:
         """Call the runner with the unwrapped model in eval mode; returns its metrics dict."""
