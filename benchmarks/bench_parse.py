@@ -9,8 +9,10 @@ int lists instead of coordinate tokens, `json.dumps(..., ensure_ascii=False)`). 
   json.loads                    decode only (no validation at all)
   json.loads + validation       decode, then a minimal schema check per object (keys, desc, 4 ints in
                                 range, non-degenerate) building a (desc, bins) tuple
+  parse_prediction + spans      the same, then reading `span` and `coord_spans` of every object (the
+                                fast path derives them on access; `parse_rollout` reads both)
   parse_prediction, careful     the same answers with extra JSON whitespace (no record canonical)
-The first three run back to back on the same chunk of 10 answers, chunk after chunk, for `repeats`
+The first four run back to back on the same chunk of 10 answers, chunk after chunk, for `repeats`
 rounds; each ratio is the median over all (round, chunk) pairs, which shrugs off load bursts from
 other processes on a shared machine; objects/s is from each one's best round. The garbage collector
 is paused while timing (as `timeit` does) and results are not kept. Figures: docs/BENCHMARKS.md.
@@ -89,7 +91,11 @@ def main() -> int:
     # round is robust to load bursts from other processes; the median over rounds is reported.
     chunk = 10
     chunks = [(answers[i : i + chunk], plains[i : i + chunk]) for i in range(0, len(answers), chunk)]
-    names = ("parse_prediction", "json.loads", "json.loads + validation")
+    names = ("parse_prediction", "json.loads", "json.loads + validation", "parse_prediction + spans")
+
+    def parse_with_spans(a: str) -> None:
+        for o in parse_prediction(a, order).objects:
+            o.span, o.coord_spans
 
     def timed(fn, items):
         t0 = time.perf_counter()
@@ -98,7 +104,7 @@ def main() -> int:
         return time.perf_counter() - t0
 
     totals = {name: [] for name in names}  # per round: seconds for all chunks
-    ratios = {"json.loads": [], "json.loads + validation": []}  # per (round, chunk): t_parse / t_other
+    ratios = {"json.loads": [], "json.loads + validation": [], "spans: json.loads": []}  # per (round, chunk)
     gc_was_enabled = gc.isenabled()
     gc.disable()  # like timeit: collector pauses are noise that depends on what else lives in the process
     try:
@@ -108,11 +114,14 @@ def main() -> int:
                 t_parse = timed(lambda a: parse_prediction(a, order), ans)
                 t_json = timed(json.loads, pl)
                 t_val = timed(validate_plain, pl)
+                t_spans = timed(parse_with_spans, ans)
                 sums["parse_prediction"] += t_parse
                 sums["json.loads"] += t_json
                 sums["json.loads + validation"] += t_val
+                sums["parse_prediction + spans"] += t_spans
                 ratios["json.loads"].append(t_parse / t_json)
                 ratios["json.loads + validation"].append(t_parse / t_val)
+                ratios["spans: json.loads"].append(t_spans / t_json)
             for name in names:
                 totals[name].append(sums[name])
     finally:
@@ -127,11 +136,16 @@ def main() -> int:
         t_careful = min(t_careful, timed(lambda a: parse_prediction(a, order), spaced))
     print(f"  {'parse_prediction, careful':26s} {n_objects / t_careful / 1e3:9.1f} k objects/s (best round; "
           "whitespace-variant answers, no record canonical)")
+    labels = {
+        "json.loads": "parse_prediction time / json.loads",
+        "json.loads + validation": "parse_prediction time / json.loads + validation",
+        "spans: json.loads": "(parse_prediction + spans) time / json.loads",
+    }
     for name, rs in ratios.items():
         rs = sorted(rs)
         med = statistics.median(rs)
         q1, q3 = rs[len(rs) // 4], rs[(3 * len(rs)) // 4]
-        print(f"  parse_prediction time / {name:24s} median {med:.2f}x  (quartiles {q1:.2f}-{q3:.2f}x)")
+        print(f"  {labels[name]:48s} median {med:.2f}x  (quartiles {q1:.2f}-{q3:.2f}x)")
     return 0
 
 

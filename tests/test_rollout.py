@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from transformers import LogitsProcessor
 
 from vlmdet.data.records import load_records
 from vlmdet.evaluate.rollout import HFRollout, Rollout, RolloutBackend
@@ -37,7 +38,7 @@ def records(tmp_path_factory):
     return load_records(d / "val.jsonl")
 
 
-class ForceTokens:
+class ForceTokens(LogitsProcessor):
     """Logits processor forcing row r to emit seqs[r] then end-of-turn (everything else -inf)."""
 
     def __init__(self, seqs, eot_id):

@@ -97,7 +97,7 @@ def test_stage1_learns_and_logs_every_term_to_jsonl_and_tensorboard(synth, tmp_p
     assert {f"train/{k}" for k in DIAG_KEYS} <= tags
     tb_total = [e.value for e in acc.Scalars("train/loss/total")]
     assert tb_total[0] == pytest.approx(first["loss/total"], rel=1e-5) and len(tb_total) == 5
-    assert [e.step for e in acc.Scalars("train/eval_rollout/f1")] == [4, 8]
+    assert [e.step for e in acc.Scalars("eval/rollout/f1")] == [4, 8]  # the Trainer maps eval_* to eval/*
 
     final = Path(summary["final_checkpoint"])
     assert (final / "model.safetensors").exists() and (final / "preprocessor_config.json").exists()

@@ -37,10 +37,12 @@ Records (each complete record is either a `ParsedObject` or exactly one `Dropped
   its 4 bins, its `index` in the array (dropped records counted), the character span of the record and
   of its 4 coordinate literals. Duplicated objects are not drops.
 
-Speed: canonical records (exact `", "` / `": "` separators, in-range unpadded tokens) are recognised
-by a compiled regex anchored at the current position (a second one when the desc has escapes); every
-other record, and any canonical one that turns out invalid, goes through the careful scanner above,
-which gives the same answer for canonical records. See docs/BENCHMARKS.md ("Parser").
+Speed: canonical records (exact `", "` / `": "` separators, in-range unpadded tokens, any valid
+escapes in the desc) are read a whole run at a time by one compiled regex whose matches must follow
+each other without a gap (`Pattern.scanner`); the Python work per record is a few dict look-ups and
+building the `ParsedObject`, whose `span` and `coord_spans` are derived from the kept regex match only
+when read. Every other record, and any canonical one that turns out invalid, goes through the careful
+scanner above, which gives the same answer for canonical records. See docs/BENCHMARKS.md ("Parser").
 
 `parse_rollout` is the token-level wrapper used for training rollouts (see its docstring).
 """
@@ -188,9 +190,9 @@ _STRING_TAIL_RE = re.compile(r'[^"\\]*+(?:\\.[^"\\]*+)*+"', re.DOTALL)
 _BRACE_OR_QUOTE_RE = re.compile(r'[{}"]')
 _MAX_DEPTH = 64
 
-# Fast path: a run of canonical records, read by a `Pattern.scanner` from the current position: each
-# match starts exactly where the previous one ended, so the run stops at the first record that is not
-# canonical. A match is one record plus the ", " after it when a "{" follows; a record directly
+# Fast path: a run of canonical records, read by a `Pattern.scanner` from the current position (the
+# undocumented but long-standing CPython API behind the stdlib's `re.Scanner`): each `.match()` starts
+# exactly where the previous one ended, so the run stops at the first record that is not canonical. A match is one record plus the ", " after it when a "{" follows; a record directly
 # followed by "{" (missing comma) does not match, so the scanner cannot run on past it. Groups: the
 # desc body (any valid JSON string body, no raw control characters; written with possessive loops it
 # matches as fast as an escape-free body) and the 4 coordinate literals, in record order. Digits are

@@ -120,7 +120,8 @@ class HFRollout:
     batch_size, do_sample, temperature, top_p, repetition_penalty, constrained); `prompt_cfg`: the
     `prompt` section (prompt text and field order); `constrained`: overrides `rollout_cfg.constrained`;
     `extra_processors`: logits processors applied after the repetition penalty and before the grammar
-    constraint (a list, or a callable `(batch records) -> list`); `grammar`: a prebuilt
+    constraint (a list, a single `LogitsProcessor`, or a factory `(batch records) -> list` called per
+    batch, e.g. to force per-record answers in tests); `grammar`: a prebuilt
     `constrained.CoordJSONGrammar` to share between backends; `progress`: a tqdm bar over batches.
     """
 
