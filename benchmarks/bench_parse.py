@@ -1,6 +1,6 @@
 """Throughput of the strict CoordJSON parser against `json.loads` on the same objects as plain JSON.
 
-    python benchmarks/bench_parse.py [--answers 2000] [--repeats 5] [--field-order desc_first]
+    python benchmarks/bench_parse.py [--answers 2000] [--repeats 5] [--field-order desc_first] [--breakdown]
 
 Workload: seeded canonical answers (`format.render_answer`, 1-30 objects each; multi-word, CJK and
 5 % quoted descs) and, side by side in the same run, the equivalent plain JSON (the same objects with
@@ -15,7 +15,10 @@ int lists instead of coordinate tokens, `json.dumps(..., ensure_ascii=False)`). 
 The first four run back to back on the same chunk of 10 answers, chunk after chunk, for `repeats`
 rounds; each ratio is the median over all (round, chunk) pairs, which shrugs off load bursts from
 other processes on a shared machine; objects/s is from each one's best round. The garbage collector
-is paused while timing (as `timeit` does) and results are not kept. Figures: docs/BENCHMARKS.md.
+is paused while timing (as `timeit` does) and results are not kept. `--breakdown` (desc_first only)
+instead times cumulative stages of the parser's fast loop, re-built here from `vlmdet.parse` internals,
+each against json.loads on the same chunks: where the time of a canonical answer goes.
+Figures: docs/BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -61,12 +64,75 @@ def validate_plain(text: str) -> list[tuple[str, tuple[int, ...]]]:
     return out
 
 
+def breakdown(answers: list[str], plains: list[str], repeats: int, chunk: int = 10) -> None:
+    """Median time / json.loads time per chunk for cumulative stages of the desc_first fast loop."""
+    from json.decoder import scanstring
+
+    from vlmdet.parse import _BIN_OF_LITERAL, _FAST_RE, ParsedObject
+
+    scanner, bin_of, start = _FAST_RE["desc_first"].scanner, _BIN_OF_LITERAL, len('{"objects": [')
+
+    def scan(a):
+        for m in iter(scanner(a, start).match, None):
+            pass
+
+    def groups(a):
+        for m in iter(scanner(a, start).match, None):
+            desc, l0, l1, l2, l3 = m.groups()
+
+    def checks(a, build=False):
+        out = []
+        for k, m in enumerate(iter(scanner(a, start).match, None)):
+            desc, l0, l1, l2, l3 = m.groups()
+            x1, y1, x2, y2 = bin_of[l0], bin_of[l1], bin_of[l2], bin_of[l3]
+            if "\\" in desc:
+                desc = scanstring(a, m.start(1), True)[0]
+            if x1 < x2 and y1 < y2 and desc.strip() and build:
+                out.append(ParsedObject(desc, (x1, y1, x2, y2), k, m, 2))
+
+    def spans(a):
+        for o in parse_prediction(a).objects:
+            o.span, o.coord_spans
+
+    stages = {
+        "regex scan (Match objects)": scan,
+        "+ m.groups() (5 strings)": groups,
+        "+ bin look-ups and checks": checks,
+        "+ building ParsedObjects": lambda a: checks(a, True),
+        "parse_prediction": parse_prediction,
+        "parse_prediction + spans": spans,
+    }
+    ratios: dict[str, list[float]] = {name: [] for name in stages}
+    gc.disable()
+    try:
+        for _ in range(repeats):
+            for i in range(0, len(answers), chunk):
+                ans, pl = answers[i : i + chunk], plains[i : i + chunk]
+                t0 = time.perf_counter()
+                for p in pl:
+                    json.loads(p)
+                t_json = time.perf_counter() - t0
+                for name, fn in stages.items():
+                    t0 = time.perf_counter()
+                    for a in ans:
+                        fn(a)
+                    ratios[name].append((time.perf_counter() - t0) / t_json)
+    finally:
+        gc.enable()
+    print("cumulative stages of the fast path, time / json.loads time (median over chunks):")
+    for name, rs in ratios.items():
+        print(f"  {name:30s} {statistics.median(rs):.2f}x")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--answers", type=int, default=2000)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--field-order", default="desc_first", choices=["desc_first", "geometry_first"])
+    ap.add_argument("--breakdown", action="store_true", help="time stages of the fast path (desc_first)")
     args = ap.parse_args()
+    if args.breakdown and args.field_order != "desc_first":
+        ap.error("--breakdown is desc_first only")
 
     rng = random.Random(0)
     answers, plains = [], []
@@ -86,8 +152,12 @@ def main() -> int:
     assert sum(len(parse_prediction(a, args.field_order).objects) for a in spaced) == n_objects
     assert sum(len(validate_plain(p)) for p in plains) == n_objects
 
+    if args.breakdown:
+        breakdown(answers, plains, args.repeats)
+        return 0
+
     order = args.field_order
-    # Time the three on the same chunk of 10 answers back to back, many rounds: the ratio of each
+    # Time the four on the same chunk of 10 answers back to back, many rounds: the ratio of each
     # round is robust to load bursts from other processes; the median over rounds is reported.
     chunk = 10
     chunks = [(answers[i : i + chunk], plains[i : i + chunk]) for i in range(0, len(answers), chunk)]

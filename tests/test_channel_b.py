@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from vlmdet.format import render_record
-from vlmdet.model.chat import COORD, DESC, IGNORE, STRUCT
+from vlmdet.model.chat import COORD, DESC, STRUCT
 from vlmdet.model.load import find_coord_ids, token_pieces
 from vlmdet.model.tokenizer import IM_END, build_tiny_tokenizer
 from vlmdet.train.channel_b import build_target, rollout_metrics, rollout_seed
@@ -30,7 +30,7 @@ def target_for(tok, text, gt=GT, stop=True):
     t, coord_ids, eot = tok
     ids = t(text, add_special_tokens=False)["input_ids"] + ([eot] if stop else [])
     pieces = token_pieces(t, ids)
-    return build_target(ids, pieces, gt, t, coord_ids, eot), token_pieces
+    return build_target(ids, pieces, gt, t, coord_ids, eot)
 
 
 def classify(tok, tgt):
@@ -68,7 +68,7 @@ def test_valid_rollout_matched_fp_fn_masks(tok):
     pred_a = ("red circle", (12, 11, 98, 101))  # matches A (IoU ~0.93), own bins differ from GT
     fp = ("green triangle", (200, 200, 300, 300))  # no GT there
     text = '{"objects": [' + rec(*pred_a) + ", " + rec(*fp) + "]}"
-    tgt, _ = target_for(tok, text)
+    tgt = target_for(tok, text)
     assert tgt.matched == [(0, 0)] and tgt.fn == [1] and tgt.n_pred == 2
     parts = classify(tok, tgt)
     pre, app = parts[: tgt.prefix_len], parts[tgt.prefix_len :]
@@ -89,7 +89,7 @@ def test_valid_rollout_matched_fp_fn_masks(tok):
 
 def test_drifted_key_record_gets_no_loss(tok):
     text = '{"objects": [' + rec(*A, key="bbox_3d") + ", " + rec(*B) + "]}"
-    tgt, _ = target_for(tok, text)
+    tgt = target_for(tok, text)
     assert tgt.parse.result.drops == {"unexpected_keys": 1}
     assert tgt.matched == [(0, 1)] and tgt.fn == [0]
     parts = classify(tok, tgt)
@@ -102,7 +102,7 @@ def test_drifted_key_record_gets_no_loss(tok):
 
 def test_truncated_rollout_keeps_complete_records_and_appends(tok):
     text = '{"objects": [' + rec(*A) + ', {"desc": "blu'
-    tgt, _ = target_for(tok, text, stop=False)
+    tgt = target_for(tok, text, stop=False)
     r = tgt.parse.result
     assert r.truncated and r.incomplete_tail == 1 and not tgt.parse.stopped
     parts = classify(tok, tgt)
@@ -113,7 +113,7 @@ def test_truncated_rollout_keeps_complete_records_and_appends(tok):
 
 
 def test_empty_rollout_appends_all_gt_without_separator(tok):
-    tgt, _ = target_for(tok, '{"objects": []}')
+    tgt = target_for(tok, '{"objects": []}')
     parts = classify(tok, tgt)
     assert join(parts[: tgt.prefix_len], "none") == '{"objects": ['
     assert tgt.prefix_len == 1 and tgt.n_pred == 0 and tgt.fn == [0, 1]
@@ -123,7 +123,7 @@ def test_empty_rollout_appends_all_gt_without_separator(tok):
 
 def test_leading_junk_is_unsupervised_context(tok):
     text = 'Sure! here: {"objects": [' + rec(*A) + "]}"
-    tgt, _ = target_for(tok, text)
+    tgt = target_for(tok, text)
     parts = classify(tok, tgt)
     pre = parts[: tgt.prefix_len]
     assert join(pre, "none") == 'Sure! here: {"objects": ['
@@ -135,7 +135,7 @@ def test_all_invalid_rollout_supervises_only_the_appended_gt(tok):
     digits = '{"desc": "red circle", "bbox_2d": [12, 34, 56, 78]}'
     wrong_arity = '{"desc": "blue square", "bbox_2d": [<|coord_1|>, <|coord_2|>, <|coord_3|>]}'
     text = '{"objects": [' + digits + ", " + wrong_arity + "]}"
-    tgt, _ = target_for(tok, text)
+    tgt = target_for(tok, text)
     assert tgt.parse.result.drops == {"non_coord_token": 1, "wrong_arity": 1}
     assert tgt.n_pred == 0 and tgt.matched == [] and tgt.fn == [0, 1]
     parts = classify(tok, tgt)
@@ -145,7 +145,7 @@ def test_all_invalid_rollout_supervises_only_the_appended_gt(tok):
 
 
 def test_failed_rollout_restarts_the_container(tok):
-    tgt, _ = target_for(tok, "I cannot see anything")
+    tgt = target_for(tok, "I cannot see anything")
     assert tgt.parse.result.failed and tgt.prefix_len == 0
     assert tgt.append_text == '{"objects": [' + rec(*A) + ", " + rec(*B) + "]}"
     parts = classify(tok, tgt)
@@ -154,13 +154,13 @@ def test_failed_rollout_restarts_the_container(tok):
 
 def test_gate_rejects_low_iou_pairs(tok):
     far = ("red circle", (10, 10, 40, 40))  # IoU with A = 0.11 < 0.3
-    tgt, _ = target_for(tok, '{"objects": [' + rec(*far) + "]}")
+    tgt = target_for(tok, '{"objects": [' + rec(*far) + "]}")
     assert tgt.matched == [] and tgt.fn == [0, 1]
 
 
 def test_rollout_metrics_weights_give_global_ratios(tok):
-    t1, _ = target_for(tok, '{"objects": [' + rec(*A) + "]}")  # tp 1, fp 0, fn 1
-    t2, _ = target_for(tok, '{"objects": [' + rec("x", (800, 800, 900, 900)) + ", " + rec(*B) + "]}")  # tp 1, fp 1, fn 1
+    t1 = target_for(tok, '{"objects": [' + rec(*A) + "]}")  # tp 1, fp 0, fn 1
+    t2 = target_for(tok, '{"objects": [' + rec("x", (800, 800, 900, 900)) + ", " + rec(*B) + "]}")  # tp 1, fp 1, fn 1
 
     class R:
         def __init__(self, n, hit):

@@ -70,8 +70,8 @@ def test_torchrun_two_ranks_trains_both_channels(tmp_path):
         "model.name_or_path=tiny", f"data.train={data / 'train.jsonl'}", f"data.val={data / 'val.jsonl'}",
         f"output_dir={runs}", "training.max_steps=4", "training.per_device_train_batch_size=2",
         "training.logging_steps=1", "training.warmup_steps=0", "training.report_to=[]", "training.save_steps=1000",
-        "training.ddp_backend=gloo", "training.extra={use_cpu: true}", "stage2.b_ratio=0.5", "eval.eval_steps=0", "rollout.max_new_tokens=16",
-        "rollout.batch_size=2",
+        "training.ddp_backend=gloo", "training.extra={use_cpu: true}", "stage2.b_ratio=0.5", "eval.eval_steps=0", "eval.steps=[2]", "eval.max_samples=2",
+        "rollout.max_new_tokens=16", "rollout.batch_size=2", "monitor.draw_images=false",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
@@ -98,6 +98,11 @@ def test_torchrun_two_ranks_trains_both_channels(tmp_path):
     train_ev = {e["step"]: e for e in events if "loss" in e}
     assert sorted(train_ev) == [1, 2, 3, 4] and len([e for e in events if "loss" in e]) == 4
     assert (run / "checkpoint-final" / "model.safetensors").exists() and (run / "config.yaml").exists()
+    evals = [e for e in events if any(k.startswith("eval_rollout/") for k in e)]
+    assert [e["step"] for e in evals] == [2]  # the rollout eval ran once (rank 0) and was logged once
+    assert json.loads((run / "eval" / "step_000002" / "metrics.json").read_text())["step"] == 2
+    assert (run / "monitor_dumps" / "step_000002.json").exists()
+    assert sorted(p.name for p in (run / "eval").iterdir()) == ["step_000002"]
 
     # cross-rank reduction: A-step means over ranks; B-step telemetry as global ratios
     for step in (0, 2):

@@ -48,8 +48,6 @@ from vlmdet.errors import UsageError
 from vlmdet.train.objective import COORD_TERMS, active, coord_diagnostics, coord_terms
 
 
-
-
 @dataclass
 class Rows:
     """Index sets of a teacher-forced batch `[B, L]` (from `forward.supervision`), all on its device.
