@@ -106,6 +106,7 @@ CASES = [
         [("cat", (1, 2, 3, 4), 0)],
         broken=True,
     ),
+    Case("records back to back, no separator", OPEN + CAT + DOG + "]}", [("cat", (1, 2, 3, 4), 0)], broken=True),
     Case("semicolon separator", OPEN + CAT + "; " + DOG + "]}", [("cat", (1, 2, 3, 4), 0)], broken=True),
     Case("trailing comma", OPEN + CAT + ", ]}", [("cat", (1, 2, 3, 4), 0)], broken=True),
     Case("element not a record", '{"objects": [42, ' + CAT + "]}", [], broken=True),

@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import bisect
 import re
+import sys
 from dataclasses import dataclass
 from json.decoder import scanstring
 from operator import attrgetter
@@ -180,13 +181,17 @@ class ParseResult:
 # --------------------------------------------------------------------------------------------------
 # lexical pieces
 
+# Possessive loops (`*+`) need Python 3.11; on 3.10 the plain loops match the same strings (the
+# character classes below never overlap the escape branch, so there is no ambiguous backtracking).
+_P = "+" if sys.version_info >= (3, 11) else ""
+
 _WS_RE = re.compile(r"[ \t\n\r]*")
 _CONTAINER_RE = re.compile(r'\{[ \t\n\r]*"objects"[ \t\n\r]*:[ \t\n\r]*\[')
 _CANONICAL_OPEN = '{"objects": ['
 _ATOM_RE = re.compile(r'[^ \t\n\r,:\[\]{}"]+')
 _COORD_ATOM_RE = re.compile(r"<\|coord_(0|[1-9][0-9]*)\|>")
 # A JSON string body for brace matching: any char but quote/backslash, or a backslash + any char.
-_STRING_TAIL_RE = re.compile(r'[^"\\]*+(?:\\.[^"\\]*+)*+"', re.DOTALL)
+_STRING_TAIL_RE = re.compile(rf'[^"\\]*{_P}(?:\\.[^"\\]*{_P})*{_P}"', re.DOTALL)
 _BRACE_OR_QUOTE_RE = re.compile(r'[{}"]')
 _MAX_DEPTH = 64
 
@@ -198,8 +203,8 @@ _MAX_DEPTH = 64
 # matches as fast as an escape-free body) and the 4 coordinate literals, in record order. Digits are
 # `[0-9]{1,3}`: zero-padded literals miss `_BIN_OF_LITERAL` and go to the careful path, which calls
 # them `non_coord_token`.
-_FAST_DESC = r'"([^"\\\x00-\x1f]*+(?:\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4})[^"\\\x00-\x1f]*+)*+)"'
-_FAST_COORD = r"(<\|coord_[0-9]{1,3}+\|>)"
+_FAST_DESC = rf'"([^"\\\x00-\x1f]*{_P}(?:\\(?:["\\/bfnrt]|u[0-9a-fA-F]{{4}})[^"\\\x00-\x1f]*{_P})*{_P})"'
+_FAST_COORD = rf"(<\|coord_[0-9]{{1,3}}{_P}\|>)"
 _FAST_BOX = r"\[" + ", ".join([_FAST_COORD] * 4) + r"\]"
 _FAST_SEP = r"(?:, (?=\{)|(?!\{))"
 

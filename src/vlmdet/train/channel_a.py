@@ -101,7 +101,8 @@ def rows_from_batch(batch: Mapping[str, torch.Tensor], losses_cfg: Any) -> Rows:
 
 
 def check_a1_anchor(a1_anchor: Mapping[str, float]) -> dict[str, float]:
-    """Validate `stage2.a1_anchor` (coord term name -> weight); unknown names are a `UsageError`."""
+    """Validate `stage2.a1_anchor` (coord term name -> weight >= 0; `entropy` may be negative);
+    unknown names and negative weights are a `UsageError`."""
     import difflib
 
     out = {}
@@ -110,6 +111,8 @@ def check_a1_anchor(a1_anchor: Mapping[str, float]) -> dict[str, float]:
             near = difflib.get_close_matches(str(name), COORD_TERMS, n=1)
             hint = f" (did you mean {near[0]!r}?)" if near else ""
             raise UsageError(f"stage2.a1_anchor: unknown coord term {name!r}{hint}; allowed: {', '.join(COORD_TERMS)}")
+        if float(w) < 0 and name != "entropy":
+            raise UsageError(f"stage2.a1_anchor.{name}: weight must be >= 0, got {w}")
         out[name] = float(w)
     return out
 
@@ -228,11 +231,13 @@ def stage2_terms(out: ChannelAOutput, sup: Rows, coord_ids, losses_cfg: Any, a1_
         terms = {"token_ce": L.token_ce(out.ce_logits, sup.ce_labels, sup.ce_weights)}
     terms.update(coord_terms(out.final_coord_logits, sup.coord_bins, coord_ids, losses_cfg))
     with torch.set_grad_enabled(grad and active(losses_cfg, "text_gate")):
-        if out.final_text_logits is not None and bool(sup.text_rows.any()):
-            rows = out.final_text_logits[sup.text_rows]
-            terms["text_gate"] = L.text_gate_loss(rows, coord_ids, float(losses_cfg.temperature)).mean()
+        # on the final logits when the term is on; when it is off (no final text rows were gathered)
+        # it is logged from the A1 rows (the same logits when N = 1)
+        text = out.final_text_logits if out.final_text_logits is not None else out.ce_logits
+        if bool(sup.text_rows.any()):
+            terms["text_gate"] = L.text_gate_loss(text[sup.text_rows], coord_ids, float(losses_cfg.temperature)).mean()
         else:
-            terms["text_gate"] = (out.ce_logits.sum() * 0.0).detach()
+            terms["text_gate"] = text.sum() * 0.0
     anchors = {}
     if a1_anchor:
         # anchor weights decide which terms keep a graph; hyper-parameters come from `losses`
@@ -262,7 +267,7 @@ def channel_a_loss(model, batch: Mapping[str, torch.Tensor], cfg: Any, coord_ids
     )
     terms, anchors, diag = stage2_terms(out, sup, coord_ids, lc, anchor_w)
     total = combine(terms, lc)
-    if any(w != 0.0 for w in anchor_w.values()):
+    if any(active(anchor_w, k) for k in anchor_w):
         total = total + combine(anchors, anchor_w)
     logs = log_terms(terms, total)
     logs.update({f"loss/a1_{k}": float(v.detach()) for k, v in anchors.items()})
