@@ -278,3 +278,24 @@ def test_gate_keeps_coord_vocab_mass_under_text_pressure(loaded, batch, monkeypa
             _, logs = channel_a_loss(model, batch, cfg, loaded.coord_ids)
         masses[gate] = logs["coord_diag/coord_vocab_mass_mean"]
     assert masses[1.0] > masses[0.0] + 0.2, masses
+
+
+def test_text_gate_uses_final_iteration_text_rows(loaded, batch, monkeypatch):
+    from vlmdet.losses import text_gate_loss
+
+    cfg = stage2_cfg(n_softctx_iter=2)
+    cfg.losses.text_gate = 0.5
+    rows = rows_from_batch(batch, cfg.losses)
+    seen = {}
+
+    def edit(it, i, x):
+        seen[(it, i)] = x.detach()
+        return x
+
+    monkeypatch.setattr(fwd, "logits_at", LogitsHook(edit))
+    with torch.no_grad():
+        _, logs = channel_a_loss(loaded.model, batch, cfg, loaded.coord_ids)
+    assert set(seen) == {(0, 0), (0, 1), (1, 0), (1, 1)}  # final iteration gathers the text rows too
+    final = float(text_gate_loss(seen[(1, 1)][rows.text_rows], loaded.coord_ids).mean())
+    a1 = float(text_gate_loss(seen[(0, 1)][rows.text_rows], loaded.coord_ids).mean())
+    assert logs["loss/text_gate"] == pytest.approx(final, rel=1e-5) and abs(final - a1) > 1e-6

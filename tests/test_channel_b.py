@@ -181,3 +181,52 @@ def test_rollout_seed():
     assert rollout_seed(0, 0) == 1
     assert rollout_seed(7, 3) == 7 + 3 * 1000003
     assert rollout_seed(1, 2**40) == (1 + 1000003 * 2**40) & 0x7FFFFFFF
+
+
+class FakeBackend:
+    """A rollout backend that returns fixed answer texts (one per record)."""
+
+    def __init__(self, loaded, texts):
+        self.loaded, self.texts, self.seeds = loaded, texts, []
+
+    def generate(self, records, seed=None):
+        from vlmdet.evaluate.rollout import Rollout
+
+        self.seeds.append(seed)
+        out = []
+        for text in self.texts[: len(records)]:
+            ids = self.loaded.tokenizer(text, add_special_tokens=False)["input_ids"] + [self.loaded.eot_id]
+            pieces = token_pieces(self.loaded.tokenizer, ids)
+            out.append(Rollout(ids, [0.0] * len(ids), [1.0] * len(ids), True, False, text, pieces))
+        return out
+
+
+@pytest.mark.slow
+def test_channel_b_step_on_tiny_model(tmp_path):
+    import torch
+
+    from vlmdet.config import Config
+    from vlmdet.data.records import load_records
+    from vlmdet.data.synth import make_synth
+    from vlmdet.format import render_answer, sort_objects
+    from vlmdet.model.load import load_model
+    from vlmdet.train.channel_b import channel_b_loss
+
+    make_synth(tmp_path, n_train=2, n_val=1, seed=0, size=64)
+    records = load_records(tmp_path / "train.jsonl")
+    loaded = load_model("tiny")
+    cfg = Config(stage=2)
+    cfg.losses.ce_on_coord_slots, cfg.losses.smoothl1, cfg.losses.coord_gate = False, 1.0, 1.0
+    gt0 = sort_objects(records[0].bins())
+    texts = [render_answer(gt0), "garbage"]  # sample 0: perfect rollout; sample 1: no container
+    backend = FakeBackend(loaded, texts)
+    loss, logs, groups = channel_b_loss(loaded.model, loaded, records, cfg, step=5, backend=backend)
+    assert backend.seeds == [5 * 1000003]
+    flat = {k: v for m, _ in groups for k, v in m.items()}
+    n0, n1 = len(gt0), len(records[1].objects)
+    assert flat["rollout/precision"] == 1.0 and flat["rollout/recall"] == pytest.approx(n0 / (n0 + n1))
+    assert flat["rollout/failed_rate"] == 0.5 and flat["rollout/fn_appended_mean"] == n1 / 2
+    loss.backward()
+    assert torch.isfinite(loss) and logs["loss/coord_gate"] > 0
+    grads = [p.grad for p in loaded.model.parameters() if p.grad is not None]
+    assert grads and sum(float(g.abs().sum()) for g in grads) > 0

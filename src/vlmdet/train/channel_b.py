@@ -119,8 +119,7 @@ def build_target(
     for pi, gi in m.pairs:
         obj = preds[pi]
         s, e = obj.span
-        descs = [sp for sp in desc_spans(rp.text[s:e])]
-        descs = [(s + a, s + b) for a, b in descs]
+        descs = [(s + a, s + b) for a, b in desc_spans(rp.text[s:e])]
         coord_pos = dict(zip(rp.coord_positions[pi], gt[gi][1]))
         for i in range(n_pre):
             if not _overlaps(starts[i], ends[i], s, e):
