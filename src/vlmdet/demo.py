@@ -93,11 +93,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--from-scratch", action="store_true",
                         help="train Stage-1 from random init instead of starting from the shipped Stage-1 checkpoint")
     parser.add_argument("--stage1", default=None, metavar="CKPT", help="start Stage-2 from this Stage-1 checkpoint folder")
+    parser.add_argument("--stage1-steps", type=int, default=None, metavar="N",
+                        help="with --from-scratch: Stage-1 optimizer steps (default: configs/demo/stage1.yaml)")
     parser.add_argument("--smoke", action="store_true", help="tiny numbers everywhere (tests; under a minute)")
 
 
 def run_demo(out: str | Path, from_scratch: bool = False, smoke: bool = False, stage1: str | None = None,
-             argv: list[str] | None = None) -> dict:
+             argv: list[str] | None = None, stage1_steps: int | None = None) -> dict:
     """Run the demo into `out`; return a summary dict (final metrics, paths, seconds per phase)."""
     from vlmdet.config import load_config
     from vlmdet.data.records import load_records
@@ -112,6 +114,8 @@ def run_demo(out: str | Path, from_scratch: bool = False, smoke: bool = False, s
     cfg_dir = config_dir()
     if stage1 is not None and from_scratch:
         raise UsageError("--stage1 and --from-scratch exclude each other")
+    if stage1_steps is not None and (not from_scratch or stage1_steps < 1):
+        raise UsageError("--stage1-steps needs --from-scratch and a positive number")
     if stage1 is not None and not (Path(stage1) / "config.json").is_file():
         raise UsageError(f"--stage1 {stage1}: not a checkpoint folder (no config.json)")
     use_shipped = stage1 is None and not from_scratch and not smoke
@@ -134,7 +138,8 @@ def run_demo(out: str | Path, from_scratch: bool = False, smoke: bool = False, s
         _phase(2, n, f"Stage-1: using the checkpoint {ckpt}")
     else:
         _phase(2, n, "Stage-1 from random init (configs/demo/stage1.yaml)")
-        cfg1 = load_config(cfg_dir / "stage1.yaml", common + (SMOKE_STAGE1 if smoke else []))
+        steps1 = [f"training.max_steps={stage1_steps}"] if stage1_steps else []
+        cfg1 = load_config(cfg_dir / "stage1.yaml", common + steps1 + (SMOKE_STAGE1 if smoke else []))
         s1 = train(cfg1, argv + ["(stage1)"], overwrite=True)
         ckpt = Path(s1["final_checkpoint"])
         runs.append(Path(s1["run_dir"]))
@@ -180,7 +185,8 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     t0 = time.time()
-    s = run_demo(args.out, from_scratch=args.from_scratch, smoke=args.smoke, stage1=args.stage1, argv=list(sys.argv))
+    s = run_demo(args.out, from_scratch=args.from_scratch, smoke=args.smoke, stage1=args.stage1, argv=list(sys.argv),
+                 stage1_steps=args.stage1_steps)
     total = time.time() - t0
     print("\n== vlmdet demo: summary")
     print(f"Stage-1 checkpoint: {s['stage1_checkpoint']}")

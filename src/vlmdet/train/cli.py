@@ -95,6 +95,7 @@ def build_trainer(cfg, run, loaded=None):
         coord_ids=loaded.coord_ids,
     )
     eval_cb.trainer = trainer
+    trainer.loaded = loaded  # tokenizer / image processor for objectives that generate (Stage-2 Channel-B)
     return trainer, loaded
 
 
