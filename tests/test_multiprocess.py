@@ -70,7 +70,7 @@ def test_torchrun_two_ranks_trains_both_channels(tmp_path):
         "model.name_or_path=tiny", f"data.train={data / 'train.jsonl'}", f"data.val={data / 'val.jsonl'}",
         f"output_dir={runs}", "training.max_steps=4", "training.per_device_train_batch_size=2",
         "training.logging_steps=1", "training.warmup_steps=0", "training.report_to=[]", "training.save_steps=1000",
-        "training.ddp_backend=gloo", "training.extra={use_cpu: true}", "stage2.b_ratio=0.5", "eval.eval_steps=0", "eval.steps=[2]", "eval.max_samples=2",
+        "training.ddp_backend=gloo", "stage2.b_ratio=0.5", "eval.eval_steps=0", "eval.steps=[2]", "eval.max_samples=2",
         "rollout.max_new_tokens=16", "rollout.batch_size=2", "monitor.draw_images=false",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}

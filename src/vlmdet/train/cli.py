@@ -106,7 +106,8 @@ def train(cfg, argv, resume=None, overwrite=False, loaded=None) -> dict:
 
     run = RunDir(Path(cfg.output_dir) / cfg.run_name)
     target = _resume_target(run, resume) if resume is not None else None
-    run = RunDir.create(cfg, argv, resume=resume is not None, overwrite=overwrite)
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 creates/cleans the run dir
+        run = RunDir.create(cfg, argv, resume=resume is not None, overwrite=overwrite)
     trainer, loaded = build_trainer(cfg, run, loaded)
     t0 = time.time()
     result = trainer.train(resume_from_checkpoint=target)
