@@ -25,6 +25,12 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
 fi
 if [ "$extra" = "dev" ]; then
     .venv/bin/python -m pip install -q -e ".[dev]"
+    # headless Chromium for the report-HTML test (Debian's package; only where we may install it)
+    if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "setup: installing Debian's chromium for the HTML report test" >&2
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+            || echo "setup: chromium could not be installed; the HTML test will say so" >&2
+    fi
 else
     .venv/bin/python -m pip install -q -e .
 fi
