@@ -456,9 +456,11 @@ def training_arguments(cfg: Config, output_dir: str | os.PathLike):
             hint = f" (did you mean '{where}{close[0]}'?)" if close else ""
             raise UsageError(f"training.extra.{key}: not a TrainingArguments field{hint}")
     kwargs = {**t, "remove_unused_columns": False, **extra, **fixed}
-    if kwargs.get("ddp_backend") == "gloo" and "use_cpu" not in extra:
-        import torch
+    import torch
 
+    if "dataloader_pin_memory" not in extra:
+        kwargs["dataloader_pin_memory"] = torch.cuda.is_available()  # pinning needs an accelerator
+    if kwargs.get("ddp_backend") == "gloo" and "use_cpu" not in extra:
         # gloo without CUDA: accelerate only wraps the model in DDP when told the run is on CPU;
         # otherwise each rank silently trains its own copy.
         kwargs["use_cpu"] = not torch.cuda.is_available()
