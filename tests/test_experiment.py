@@ -59,7 +59,7 @@ def test_gate_ablation_smoke(tmp_path):
     s = run_gate_ablation(tmp_path, [2], smoke=True)  # step 1: a training log; step 2: eval
     assert [p.rsplit("/", 1)[1] for p in s["runs"]] == [arm_name(m, g) for m, g in ARMS]
     for run, (mode, gate) in zip(s["runs"], ARMS):
-        for step in (2,):
+        for step in (0, 2):
             metrics = json.loads((tmp_path / "runs" / arm_name(mode, gate) / "eval" / f"step_{step:06d}" / "metrics.json").read_text())
             assert "eval_rollout/parse_dropped_invalid" in metrics["metrics"]
         events = [json.loads(line) for line in open(f"{run}/logging.jsonl")]
@@ -67,5 +67,9 @@ def test_gate_ablation_smoke(tmp_path):
         assert gates, "loss/coord_gate must be logged (unweighted) in every arm, gate on or off"
     md = (tmp_path / "report" / "report.md").read_text()
     for m, g in ARMS:
-        assert f"| 2 | {arm_name(m, g)} |" in md
+        assert f"| 2 | {arm_name(m, g)} |" in md and f"| 0 | {arm_name(m, g)} |" in md
+    step0 = [json.loads((tmp_path / "runs" / arm_name(m, g) / "eval" / "step_000000" / "metrics.json").read_text())["metrics"]
+             for m, g in ARMS]
+    same = [{k: v for k, v in m.items() if not k.startswith("eval_time")} for m in step0]
+    assert all(x == same[0] for x in same), "the arms must start from the same checkpoint and eval settings"
     assert (tmp_path / "report" / "report.html").stat().st_size > 10_000

@@ -6,7 +6,8 @@ one shipped with the demo), four Stage-2 runs, Channel-A only (`b_ratio: 0`),
     {softctx_grad_mode: unroll, em_detach} x {coord_gate: off (0), on (1)}
 
 with identical seed, data, data order and eval settings (configs/demo/gate_ablation.yaml), each evaluated
-(rollout eval + monitor dumps) at the same fixed steps, then `vlmdet report` of the four runs with the
+(rollout eval + monitor dumps) at the same fixed steps and at step 0 (the Stage-1 checkpoint itself, with
+the arm's eval settings), then `vlmdet report` of the four runs with the
 seed's original setting (unroll, gate off) as the delta baseline. Output:
 
     OUT/data/                       the demo's synthetic set (reused when it matches)
@@ -52,6 +53,10 @@ def run_gate_ablation(out: str | Path, steps: list[int], stage1: str | None = No
     `stage1`: a Stage-1 checkpoint folder (default: the shipped demo checkpoint; `--smoke`: the randomly
     initialized tiny model, since a smoke run only checks the plumbing)."""
     from vlmdet.config import load_config
+    from vlmdet.data.records import load_records
+    from vlmdet.evaluate.runner import run_rollout_eval
+    from vlmdet.model.load import load_model
+    from vlmdet.rundir import RunDir
     from vlmdet.demo import DEMO_DATA, SMOKE_DATA, config_dir, make_data, shipped_stage1
     from vlmdet.report.cli import build_report
     from vlmdet.train.cli import train
@@ -73,7 +78,7 @@ def run_gate_ablation(out: str | Path, steps: list[int], stage1: str | None = No
     data = make_data(out / "data", SMOKE_DATA if smoke else DEMO_DATA)
     common = [f"data.train={(data / 'train.jsonl').resolve()}", f"data.val={(data / 'val.jsonl').resolve()}",
               f"output_dir={(out / 'runs').resolve()}"]
-    runs, seconds = [], {}
+    runs, seconds, start = [], {}, None
     for i, (mode, gate) in enumerate(ARMS, 1):
         name = arm_name(mode, gate)
         print(f"\n== [{i}/{len(ARMS)}] {name}", flush=True)
@@ -82,9 +87,14 @@ def run_gate_ablation(out: str | Path, steps: list[int], stage1: str | None = No
                           common + arm_overrides(mode, gate, steps, ckpt) + (SMOKE_OVERRIDES if smoke else []))
         summary = train(cfg, argv + [f"({name})"], overwrite=True)
         runs.append(Path(summary["run_dir"]))
+        # step 0 = the shared Stage-1 checkpoint, evaluated with the arm's own settings (identical in
+        # every arm: a check that the arms start from the same place)
+        if start is None:
+            start = load_model(ckpt)
+        run_rollout_eval(start, load_records(cfg.data.val), cfg, RunDir(summary["run_dir"]), 0)
         seconds[name] = round(time.time() - t, 1)
     title = "Gate ablation: Stage-2 Channel-A only, {unroll, em_detach} x {gate off, on}"
-    paths = build_report(runs, out / "report", steps, title=title)
+    paths = build_report(runs, out / "report", [0] + list(steps), title=title)
     return {"runs": [str(r) for r in runs], "report_md": str(paths["md"]), "report_html": str(paths["html"]),
             "seconds": seconds, "stage1_checkpoint": ckpt}
 
