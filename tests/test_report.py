@@ -197,7 +197,13 @@ def test_build_report_writes_md_and_self_contained_html(two_runs, tmp_path):
     # headline rows: values and deltas against the first run, "—" where a step is missing
     assert "| 300 | gate_off | 0.250 (-0.250) |" in md
     assert "| 1200 | gate_on | — | — |" in md
-    assert "| non_coord_token | 2 | 1 | — | 5 | — | — |" in md
+    reasons = tables.drop_reasons(load_runs(list(two_runs)))
+    header = "| run | step | " + " | ".join(reasons) + " |"
+    assert header in md
+    nct = reasons.index("non_coord_token")
+    row = md.split("| gate_off | 300 | ", 1)[1].split("\n", 1)[0].rstrip(" |").split(" | ")
+    assert row[nct] == "5" and row[reasons.index("wrong_arity")] == "2" and row[reasons.index("malformed")] == "—"
+    assert "| gate_off | 600 | " + " | ".join(["—"] * len(reasons)) + " |" in md
     # the dropped record is marked in the example text, with its reason
     assert '⟦{"desc": "red circle", "bbox_2d": [85, <|coord_3|>]}⟧' in md
     assert "`non_coord_token`" in md

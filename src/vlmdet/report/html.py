@@ -95,9 +95,11 @@ def render_html(c: Content, title: str = "vlmdet report") -> str:
     h.append(_table(["step", "run"] + [label for _, label in tables.HEADLINE], rows, left=2))
 
     h.append("<h2>Drop reasons (eval, records dropped by the strict parser)</h2>")
-    rows = ["<tr>" + _td(reason, True) + "".join(_cell("drop/x", tables.Cell(v)) for v in vals) + "</tr>"
-            for reason, vals in tables.drop_rows(runs, c.steps)]
-    h.append(_table(["reason"] + [f"{r.name} @ {s}" for r in runs for s in c.steps], rows))
+    drops = tables.drop_rows(runs, c.steps)
+    keys = [(r.name, s) for r in runs for s in c.steps]
+    rows = ["<tr>" + _td(name, True) + _td(step, True) + "".join(_cell("drop/x", tables.Cell(vals[j])) for _, vals in drops)
+            + "</tr>" for j, (name, step) in enumerate(keys)]
+    h.append(_table(["run", "step"] + [reason for reason, _ in drops], rows, left=2))
     h.append('<div class="figs">' + _img(c.figures.get("drop_reasons"), "drop reasons") + "</div>")
 
     h.append('<h2>Over steps</h2><div class="figs">')

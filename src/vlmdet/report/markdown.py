@@ -53,9 +53,11 @@ def render_markdown(c: Content, title: str = "vlmdet report") -> str:
                   for step, name, cells in tables.headline_rows(runs, c.steps)])
 
     md += ["", "## Drop reasons (eval, records dropped by the strict parser)", ""]
-    cols = [f"{r.name} @ {s}" for r in runs for s in c.steps]
-    md += _table(["reason"] + cols, [[reason] + [tables.fmt_value("drop/x", v) for v in vals]
-                                     for reason, vals in tables.drop_rows(runs, c.steps)])
+    drops = tables.drop_rows(runs, c.steps)
+    keys = [(r.name, s) for r in runs for s in c.steps]
+    md += _table(["run", "step"] + [reason for reason, _ in drops],
+                 [[name, str(step)] + [tables.fmt_value("drop/x", vals[j]) for _, vals in drops]
+                  for j, (name, step) in enumerate(keys)])
     md += ["", "![drop reasons](plots/drop_reasons.png)", ""]
 
     md += ["## Over steps", ""]
