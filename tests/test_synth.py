@@ -99,6 +99,17 @@ def test_train_does_not_depend_on_n_val(tmp_path):
     assert (tmp_path / "a/images/train_000004.png").read_bytes() == (tmp_path / "b/images/train_000004.png").read_bytes()
 
 
+def test_smaller_train_set_is_a_prefix_of_a_larger_one_and_val_is_unchanged(tmp_path):
+    # the demo relies on it: Stage-1 (--from-scratch) uses 20000 images, Stage-2 the first 2000
+    make_synth(tmp_path / "a", n_train=3, n_val=2, seed=1, size=64)
+    make_synth(tmp_path / "b", n_train=6, n_val=2, seed=1, size=64)
+    a = (tmp_path / "a/train.jsonl").read_text().splitlines()
+    b = (tmp_path / "b/train.jsonl").read_text().splitlines()
+    assert len(a) == 3 and len(b) == 6 and b[:3] == a
+    assert (tmp_path / "a/images/train_000002.png").read_bytes() == (tmp_path / "b/images/train_000002.png").read_bytes()
+    assert (tmp_path / "a/val.jsonl").read_bytes() == (tmp_path / "b/val.jsonl").read_bytes()
+
+
 def test_box_is_tight_around_the_drawn_shape(tmp_path):
     # noise 0 and one object: the pixels that differ from the background are the shape
     make_synth(tmp_path, n_train=30, n_val=0, seed=0, size=64, max_objects=1, noise=0.0)
