@@ -18,7 +18,7 @@ from vlmdet.report.runs import RunData
 PLOTS: dict[str, tuple[str, str, list[tuple[tuple[str, ...], str, str]]]] = {
     "parse_dropped_invalid": ("Invalid records dropped by the strict parser (eval)", "records",
                               [(("eval_rollout/parse_dropped_invalid",), "-o", "")]),
-    "sample_valid_pred_rate": ("Samples with >= 1 valid prediction (eval)", "rate",
+    "sample_valid_pred_rate": ("Clean answers: sample_valid_pred_rate (eval)", "rate",
                                [(("eval_rollout/sample_valid_pred_rate",), "-o", "")]),
     "coord_vocab_mass": ("Coordinate-vocabulary mass at coord slots", "mass",
                          [(("coord_diag/coord_vocab_mass_mean",), "-", " (train, GT slots)"),
