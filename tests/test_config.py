@@ -269,3 +269,12 @@ def test_module_imports_no_transformers():
 
     code = "import sys, vlmdet.config; sys.exit(int('transformers' in sys.modules or 'torch' in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code], env={**os.environ}).returncode == 0
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.rglob("*.json")), ids=lambda p: str(p.relative_to(CONFIGS)))
+def test_every_shipped_deepspeed_json_parses_with_a_zero_stage(path):
+    import json
+
+    cfg = json.loads(path.read_text())
+    assert cfg["zero_optimization"]["stage"] in (1, 2, 3)
+    assert cfg["train_micro_batch_size_per_gpu"] == "auto"  # the Trainer fills batch sizes from the YAML
