@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from vlmdet.report import plots, tables
+from vlmdet.report import dumps, plots, tables
 from vlmdet.report.runs import RunData
 
 #: (dotted config key, column label) shown in the runs table.
@@ -32,13 +32,15 @@ class Example:
     sample: dict
     png: bytes | None          # image with boxes, None when the image is unavailable
     filename: str              # where the Markdown report puts the PNG (relative to the report folder)
+    marks: list[dumps.Mark] = field(default_factory=list)  # highlighted spans of sample["raw_text"]
+    verdict: str = ""          # one line: parse + detection (`dumps.verdict`)
 
 
 @dataclass
 class Content:
     runs: list[RunData]
     steps: list[int]
-    figures: dict[str, bytes] = field(default_factory=dict)   # name -> PNG (drop_reasons + plots.PLOTS)
+    figures: dict[str, bytes] = field(default_factory=dict)   # name -> PNG (plots.PLOTS, and drop_reasons when any)
     examples: list[Example] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -65,7 +67,9 @@ def gather(runs: Sequence[RunData], steps: Sequence[int] | None = None, n_exampl
     runs = list(runs)
     steps = tables.report_steps(runs, steps)
     content = Content(runs, steps)
-    content.figures["drop_reasons"] = plots.drop_histogram(runs, steps, tables.drop_reasons(runs))
+    heat = plots.drop_heatmap(runs, steps, tables.drop_reasons(runs))
+    if heat is not None:
+        content.figures["drop_reasons"] = heat
     for name in plots.PLOTS:
         content.figures[name] = plots.line_plot(runs, name, marks=steps)
     for run in runs:
@@ -74,9 +78,12 @@ def gather(runs: Sequence[RunData], steps: Sequence[int] | None = None, n_exampl
             dump = run.load_dump(step)
             if dump is None:
                 continue
-            for i, sample in enumerate(tables.pick_examples(dump["samples"], n_examples)):
+            order = config_value(run.config, "prompt.field_order") or "desc_first"
+            for i, sample in enumerate(dumps.pick_examples(dump["samples"], n_examples)):
                 name = f"examples/{_slug(run.name)}_step{step:06d}_{i}.png"
-                content.examples.append(Example(run.name, step, sample, plots.draw_sample(sample), name))
+                found = dumps.marks(sample, order)
+                content.examples.append(Example(run.name, step, sample, plots.draw_sample(sample), name, found,
+                                                dumps.verdict(sample, found)))
             break
     for run in runs:
         content.warnings += [f"{run.name}: {w}" for w in run.warnings]
