@@ -173,8 +173,8 @@ def draw_sample(sample: dict, image=None, min_side: int = 384):
             draw.rectangle(r, outline=PRED_COLOUR, width=2)
     for r in gt_rects:  # on top: the dashes stay visible on a prediction that hugs the GT
         if r:
-            _dashed_rect(draw, r, HALO, 3, 6)
-            _dashed_rect(draw, r, GT_COLOUR, 1, 6)
+            _dashed_rect(draw, r, HALO, 4, 1 << 20)  # one dash per edge: a solid dark line under the dashes
+            _dashed_rect(draw, r, GT_COLOUR, 2, 6)
     for m in sample.get("matches") or []:
         p, g = m.get("pred"), m.get("gt")
         if isinstance(p, int) and isinstance(g, int) and 0 <= p < len(objs) and 0 <= g < len(gts) \
