@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+from vlmdet.console import is_count
 from vlmdet.parse import DROP_REASONS
 from vlmdet.report.runs import EVAL_PREFIX, RunData
 
@@ -34,21 +35,12 @@ HEADLINE: list[tuple[str, str]] = [
     ("loss/coord_gate", "loss/coord_gate"),
 ]
 
-_COUNT_NAMES = {"pred_objects", "gt_objects", "matched", "fp", "fn", "tp", "parse_dropped_invalid",
-                "tp_agnostic", "fp_agnostic", "fn_agnostic"}
-
-
 @dataclass(frozen=True)
 class Cell:
     """One table cell: the value (None = missing) and its delta against the first run (None = n/a)."""
 
     value: float | None
     delta: float | None = None
-
-
-def is_count(key: str) -> bool:
-    name = key.removeprefix(EVAL_PREFIX)
-    return name in _COUNT_NAMES or name.startswith("drop/")
 
 
 def fmt_value(key: str, v: float | None) -> str:
