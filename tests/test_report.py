@@ -187,7 +187,11 @@ def test_build_report_writes_md_and_self_contained_html(two_runs, tmp_path):
         assert (out / link).read_bytes().startswith(PNG_MAGIC), link
     # html: one file, every image a decodable PNG data URI, nothing external
     uris = _data_uris(html)
-    assert len(uris) == 1 + len(__import__("vlmdet.report.plots", fromlist=["PLOTS"]).PLOTS) + 2  # heat-map, plots, 2 examples
+    # the drop heat-map, the plots some run has data for, 2 examples; the others are named in words
+    with_data = ["parse_dropped_invalid", "coord_vocab_mass", "loss_ce", "bbox_AP50", "f1"]
+    assert len(uris) == 1 + len(with_data) + 2
+    assert "No data in these runs for: sample_valid_pred_rate, coord_slot_leak_rate, loss_coord_gate." in md
+    assert sorted(p.stem for p in (out / "plots").iterdir()) == sorted(with_data + ["drop_reasons"])
     for uri in uris:
         assert uri.startswith("data:image/png;base64,")
         assert base64.b64decode(uri.split(",", 1)[1]).startswith(PNG_MAGIC)
@@ -249,4 +253,16 @@ def test_report_from_a_real_short_run(tmp_path):
     assert run.series("loss/token_ce"), "the training log must carry loss/token_ce"
     assert "### " + run.name + " @ step 2:" in md
     html = paths["html"].read_text()
-    assert html.count("data:image/png;base64,") >= len(__import__("vlmdet.report.plots", fromlist=["PLOTS"]).PLOTS) + 2
+    assert html.count("data:image/png;base64,") >= 4
+
+
+def test_leak_section(tmp_path):
+    """`leak/<kind>` metrics: a heat-map when any slot leaked, words when none did, nothing without the metrics."""
+    leaky = make_run(tmp_path, "leaky", {300: {"coord_slot_leak_rate": 0.1, "leak/digit": 3, "leak/word": 0}}, [])
+    clean = make_run(tmp_path, "clean", {300: {"coord_slot_leak_rate": 0.0, "leak/digit": 0}}, [])
+    old = make_run(tmp_path, "old", {300: {"bbox_AP50": 0.5}}, [])
+    md = build_report([leaky], tmp_path / "r1")["md"].read_text()
+    assert "![leak kinds](plots/leak_kinds.png)" in md and (tmp_path / "r1" / "plots" / "leak_kinds.png").is_file()
+    assert "![coord_slot_leak_rate](plots/coord_slot_leak_rate.png)" in md
+    assert "No leaked coordinate slots in any run" in build_report([clean], tmp_path / "r2")["md"].read_text()
+    assert "Leaked coordinate slots" not in build_report([old], tmp_path / "r3")["md"].read_text()

@@ -90,11 +90,12 @@ def test_tail_marks(text, flags, tail):
     assert got == ([tail] if tail else [])
 
 
-def test_clipped_text_gets_no_tail_and_dump_leaks_win():
+def test_clipped_text_gets_no_tail_and_dump_leak_list_wins():
     text = '{"objects": [{"bbox_2d": [85...<truncated>'
     assert [m.kind for m in marks(_sample(text, flags={"truncated": True}, raw_text_chars=500))] == []
-    given = marks(_sample('{"objects": []}', leaks=[{"span": [1, 4], "kind": "digit"}, {"span": [9, 99]}]))
-    assert given == [Mark(1, 4, "leak", "digit")]  # out-of-range span ignored; no text search when given
+    text = '{"objects": [{"desc": "a", "bbox_2d": [85, 1, 2, 3]}]}'
+    assert len([m for m in marks(_sample(text)) if m.kind == "leak"]) == 4  # found in the text
+    assert marks(_sample(text, leaked_slots=[])) == []  # the dump's own (token-level) list wins, even empty
 
 
 @pytest.mark.parametrize("width", [12, 20, 40, 100])
@@ -124,3 +125,33 @@ def test_verdict(sample, expected):
 def test_verdict_counts_leaks_and_tail():
     m = [Mark(0, 2, "leak", "digit"), Mark(3, 4, "leak", "word"), Mark(5, 9, "tail", "container not closed")]
     assert verdict({"flags": {"truncated": True}}, m).startswith("parse: container not closed, 2 leaked coord slots ·")
+
+
+def test_dump_leaked_slots_are_used_as_given():
+    """The dump's own token-level `leaked_slots` (offset + token text) win over the text search, including an
+    end-of-turn where a coordinate was due (a zero-width mark at the end of the text)."""
+    text = '{"objects": [{"desc": "a", "bbox_2d": [85, <|coord_3|>, red, '
+    sample = _sample(text, flags={"truncated": True, "incomplete_tail": True}, leaked_slots=[
+        {"offset": 39, "token": 9, "kind": "digit", "text": "8", "mass": 0.05},  # the token is "8" of "85"
+        {"offset": 56, "token": 14, "kind": "word", "text": "red"},
+        {"offset": len(text), "token": 16, "kind": "end_of_turn", "text": ""},
+        {"offset": 999, "kind": "digit", "text": "1"}, {"offset": True, "kind": "digit"}, "junk"])
+    found = marks(sample)
+    assert [(m.start, m.end, m.kind, m.note) for m in found] == [
+        (13, len(text), "tail", "incomplete record (cut off)"), (39, 40, "leak", "digit"), (56, 59, "leak", "word"),
+        (len(text), len(text), "leak", "end_of_turn")]
+    assert "".join(p for p, _, _ in segments(text, found)) == text
+    assert verdict(sample, found).startswith("parse: incomplete record (cut off), 3 leaked coord slots ·")
+    assert pick_examples([{"drops": [], "flags": {}, "id": 1}, {"drops": [], "flags": {}, "leaked_slots": [{}], "id": 2}], 1) \
+        == [{"drops": [], "flags": {}, "leaked_slots": [{}], "id": 2}]
+
+
+def test_renderers_show_an_end_of_turn_slot(tmp_path):
+    from vlmdet.report.html import _answer
+    from vlmdet.report.markdown import _marked
+
+    text = '{"objects": [{"desc": "a", "bbox_2d": ['
+    m = marks(_sample(text, flags={"truncated": True}, leaked_slots=[{"offset": len(text), "kind": "end_of_turn", "text": ""}]))
+    assert _answer(text, m).endswith('<span class="leak" title="leaked coordinate slot: end_of_turn">'
+                                     "[end_of_turn in a coordinate slot]</span>")
+    assert _marked(text, m).endswith("⟫‹[end_of_turn in a coordinate slot]›")

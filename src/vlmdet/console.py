@@ -22,6 +22,7 @@ T = TypeVar("T")
 COUNT_NAMES = frozenset({
     "samples", "images", "pred_objects", "gt_objects", "matched", "tp", "fp", "fn", "tp_agnostic", "fp_agnostic",
     "fn_agnostic", "gate_matched", "parse_dropped_invalid", "parse_incomplete_tail", "images_without_answer",
+    "coord_slots",
 })
 #: Name prefixes (after any `prefix/`) of counts, e.g. `drop/<reason>`, `leak/<kind>`.
 COUNT_PREFIXES = ("drop/", "leak/")

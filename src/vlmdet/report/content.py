@@ -40,9 +40,11 @@ class Example:
 class Content:
     runs: list[RunData]
     steps: list[int]
-    figures: dict[str, bytes] = field(default_factory=dict)   # name -> PNG (plots.PLOTS, and drop_reasons when any)
+    figures: dict[str, bytes] = field(default_factory=dict)   # name -> PNG (plots.PLOTS with data; drop_reasons, leak_kinds when any)
     examples: list[Example] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    no_data: list[str] = field(default_factory=list)            # plots.PLOTS names no run has data for
+    leak_kinds: list[str] = field(default_factory=list)         # `leak/<kind>` names in the runs (none: [])
 
 
 def config_value(cfg: dict, dotted: str):
@@ -67,11 +69,19 @@ def gather(runs: Sequence[RunData], steps: Sequence[int] | None = None, n_exampl
     runs = list(runs)
     steps = tables.report_steps(runs, steps)
     content = Content(runs, steps)
-    heat = plots.drop_heatmap(runs, steps, tables.drop_reasons(runs))
+    heat = plots.count_heatmap(runs, steps, tables.drop_reasons(runs))
     if heat is not None:
         content.figures["drop_reasons"] = heat
+    kinds = content.leak_kinds = tables.leak_kinds(runs)
+    leaks = plots.count_heatmap(runs, steps, kinds, "leak/", "Leaked coordinate slots (eval): what stood there, "
+                                "per run and step", "coordinate slots") if kinds else None
+    if leaks is not None:
+        content.figures["leak_kinds"] = leaks
     for name in plots.PLOTS:
-        content.figures[name] = plots.line_plot(runs, name, marks=steps)
+        if plots.has_data(runs, name):
+            content.figures[name] = plots.line_plot(runs, name, marks=steps)
+        else:
+            content.no_data.append(name)
     for run in runs:
         candidates = [s for s in sorted(run.dumps, reverse=True) if not steps or s <= max(steps)]
         for step in candidates:

@@ -8,9 +8,11 @@
           incomplete record cut off mid-way, an unclosed container, or where a malformed container
           stopped the parser (from the sample's `prefix_end`/flags when present, else by parsing the text);
           a failed answer (no `{"objects": [` at all) is one `tail` span over the whole text;
-  `leak`  a coordinate slot (one element of a `bbox_2d` array) that holds something other than a
-          coordinate token (`note` = what: digit, word, structure, other). Taken from the sample's
-          `leaks` list (`{"span": [a, b], "kind": str}`) when the dump has one, else found in the text.
+  `leak`  a coordinate slot (one value position of a `bbox_2d` array) that holds something other than a
+          coordinate token (`note` = what: digit, word, structure, end_of_turn, other). Taken from the
+          sample's `leaked_slots` (`{"offset", "text", "kind", ...}`: the emitted token's char offset and
+          text) when the dump has that list, else found in the text (`text_leaks`). An end-of-turn in a
+          slot sits at the end of `raw_text`: a zero-width mark at `len(raw_text)`.
   Character offsets index into `raw_text`; `drop` and `tail` spans never overlap, `leak` spans lie inside
   one of them or in plain text.
 - `segments(text, marks)`: the text cut at every mark boundary, `(piece, outer Mark | None, leak Mark | None)`.
@@ -47,7 +49,8 @@ class Mark:
 
 def has_problem(sample: dict) -> bool:
     flags = sample.get("flags") or {}
-    return bool(sample.get("drops")) or any(bool(flags.get(k)) for k in ("failed", "truncated", "malformed_container"))
+    return bool(sample.get("drops")) or bool(sample.get("leaked_slots")) or \
+        any(bool(flags.get(k)) for k in ("failed", "truncated", "malformed_container"))
 
 
 def pick_examples(samples: Sequence[dict], n: int = 2) -> list[dict]:
@@ -115,6 +118,17 @@ def text_leaks(text: str) -> list[Mark]:
     return [mk if mk.end > mk.start else Mark(mk.start, min(mk.start + 1, len(text)), "leak", mk.note) for mk in out]
 
 
+def _slot_mark(slot, length: int) -> Mark | None:
+    """A dump's leaked slot `{"offset", "text", "kind"}` as a Mark (None when its offset is unusable)."""
+    if not isinstance(slot, dict) or isinstance(slot.get("offset"), bool) or not isinstance(slot.get("offset"), int):
+        return None
+    a = slot["offset"]
+    if not 0 <= a <= length:
+        return None
+    b = min(length, a + len(str(slot.get("text") or "")))
+    return Mark(a, b, "leak", str(slot.get("kind", "")))
+
+
 def marks(sample: dict, field_order: str = "desc_first") -> list[Mark]:
     """The highlighted spans of one sample's `raw_text` (module docstring), sorted by start."""
     text = str(sample.get("raw_text", ""))
@@ -145,10 +159,9 @@ def marks(sample: dict, field_order: str = "desc_first") -> list[Mark]:
     for m in outer:  # drop any overlap between drop/tail spans (the earlier one wins)
         if not kept or m.start >= kept[-1].end:
             kept.append(m)
-    leaks = sample.get("leaks")
-    if isinstance(leaks, list):
-        found = [Mark(*s, "leak", str(lk.get("kind", ""))) for lk in leaks if isinstance(lk, dict)
-                 for s in [_span(lk, len(text))] if s]
+    slots = sample.get("leaked_slots")
+    if isinstance(slots, list):
+        found = [m for m in (_slot_mark(s, len(text)) for s in slots) if m is not None]
     else:
         found = [] if clipped else text_leaks(text)
     return sorted(kept + found, key=lambda m: (m.start, m.kind != "leak"))
@@ -156,10 +169,11 @@ def marks(sample: dict, field_order: str = "desc_first") -> list[Mark]:
 
 def segments(text: str, mark_list: Sequence[Mark]) -> list[tuple[str, Mark | None, Mark | None]]:
     """`text` cut at every mark boundary: `(piece, enclosing drop/tail Mark or None, leak Mark or None)`.
-    Leaks overlapping an earlier leak are ignored. Pieces concatenate back to `text`."""
+    Leaks overlapping an earlier leak and zero-width leaks (an end-of-turn after the text: the renderers
+    add it after the last piece) are ignored. Pieces concatenate back to `text`."""
     outer = [m for m in mark_list if m.kind != "leak"]
     leaks: list[Mark] = []
-    for m in sorted((m for m in mark_list if m.kind == "leak"), key=lambda m: m.start):
+    for m in sorted((m for m in mark_list if m.kind == "leak" and m.end > m.start), key=lambda m: m.start):
         if not leaks or m.start >= leaks[-1].end:
             leaks.append(m)
     cuts = sorted({0, len(text)} | {p for m in [*outer, *leaks] for p in (m.start, m.end) if 0 <= p <= len(text)})

@@ -95,6 +95,10 @@ def _answer(text: str, marks) -> str:
             body = f'<span class="leak" title="leaked coordinate slot: {escape(leak.note, quote=True)}">{body}</span>'
         out.append(body)
     close(current)
+    for m in marks:  # zero-width: an end-of-turn token where a coordinate was due
+        if m.kind == "leak" and m.end == m.start:
+            out.append(f'<span class="leak" title="leaked coordinate slot: {escape(m.note, quote=True)}">'
+                       f"[{escape(m.note)} in a coordinate slot]</span>")
     return "".join(out)
 
 
@@ -145,9 +149,18 @@ def render_html(c: Content, title: str = "vlmdet report") -> str:
         h.append("<p>Reasons not listed: 0 in every run and step.</p>")
         h.append('<div class="figs">' + _img(c.figures.get("drop_reasons"), "drop reasons") + "</div>")
 
+    if c.leak_kinds:
+        h.append("<h2>Leaked coordinate slots (eval, <code>leak/&lt;kind&gt;</code>)</h2>")
+        if "leak_kinds" in c.figures:
+            h.append('<div class="figs">' + _img(c.figures["leak_kinds"], "leak kinds") + "</div>")
+        else:
+            h.append("<p>No leaked coordinate slots in any run: every bbox_2d slot held a coordinate token.</p>")
+
     h.append('<h2>Over steps</h2><div class="figs">')
-    h += [_img(c.figures.get(name), name) for name in plots.PLOTS]
+    h += [_img(c.figures[name], name) for name in plots.PLOTS if name in c.figures]
     h.append("</div>")
+    if c.no_data:
+        h.append(f"<p class=\"miss\">No data in these runs for: {escape(', '.join(c.no_data))}.</p>")
 
     h.append("<h2>Monitor-dump examples</h2>")
     if not c.examples:

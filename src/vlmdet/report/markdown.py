@@ -44,6 +44,7 @@ def _marked(text: str, marks) -> str:
         out.append(f"‹{piece}›" if leak is not None else piece)
     if current is not None:
         out.append(_BRACKETS[current.kind][1])
+    out += [f"‹[{m.note} in a coordinate slot]›" for m in marks if m.kind == "leak" and m.end == m.start]
     return "".join(out)
 
 
@@ -83,9 +84,17 @@ def render_markdown(c: Content, title: str = "vlmdet report") -> str:
                       for j, (name, step) in enumerate(keys)])
         md += ["", "Reasons not listed: 0 in every run and step.", "", "![drop reasons](plots/drop_reasons.png)", ""]
 
+    if c.leak_kinds:
+        md += ["## Leaked coordinate slots (eval, `leak/<kind>`)", ""]
+        md += ["![leak kinds](plots/leak_kinds.png)" if "leak_kinds" in c.figures else
+               "No leaked coordinate slots in any run: every bbox_2d slot held a coordinate token.", ""]
+
     md += ["## Over steps", ""]
     for name in plots.PLOTS:
-        md += [f"![{name}](plots/{name}.png)", ""]
+        if name in c.figures:
+            md += [f"![{name}](plots/{name}.png)", ""]
+    if c.no_data:
+        md += [f"No data in these runs for: {', '.join(c.no_data)}.", ""]
 
     md += ["## Monitor-dump examples", ""]
     if not c.examples:
@@ -111,7 +120,8 @@ def render_markdown(c: Content, title: str = "vlmdet report") -> str:
         md += ["Raw answer:", "", fence + "text", body, fence, ""]
         notes = [f"- dropped record {d.get('index', '?')}: `{d.get('reason', '?')}`" for d in s.get("drops") or []]
         notes += [f"- tail: {m.note}" for m in ex.marks if m.kind == "tail"]
-        notes += [f"- leaked coordinate slot `{text[m.start:m.end]}` ({m.note})" for m in ex.marks if m.kind == "leak"]
+        notes += [f"- leaked coordinate slot `{text[m.start:m.end] or '(end of answer)'}` ({m.note})"
+                  for m in ex.marks if m.kind == "leak"]
         if notes:
             md += notes + [""]
 

@@ -18,14 +18,18 @@ from vlmdet.report.runs import RunData
 KINDS = ("rate", "count", "loss")
 
 #: plot name -> (title, axis kind, y label, [(candidate keys, panel title)]). Each panel is one small
-#: multiple of the figure, one line per run; for each run the first candidate key with data is drawn.
+#: multiple of the figure, one line per run; for each run the first candidate key with data is drawn. A
+#: panel no run has data for is left out (`has_data` says whether any is left).
 #: `eval_rollout/*` come from eval metrics, the rest from logging.jsonl (the Stage-2 CE is `loss/token_ce`;
 #: `loss/ce` is an older name for it).
 PLOTS: dict[str, tuple[str, str, str, list[tuple[tuple[str, ...], str]]]] = {
     "parse_dropped_invalid": ("Invalid records dropped by the strict parser (eval)", "count", "records",
                               [(("eval_rollout/parse_dropped_invalid",), "")]),
-    "sample_valid_pred_rate": ("Clean answers: sample_valid_pred_rate (eval)", "rate", "rate",
-                               [(("eval_rollout/sample_valid_pred_rate",), "")]),
+    "sample_valid_pred_rate": ("Answer rates (eval)", "rate", "rate",
+                               [(("eval_rollout/sample_valid_pred_rate",), "sample_valid_pred_rate"),
+                                (("eval_rollout/sample_clean_rate",), "clean answers: sample_clean_rate")]),
+    "coord_slot_leak_rate": ("Coordinate slots not holding a coordinate token: coord_slot_leak_rate (eval)", "rate",
+                             "rate", [(("eval_rollout/coord_slot_leak_rate",), "")]),
     "coord_vocab_mass": ("Coordinate-vocabulary mass at coord slots", "rate", "mass",
                          [(("coord_diag/coord_vocab_mass_mean",), "train, GT slots"),
                           (("eval_rollout/coord_vocab_mass_gen",), "eval, generated slots")]),
@@ -95,13 +99,28 @@ def run_styles(runs: Sequence[RunData]) -> tuple[list[Style], str]:
     return [Style(f"C{i % 10}", "-", "o", r.name) for i, r in enumerate(runs)], ""
 
 
+def _panels(runs: Sequence[RunData], name: str) -> list[tuple[tuple[str, ...], str]]:
+    return [(keys, t) for keys, t in PLOTS[name][3] if any(_first_series(r, keys)[1] for r in runs)]
+
+
+def has_data(runs: Sequence[RunData], name: str) -> bool:
+    """Whether any run has data for any panel of `PLOTS[name]` (else the report names it in words)."""
+    return bool(_panels(runs, name))
+
+
 def line_plot(runs: Sequence[RunData], name: str, marks: Sequence[int] = ()) -> bytes:
-    """One `PLOTS[name]` figure, full report width: one small multiple per panel, one line per run
+    """`line_figure` as PNG bytes."""
+    return _png(line_figure(runs, name, marks))
+
+
+def line_figure(runs: Sequence[RunData], name: str, marks: Sequence[int] = ()):
+    """One `PLOTS[name]` figure (a matplotlib `Figure`), full report width: one small multiple per panel, one line per run
     (`run_styles`), x = optimizer step, the legend outside the axes on the right. Vertical dotted lines at
     `marks` (the report's steps). Rate axes are [0, 1]; count axes start at 0. A panel without data says so."""
     from matplotlib.ticker import MaxNLocator
 
     title, kind, ylabel, panels = PLOTS[name]
+    panels = _panels(runs, name) or panels[:1]
     styles, legend_title = run_styles(runs)
     fig = _figure(WIDTH, 3.2)
     axes = fig.subplots(1, len(panels), squeeze=False, sharey=True)[0]
@@ -131,22 +150,24 @@ def line_plot(runs: Sequence[RunData], name: str, marks: Sequence[int] = ()) -> 
         if not any_data:
             ax.text(0.5, 0.5, "no data in these runs", ha="center", va="center", transform=ax.transAxes, color="0.4")
     axes[0].set_ylabel(ylabel)
-    if len(panels) > 1:
+    if len(panels) > 1 or panels[0][1]:
         fig.suptitle(title, fontsize=11)
     if handles:
         fig.legend(list(handles.values()), list(handles), loc="outside right upper", fontsize=8,
                    title=legend_title or None, title_fontsize=8)
-    return _png(fig)
+    return fig
 
 
-def drop_heatmap(runs: Sequence[RunData], steps: Sequence[int], reasons: Sequence[str]) -> bytes | None:
-    """Drop counts `eval_rollout/drop/<reason>` as a heat-map: one row per (run, step), one column per
-    reason that occurs anywhere, each cell annotated with its count ("—" = not recorded). None when no run
-    dropped anything at any step (the report then says so in words)."""
+def count_heatmap(runs: Sequence[RunData], steps: Sequence[int], reasons: Sequence[str], prefix: str = "drop/",
+                  title: str = "Drop reasons (eval): records dropped per reason, per run and step",
+                  label: str = "dropped records") -> bytes | None:
+    """Counts `eval_rollout/<prefix><reason>` as a heat-map: one row per (run, step), one column per reason
+    that occurs anywhere, each cell annotated with its count ("—" = not recorded). None when every count
+    is 0 or missing (the report then says so in words). `prefix="leak/"`: the leaked-slot kinds."""
     import numpy as np
 
     rows = [(r, s) for r in runs for s in steps]
-    grid = [[r.metric(s, f"drop/{reason}") for reason in reasons] for r, s in rows]
+    grid = [[r.metric(s, f"{prefix}{reason}") for reason in reasons] for r, s in rows]
     seen = [j for j in range(len(reasons)) if any((row[j] or 0) > 0 for row in grid)]
     if not seen:
         return None
@@ -163,8 +184,8 @@ def drop_heatmap(runs: Sequence[RunData], steps: Sequence[int], reasons: Sequenc
                     color="white" if not np.isnan(v) and v > 0.6 * top else "black")
     ax.set_xticks(range(len(seen)), [reasons[j] for j in seen], fontsize=8)
     ax.set_yticks(range(len(rows)), [f"{r.name} @ {s}" for r, s in rows], fontsize=8)
-    ax.set_title("Drop reasons (eval): records dropped per reason, per run and step", fontsize=10)
-    fig.colorbar(im, ax=ax, label="dropped records", fraction=0.03)
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(im, ax=ax, label=label, fraction=0.03)
     return _png(fig)
 
 

@@ -110,6 +110,12 @@ def drop_reasons(runs: Sequence[RunData]) -> list[str]:
     return list(DROP_REASONS) + extra
 
 
+def leak_kinds(runs: Sequence[RunData]) -> list[str]:
+    """The `leak/<kind>` names found in the runs' eval metrics (sorted; empty when none has leak metrics)."""
+    return sorted({k.removeprefix(EVAL_PREFIX + "leak/") for r in runs for m in r.eval.values() for k in m
+                   if k.startswith(EVAL_PREFIX + "leak/")})
+
+
 def drop_rows(runs: Sequence[RunData], steps: Sequence[int]) -> list[tuple[str, list[float | None]]]:
     """`(reason, [count per (run, step)])` for each reason with a count > 0 in some run at some step (none
     at all: `[]`, "no drops in any run"), columns ordered run-major (run 1 at every step, then run 2 ...)."""
