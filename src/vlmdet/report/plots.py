@@ -123,7 +123,7 @@ def line_figure(runs: Sequence[RunData], name: str, marks: Sequence[int] = ()):
     panels = _panels(runs, name) or panels[:1]
     styles, legend_title = run_styles(runs)
     fig = _figure(WIDTH, 3.2)
-    axes = fig.subplots(1, len(panels), squeeze=False, sharey=True)[0]
+    axes = fig.subplots(1, len(panels), squeeze=False, sharex=True, sharey=True)[0]
     handles = {}
     for ax, (keys, panel_title) in zip(axes, panels):
         any_data = False
