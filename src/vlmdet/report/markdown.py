@@ -114,7 +114,11 @@ def render_markdown(c: Content, title: str = "vlmdet report") -> str:
         text = str(s.get("raw_text", ""))
         marked = _marked(text, ex.marks)
         if len(marked) > EXAMPLE_TEXT_LIMIT:
-            marked = marked[:EXAMPLE_TEXT_LIMIT] + f" … [{len(marked) - EXAMPLE_TEXT_LIMIT} more characters in report.html]"
+            cut = EXAMPLE_TEXT_LIMIT
+            opened = marked.rfind("<|", 0, cut)
+            if opened >= 0 and marked.find("|>", opened, cut) < 0:  # never cut inside a token
+                cut = opened
+            marked = marked[:cut] + f" … [{len(marked) - cut} more characters in report.html]"
         body = "\n".join(dumps.wrap(marked, WRAP))
         fence = _fence(body)
         md += ["Raw answer:", "", fence + "text", body, fence, ""]
