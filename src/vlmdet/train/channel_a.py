@@ -78,7 +78,7 @@ def rows_from_batch(batch: Mapping[str, torch.Tensor], losses_cfg: Any) -> Rows:
 
     Built on `forward.supervision`: CE on every labelled token (`labels != -100`) with weight 1 for
     structure, `losses_cfg.desc_ce_weight` for desc tokens, and for coord slots 1 only when
-    `losses_cfg.ce_on_coord_slots` (the Stage-2 configs set it false); coord targets at every labelled
+    `losses_cfg.ce_on_coord_slots` (false by default in Stage 2); coord targets at every labelled
     coord slot (bin from `coord_bins`). Channel-B feeds its rebuilt targets through the same function
     (unsupervised tokens carry label -100).
     """
