@@ -156,7 +156,7 @@ def dump_sample(s: SampleEval) -> dict:
 def _piece(s: SampleEval, i: int) -> str:
     """The decoded text of response token i ("" when the backend gave no pieces)."""
     pieces = s.rollout.pieces
-    return pieces[i] if i < len(pieces) else ""
+    return pieces[i] if len(pieces) == len(s.rollout.token_ids) and i < len(pieces) else ""
 
 
 def sample_metrics(samples: Sequence[SampleEval], records, cfg) -> tuple[dict[str, float], str]:
