@@ -18,8 +18,7 @@ from vlmdet.report.runs import RunData
 PLOTS: dict[str, tuple[str, str, list[tuple[tuple[str, ...], str, str]]]] = {
     "parse_dropped_invalid": ("Invalid records dropped by the strict parser (eval)", "records",
                               [(("eval_rollout/parse_dropped_invalid",), "-o", "")]),
-    "sample_valid_pred_rate": ("Answers with >= 1 valid object (sample_valid_pred_rate, solid) and clean "
-                               "answers (sample_clean_rate, dashed), eval", "rate",
+    "sample_valid_pred_rate": ("sample_valid_pred_rate (>= 1 valid object) and sample_clean_rate (eval)", "rate",
                                [(("eval_rollout/sample_valid_pred_rate",), "-o", " (>= 1 valid)"),
                                 (("eval_rollout/sample_clean_rate",), "--o", " (clean)")]),
     "coord_slot_leak_rate": ("Coordinate slots not holding a coordinate token (eval)", "rate",
