@@ -208,6 +208,9 @@ def test_report_without_drops_says_so(tmp_path):
     for text in (paths["md"].read_text(), paths["html"].read_text()):
         assert "No drops in any run" in text
     assert not (tmp_path / "rep" / "plots" / "drop_reasons.png").exists()
+    # which matching each F1 family uses, with CoordExp's names
+    assert "| gate_precision, gate_recall, gate_f1, gate_matched | class-agnostic Hungarian at box IoU >= match.iou_gate" in md
+    assert "class-aware Hungarian at box IoU &gt;= eval.f1_iou (0.5)" in html
 
 
 def test_report_cli(two_runs, tmp_path, capsys):
@@ -266,3 +269,12 @@ def test_leak_section(tmp_path):
     assert "![coord_slot_leak_rate](plots/coord_slot_leak_rate.png)" in md
     assert "No leaked coordinate slots in any run" in build_report([clean], tmp_path / "r2")["md"].read_text()
     assert "Leaked coordinate slots" not in build_report([old], tmp_path / "r3")["md"].read_text()
+
+
+
+def test_leak_kinds_follow_the_slots_order(tmp_path):
+    from vlmdet.slots import LEAK_KINDS
+
+    a = make_run(tmp_path, "a", {300: {"leak/word": 1.0, "leak/digit": 3.0, "leak/new_kind": 1.0}}, [])
+    b = make_run(tmp_path, "b", {300: {"leak/digit": 0.0}}, [])
+    assert tables.leak_kinds(load_runs([a, b])) == [k for k in LEAK_KINDS if k in ("digit", "word")] + ["new_kind"]

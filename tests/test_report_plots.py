@@ -58,7 +58,7 @@ def test_small_multiples_and_has_data():
     ev = {100: {"eval_rollout/coord_vocab_mass_gen": 0.9}}
     runs = [_run("a", evals=ev, events=[{"step": 10, "coord_diag/coord_vocab_mass_mean": 0.8}])]
     fig = plots.line_figure(runs, "coord_vocab_mass")
-    assert [a.get_title() for a in fig.axes] == ["train, GT slots", "eval, generated slots"]
+    assert [a.get_title() for a in fig.axes] == ["train, GT slots", "eval, every bbox_2d slot"]
     assert plots.has_data(runs, "coord_vocab_mass") and not plots.has_data(runs, "loss_ce")
 
 

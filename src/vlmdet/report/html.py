@@ -136,6 +136,9 @@ def render_html(c: Content, title: str = "vlmdet report") -> str:
                     + "".join(_cell(key, cell) for (key, _), cell in zip(tables.HEADLINE, cells)) + "</tr>")
     h.append(_table(["step", "run"] + [label for _, label in tables.HEADLINE], rows, left=2))
 
+    h.append("<p>Which matching each metric family uses, and CoordExp's name for the same number:</p>")
+    h.append(_table(["metrics", "matching", "CoordExp name"],
+                    ["<tr>" + "".join(_td(v, True) for v in row) + "</tr>" for row in tables.METRIC_NOTES], left=3))
     h.append("<h2>Drop reasons (eval, records dropped by the strict parser)</h2>")
     drops = tables.drop_rows(runs, c.steps)
     if not drops:

@@ -73,6 +73,8 @@ def render_markdown(c: Content, title: str = "vlmdet report") -> str:
                  [[str(step), name] + [tables.fmt_cell(key, cell) for (key, _), cell in zip(tables.HEADLINE, cells)]
                   for step, name, cells in tables.headline_rows(runs, c.steps)])
 
+    md += ["", "Which matching each metric family uses, and CoordExp's name for the same number:", ""]
+    md += _table(["metrics", "matching", "CoordExp name"], [list(row) for row in tables.METRIC_NOTES])
     md += ["", "## Drop reasons (eval, records dropped by the strict parser)", ""]
     drops = tables.drop_rows(runs, c.steps)
     if not drops:
