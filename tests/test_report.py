@@ -200,6 +200,9 @@ def test_build_report_writes_md_and_self_contained_html(two_runs, tmp_path):
     assert '<span class="leak" title="leaked coordinate slot: digit">85</span>' in html
     assert '<span class="t">&lt;|coord_3|&gt;</span>' in html  # a token never wraps inside
     assert ".scroll{overflow-x:auto" in html and html.count('<div class="scroll"><table>') >= 3
+    # which matching each F1 family uses, with CoordExp's names
+    assert "| gate_precision, gate_recall, gate_f1, gate_matched | class-agnostic Hungarian at box IoU >= match.iou_gate" in md
+    assert "class-aware Hungarian at box IoU &gt;= eval.f1_iou (0.5)" in html
 
 
 def test_report_without_drops_says_so(tmp_path):
@@ -208,9 +211,6 @@ def test_report_without_drops_says_so(tmp_path):
     for text in (paths["md"].read_text(), paths["html"].read_text()):
         assert "No drops in any run" in text
     assert not (tmp_path / "rep" / "plots" / "drop_reasons.png").exists()
-    # which matching each F1 family uses, with CoordExp's names
-    assert "| gate_precision, gate_recall, gate_f1, gate_matched | class-agnostic Hungarian at box IoU >= match.iou_gate" in md
-    assert "class-aware Hungarian at box IoU &gt;= eval.f1_iou (0.5)" in html
 
 
 def test_report_cli(two_runs, tmp_path, capsys):

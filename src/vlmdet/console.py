@@ -118,8 +118,8 @@ def tensorboard_command(logdir) -> str:
 def progress(iterable: Iterable[T], desc: str, total: int | None = None, enabled: bool = True,
              every_s: float = 30.0, unit: str = "it", leave: bool = False) -> Iterator[T]:
     """Iterate `iterable` showing progress: a tqdm bar on a terminal, else a plain `desc: i/total` line at
-    most every `every_s` seconds, and a last one at the end when any was printed (nothing at all when
-    `enabled` is False)."""
+    most every `every_s` seconds, and a last one at the end when any was printed before it (nothing at all
+    when `enabled` is False)."""
     if not enabled:
         yield from iterable
         return
@@ -134,12 +134,12 @@ def progress(iterable: Iterable[T], desc: str, total: int | None = None, enabled
         except TypeError:
             total = None
     last = time.monotonic()
-    i, printed = 0, False
+    i, shown = 0, 0
     for i, item in enumerate(iterable, 1):
         yield item
         now = time.monotonic()
         if now - last >= every_s:
             print(f"{desc}: {i}/{total if total is not None else '?'} {unit}", flush=True)
-            last, printed = now, True
-    if printed:
+            last, shown = now, i
+    if 0 < shown < i:
         print(f"{desc}: {i}/{i} {unit} done", flush=True)
