@@ -24,11 +24,14 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, ClassVar, Optional, Union
+
+import yaml
 
 from vlmdet.errors import UsageError
 
@@ -90,30 +93,60 @@ class TrainingConfig:
 
 @dataclass
 class LossesConfig:
+    """Loss weights (one per term of the loss table, `train/objective.LOSSES`; each term is logged
+    unweighted as `loss/<name>` whatever its weight, and adds `weight * term` to the total when its
+    weight is > 0, or != 0 for `entropy`), token-CE row weights and the terms' hyper-parameters.
+    The terms are defined in docs/LOSSES.md."""
+
+    #: the coord terms (computed at coord slots; the names `stage2.a1_anchor` accepts)
+    COORD_TERMS: ClassVar[tuple[str, ...]] = ("coord_ce", "soft_ce", "w1", "smoothl1", "ciou", "coord_gate", "entropy")
+
     token_ce: float = 1.0
+    """weight of the full-vocabulary token CE on assistant tokens"""
     desc_ce_weight: float = 1.0
+    """token-CE row weight of desc (class name) tokens; structure tokens weigh 1"""
     ce_on_coord_slots: bool = True
+    """whether coord slots are token-CE rows (weight 1) or left to the coord terms (weight 0)"""
     coord_ce: float = 0.0
+    """weight of the hard 1000-way CE over the coord vocabulary"""
     soft_ce: float = 0.0
+    """weight of the CE against a Gaussian (`sigma`) around the target bin"""
     w1: float = 0.0
+    """weight of the 1-D Wasserstein distance to the Gaussian target (`sigma`)"""
     smoothl1: float = 0.0
+    """weight of the smooth-L1 (`smoothl1_beta`) between expected and GT normalized boxes"""
     ciou: float = 0.0
+    """weight of 1 - CIoU between expected and GT normalized boxes"""
     coord_gate: float = 0.0
+    """weight of -log(coord-vocabulary mass) at coord slots"""
     text_gate: float = 0.0
+    """weight of -log(1 - coord-vocabulary mass) at text (structure, desc) rows"""
     entropy: float = 0.0
+    """weight of the coord-distribution entropy (positive sharpens, negative flattens)"""
     sigma: float = 2.0
+    """Gaussian target width in bins (soft_ce, w1)"""
     temperature: float = 1.0
+    """softmax temperature of gates, expected boxes, entropy and coord_diag"""
     smoothl1_beta: float = 1.0
+    """smooth-L1 transition point (normalized box units)"""
 
 
 @dataclass
 class Stage2Config:
+    """Stage-2 AB: soft self-context (Channel-A) and the A/B channel schedule."""
+
     n_softctx_iter: int = 2
+    """Channel-A forwards per step N (>= 1; 1 = plain teacher forcing)"""
     softctx_temperature: float = 1.0
+    """temperature of the context distribution fed back at coord slots"""
     softctx_grad_mode: str = "unroll"
+    """unroll (gradient through every iteration) or em_detach (context detached)"""
     ctx_embed_mode: str = "soft"
+    """context embedding: soft (expected embedding), st (straight-through), hard (argmax embedding)"""
     b_ratio: float = 0.0
+    """fraction of optimizer steps that run Channel-B, in [0, 1]"""
     a1_anchor: dict[str, float] = field(default_factory=dict)
+    """coord term -> weight of the same term on the first iteration's (A1) logits"""
 
 
 @dataclass
@@ -209,10 +242,6 @@ _DATA_PATH_KEYS = ("train", "val")
 def _safe_load(text: str) -> Any:
     """`yaml.safe_load`, except that `1e-3` (exponent without a dot) reads as a float, not a string
     (PyYAML follows YAML 1.1 there, which surprises everyone writing learning rates)."""
-    import re
-
-    import yaml
-
     class Loader(yaml.SafeLoader):
         pass
 
@@ -223,8 +252,6 @@ def _safe_load(text: str) -> Any:
 
 
 def _read_yaml(path: Path) -> dict:
-    import yaml
-
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as err:
@@ -279,8 +306,6 @@ def _load_tree(path: Path, chain: tuple[Path, ...]) -> dict:
 
 def parse_override(text: str) -> tuple[list[str], Any]:
     """`"a.b.c=value"` -> (["a", "b", "c"], yaml.safe_load(value))."""
-    import yaml
-
     key, sep, value = text.partition("=")
     parts = key.strip().split(".")
     if not sep or not all(parts):
@@ -397,9 +422,21 @@ def _build(cls: type, data: Any, where: str) -> Any:
     return cls(**values)
 
 
+def _check_a1_anchor(a1_anchor: dict[str, float]) -> None:
+    """`stage2.a1_anchor`: coord term names (`LossesConfig.COORD_TERMS`), weights >= 0 (`entropy`: any)."""
+    for name, w in a1_anchor.items():
+        if name not in LossesConfig.COORD_TERMS:
+            raise _unknown_key(str(name), list(LossesConfig.COORD_TERMS), "stage2.a1_anchor.")
+        if w < 0 and name != "entropy":
+            raise UsageError(f"stage2.a1_anchor.{name}: {w!r} must be >= 0")
+
+
 def config_from_dict(data: dict) -> Config:
-    """Typed `Config` from a plain mapping (no `extends`, no path resolution); raises `UsageError`."""
-    return _build(Config, data, "")
+    """Typed `Config` from a plain mapping (no `extends`, no path resolution); raises `UsageError`.
+    Every value is checked here, once: types, `CHOICES`, `RANGES`, `stage2.a1_anchor`."""
+    cfg = _build(Config, data, "")
+    _check_a1_anchor(cfg.stage2.a1_anchor)
+    return cfg
 
 
 def load_config(path: str | os.PathLike, overrides: typing.Sequence[str] = ()) -> Config:
@@ -422,8 +459,6 @@ def config_to_dict(cfg: Config) -> dict:
 
 def dump_config_yaml(cfg: Config) -> str:
     """The fully resolved config as YAML text (loads back to an equal `Config`)."""
-    import yaml
-
     return yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True, default_flow_style=False)
 
 
@@ -438,6 +473,7 @@ def training_arguments(cfg: Config, output_dir: str | os.PathLike):
     has that newer name. TensorBoard: transformers 5 has no `logging_dir` argument; the tensorboard
     callback reads the `TENSORBOARD_LOGGING_DIR` environment variable (default `<output_dir>/runs/...`).
     """
+    import torch  # heavy: only here, so that loading a config (every command) stays torch-free
     from transformers import TrainingArguments
 
     t = dataclasses.asdict(cfg.training)
@@ -456,7 +492,6 @@ def training_arguments(cfg: Config, output_dir: str | os.PathLike):
             hint = f" (did you mean '{where}{close[0]}'?)" if close else ""
             raise UsageError(f"training.extra.{key}: not a TrainingArguments field{hint}")
     kwargs = {**t, "remove_unused_columns": False, **extra, **fixed}
-    import torch
 
     if "dataloader_pin_memory" not in extra:
         kwargs["dataloader_pin_memory"] = torch.cuda.is_available()  # pinning needs an accelerator

@@ -27,6 +27,7 @@ from the JSON's width/height, an annotation naming an unknown category or image.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -63,8 +64,6 @@ def _image_size(path: Path) -> tuple[int, int]:
 
 
 def _resave(src: Path, dst: Path, size: tuple[int, int]) -> None:
-    import io
-
     from PIL import Image
 
     with Image.open(src) as im:

@@ -23,8 +23,14 @@ import difflib
 from pathlib import Path
 from typing import Mapping
 
+from vlmdet.coords import bins_to_pixel_box
+from vlmdet.data.records import load_records
 from vlmdet.errors import DataError
+from vlmdet.evaluate.detection import detection_metrics
+from vlmdet.evaluate.health import parse_health
 from vlmdet.format import FIELD_ORDERS
+from vlmdet.io import iter_jsonl, atomic_write_json
+from vlmdet.parse import parse_prediction
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,8 +45,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def read_raw(path: Path) -> list[tuple[int, str, str]]:
     """`(line, image_id, text)` per RAW line; DataError `file:line: rule` on a broken line."""
-    from vlmdet.io import iter_jsonl
-
     rows, seen = [], {}
     for lineno, obj in iter_jsonl(path):
         image_id, text = obj.get("image_id"), obj.get("text")
@@ -85,11 +89,6 @@ def drop_histogram(metrics: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vlmdet.coords import bins_to_pixel_box
-    from vlmdet.evaluate.health import parse_health
-    from vlmdet.io import atomic_write_json
-    from vlmdet.parse import parse_prediction
-
     rows = read_raw(args.raw)
     results = [parse_prediction(text, args.field_order) for _, _, text in rows]
     metrics: dict = dict(parse_health(results))
@@ -97,9 +96,6 @@ def run(args: argparse.Namespace) -> int:
                              f"parse health of {len(rows)} answers ({args.raw})"), drop_histogram(metrics)]
 
     if args.gt is not None:
-        from vlmdet.data.records import load_records
-        from vlmdet.evaluate.detection import detection_metrics
-
         records = load_records(args.gt, check_images=False)
         by_id = {r.image_id: r for r in records}
         preds = {}

@@ -22,11 +22,35 @@ import json
 import re
 from typing import Any
 
+import torch
+
 from vlmdet.errors import UsageError
 from vlmdet.format import DESC_KEY, FIELD_ORDERS, ORDERINGS
 
+#: slot classes of answer tokens (`slot_class` tensors): not supervised, structure, desc, coord
 IGNORE, STRUCT, DESC, COORD = 0, 1, 2, 3
-SLOT_CLASSES = {"ignore": IGNORE, "struct": STRUCT, "desc": DESC, "coord": COORD}
+
+#: the Qwen chat special tokens (the tiny tokenizer adds them in this order; `PAD_TOKEN` pads)
+PAD_TOKEN = "<|endoftext|>"
+IM_START = "<|im_start|>"
+IM_END = "<|im_end|>"
+VISION_START = "<|vision_start|>"
+VISION_END = "<|vision_end|>"
+IMAGE_PAD = "<|image_pad|>"
+VIDEO_PAD = "<|video_pad|>"
+CHAT_SPECIAL_TOKENS = (PAD_TOKEN, IM_START, IM_END, VISION_START, VISION_END, IMAGE_PAD, VIDEO_PAD)
+
+COCO_80_CLASS_NAMES = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
+    "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog",
+    "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag",
+    "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball", "kite", "baseball bat",
+    "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle", "wine glass", "cup", "fork",
+    "knife", "spoon", "bowl", "banana", "apple", "sandwich", "orange", "broccoli", "carrot", "hot dog",
+    "pizza", "donut", "cake", "chair", "couch", "potted plant", "bed", "dining table", "toilet", "tv",
+    "laptop", "mouse", "remote", "keyboard", "cell phone", "microwave", "oven", "toaster", "sink",
+    "refrigerator", "book", "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush",
+)
 VARIANTS = ("default", "coco_80")
 
 _RECORD_DESC_FIRST = '{"desc": "name", "bbox_2d": [x1, y1, x2, y2]}'
@@ -58,8 +82,6 @@ def _prompt_settings(prompt_cfg: Any) -> tuple[str, str, str]:
 
 
 def _coco_list() -> str:
-    from vlmdet.model.tokenizer import COCO_80_CLASS_NAMES
-
     return ", ".join(COCO_80_CLASS_NAMES)
 
 
@@ -118,8 +140,6 @@ def prompt_vocabulary() -> list[str]:
 
 def render_prompt(system: str, user: str, n_image_tokens: int) -> str:
     """Chat text up to and including the generation prompt `<|im_start|>assistant\\n`."""
-    from vlmdet.model.tokenizer import IM_END, IM_START, IMAGE_PAD, VISION_END, VISION_START
-
     return (
         f"{IM_START}system\n{system}{IM_END}\n"
         f"{IM_START}user\n{VISION_START}{IMAGE_PAD * n_image_tokens}{VISION_END}{user}{IM_END}\n"
@@ -182,8 +202,6 @@ def encode_example(loaded, image, answer: str | None, prompt_cfg: Any = None) ->
     With `answer=None` the sequence ends with the generation prompt `<|im_start|>assistant\\n`,
     `labels` are all -100 and `slot_class` all IGNORE (for rollouts).
     """
-    import torch
-
     tok = loaded.tokenizer
     pixel_values, grid = process_image(loaded.processor, image)
     n_img = image_token_count(grid, int(loaded.processor.merge_size))

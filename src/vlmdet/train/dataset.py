@@ -17,6 +17,11 @@ from typing import Any, Sequence
 
 from torch.utils.data import Dataset
 
+from vlmdet.data.records import load_image
+from vlmdet.format import render_answer
+from vlmdet.model.chat import encode_example
+from vlmdet.model.collate import Collator
+
 
 class DetDataset(Dataset):
     """Map-style dataset over `data/records.Record`s for teacher-forced training (module docstring)."""
@@ -36,8 +41,6 @@ class DetDataset(Dataset):
 
     def answer(self, i: int) -> str:
         """The CoordJSON answer text of record i."""
-        from vlmdet.format import render_answer
-
         objs = self.records[i].bins()
         ordering = getattr(self.prompt_cfg, "ordering", "sorted")
         if ordering == "random":
@@ -45,9 +48,6 @@ class DetDataset(Dataset):
         return render_answer(objs, getattr(self.prompt_cfg, "field_order", "desc_first"), ordering)
 
     def __getitem__(self, i: int) -> dict:
-        from vlmdet.data.records import load_image
-        from vlmdet.model.chat import encode_example
-
         rec = self.records[i]
         ex = encode_example(self.loaded, load_image(rec), self.answer(i), self.prompt_cfg)
         ex["image_id"] = rec.image_id
@@ -56,6 +56,4 @@ class DetDataset(Dataset):
 
 def make_collator(loaded: Any):
     """The training collator (right padding with the model's pad id)."""
-    from vlmdet.model.collate import Collator
-
     return Collator(loaded.pad_id, padding_side="right")

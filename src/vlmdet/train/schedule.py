@@ -15,8 +15,6 @@ import math
 
 from vlmdet.errors import UsageError
 
-CHANNELS = ("A", "B")
-
 
 def check_b_ratio(b_ratio: float) -> float:
     r = float(b_ratio)
@@ -60,11 +58,3 @@ def schedule_metrics(step: int, b_ratio: float) -> dict[str, float]:
         "stage2/channel_b": 1.0 if b else 0.0,
         "stage2_ab/b_ratio_realized": n_channel_b(step + 1, b_ratio) / (step + 1),
     }
-
-
-def stage2_loss(trainer, model, batch):
-    """`OBJECTIVES[2]` hand-off (`train/trainer.py` calls `schedule.stage2_loss`): the Stage-2 AB
-    objective lives in `train/stage2.py` (imported lazily: this module stays torch-free)."""
-    from vlmdet.train.stage2 import stage2_loss as objective
-
-    return objective(trainer, model, batch)
