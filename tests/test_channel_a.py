@@ -1,4 +1,4 @@
-"""Channel-A soft self-context on the tiny Qwen3-VL (DESIGN §2.4)."""
+"""Channel-A soft self-context on the tiny Qwen3-VL (see docs/STAGE2.md)."""
 
 from __future__ import annotations
 
@@ -174,7 +174,7 @@ def test_em_detach_ce_has_gradient_and_middle_iterations_record_no_graph(loaded,
     out, terms = _run(loaded, batch, cfg)
     assert [c["grad"] for c in recorder.calls] == [True, False, True]
     assert terms["token_ce"].requires_grad
-    assert _grad_norms(loaded.model, terms["token_ce"]) > 0  # the seed's P0 bug: this was exactly 0
+    assert _grad_norms(loaded.model, terms["token_ce"]) > 0  # the known A1-under-no_grad bug: this was exactly 0
     recorder.calls.clear()
     _run(loaded, batch, stage2_cfg(n_softctx_iter=3, softctx_grad_mode="unroll"))
     assert [c["grad"] for c in recorder.calls] == [True, True, True]
@@ -249,7 +249,7 @@ DIGITS = [str(d) for d in range(10)]
 
 @pytest.mark.slow
 def test_gate_keeps_coord_vocab_mass_under_text_pressure(loaded, batch, monkeypatch):
-    """The seed's mechanism: something pushes digit tokens up at coord slots; coord-sliced losses do not
+    """The leakage mechanism: something pushes digit tokens up at coord slots; coord-sliced losses do not
     see it, the gate does. Pressure: +6 on the digit logits at every gathered row (a fixed bias on the
     lm_head rows of digit tokens). Same seed, same steps; with the gate the coord-vocab mass ends higher."""
     digit_ids = torch.tensor(loaded.tokenizer.convert_tokens_to_ids(DIGITS))

@@ -206,7 +206,7 @@ def test_text_gate_matches_reference_and_is_stable():
 
 def test_seed_blind_spot_coord_sliced_terms_ignore_text_mass_gate_does_not():
     """Raising every non-coord logit by c moves probability to text tokens at the coord slot: the
-    coord-sliced terms cannot see it (identical values), the gate rises monotonically (DESIGN §2.2)."""
+    coord-sliced terms cannot see it (identical values), the gate rises monotonically (see docs/TRAINING.md)."""
     V = 1100
     cids = torch.arange(100, 1100)
     g = torch.Generator().manual_seed(7)

@@ -1,4 +1,4 @@
-"""The DESIGN §2.2 loss terms, each a small pure function (torch only; no transformers, no I/O).
+"""The loss terms (docs/TRAINING.md), each a small pure function (torch only; no transformers, no I/O).
 
 Notation (per coordinate slot): z = full-vocabulary logits `[V]` at the slot's *predicting*
 position (p-1 for the coord token at p), C = the 1000 coord token ids in bin order, s = z[C]

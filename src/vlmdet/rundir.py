@@ -1,4 +1,4 @@
-"""The run directory `<output_dir>/<run_name>/` (DESIGN §1.5) and its file names.
+"""The run directory `<output_dir>/<run_name>/` (see docs/TRAINING.md) and its file names.
 
 Layout::
 

@@ -1,4 +1,4 @@
-"""COCO instances JSON -> the vlmdet record contract (DESIGN §1.4). LVIS files have the same shape.
+"""COCO instances JSON -> the vlmdet record contract (see docs/DATA.md). LVIS files have the same shape.
 
 `convert_coco(instances_json, images_dir, out_dir, max_objects, max_pixels)` writes
 `out_dir/<split>.jsonl` (split = the instances file name without `instances_`, e.g. `val2017`),

@@ -1,4 +1,4 @@
-"""Grammar-constrained decoding of CoordJSON (DESIGN §3): a `transformers.LogitsProcessor`.
+"""Grammar-constrained decoding of CoordJSON (see docs/EVALUATION.md): a `transformers.LogitsProcessor`.
 
 What it enforces (per batch row, from the tokens that row has generated so far):
 

@@ -5,7 +5,7 @@ RAW.jsonl holds one line per image: `{"image_id": "...", "text": "<the model's r
 strict parser (`parse.parse_prediction`, `--field-order`), and the per-sample results are
 aggregated by `evaluate.health.parse_health` (drop histogram, truncation/failure rates, ...).
 
-With `--gt GT.jsonl` (the data contract of DESIGN §1.4; image files are NOT needed or opened), each
+With `--gt GT.jsonl` (the data contract of docs/DATA.md; image files are NOT needed or opened), each
 valid object's bins are mapped to pixels with its GT image's size (`coords.bins_to_pixel_box`) and
 `evaluate.detection.detection_metrics` adds COCO AP/AR and P/R/F1 with constant scores
 (`score_source: "constant"`). Every RAW image_id must be in GT; GT images without a RAW line count
@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--field-order", choices=FIELD_ORDERS, default="desc_first",
                         help="field order the model was trained to write (default: desc_first)")
     parser.add_argument("--gt", type=Path, default=None,
-                        help="GT JSONL (DESIGN §1.4): adds COCO AP/AR and P/R/F1 with constant scores")
+                        help="GT JSONL (see docs/DATA.md): adds COCO AP/AR and P/R/F1 with constant scores")
     parser.add_argument("--out", type=Path, default=None,
                         help="metrics JSON path (default: <RAW stem>.parse_health.json next to RAW)")
 

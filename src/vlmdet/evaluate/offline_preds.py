@@ -33,7 +33,7 @@ from vlmdet.io import iter_jsonl, atomic_write_json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--gt", type=Path, required=True, help="GT JSONL (DESIGN §1.4); image files are not opened")
+    parser.add_argument("--gt", type=Path, required=True, help="GT JSONL (see docs/DATA.md); image files are not opened")
     parser.add_argument("--pred", type=Path, required=True,
                         help='JSONL of {"image_id", "objects": [{"desc", "bbox_2d" (pixels), "score"?}]}')
     parser.add_argument("--out", type=Path, default=None,

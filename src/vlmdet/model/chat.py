@@ -1,6 +1,6 @@
 """Prompts and chat rendering: one image + prompt (+ answer) -> model-ready tensors.
 
-The conversation is one round (upstream §4.6): system, user = [image, text] (image first),
+The conversation is one round: system, user = [image, text] (image first),
 assistant = the CoordJSON answer. It is rendered in the Qwen chat format
 
     <|im_start|>system\\n{system}<|im_end|>\\n

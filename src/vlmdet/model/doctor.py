@@ -1,4 +1,4 @@
-"""`vlmdet doctor CHECKPOINT [--data FILE.jsonl]`: the seed's failure suspects that need no training.
+"""`vlmdet doctor CHECKPOINT [--data FILE.jsonl]`: the failure causes that need no training.
 
 Each check prints one `PASS name: detail` or `FAIL name: detail` line; the exit status is 1 when any
 check fails (0 otherwise; 2 for bad input such as a missing folder).
@@ -29,9 +29,10 @@ from typing import Callable
 from vlmdet.coords import COORD_TOKENS, NUM_BINS, token_bin
 from vlmdet.data.records import load_image, load_records
 from vlmdet.format import render_answer
-from vlmdet.model.chat import COORD, DESC, IGNORE, STRUCT, desc_spans, encode_example
-from vlmdet.model.load import token_pieces, load_model
-from vlmdet.parse import parse_rollout, parse_prediction
+from vlmdet.model import chat
+from vlmdet.model.chat import COORD, DESC, IGNORE, STRUCT, desc_spans
+from vlmdet.model.load import load_model, token_pieces
+from vlmdet.parse import parse_prediction, parse_rollout
 
 CLASS_LETTER = {0: "-", 1: "S", 2: "D", 3: "C"}
 
@@ -139,7 +140,7 @@ def _check_supervision(loaded, examples, prompt_cfg, out: Callable[[str], None])
         if got != want or parsed.drops or parsed.failed or parsed.truncated:
             rt_problems.append(f"example {n}: the parser read {got} (drops {parsed.drops})")
         # supervision
-        ex = encode_example(loaded, image, answer, prompt_cfg)
+        ex = chat.encode_example(loaded, image, answer, prompt_cfg)
         labels, slot, bins = ex["labels"], ex["slot_class"].tolist(), ex["coord_bins"].tolist()
         sup = (labels != -100).tolist()
         if True not in sup:

@@ -6,7 +6,7 @@
 - `SaveProcessorCallback(loaded)`: after each checkpoint save, writes the tokenizer and the image
   processor into `checkpoint-<step>/` (main process), so a checkpoint loads with `model/load.load_model`.
 - `RolloutEvalCallback(cfg, run, loaded, records)`: rollout eval (generate -> parse -> match ->
-  metrics, DESIGN §3) at every `eval.eval_steps` optimizer steps (0 = off) and at each step listed in
+  metrics, docs/EVALUATION.md) at every `eval.eval_steps` optimizer steps (0 = off) and at each step listed in
   `eval.steps`. The work is done by `runner` (default `vlmdet.evaluate.runner.run_rollout_eval`).
   It runs on the main process with the unwrapped model in eval mode under `no_grad`; other ranks wait at a barrier. The returned
   metrics (`eval_rollout/*`) are logged through `trainer.log`, so they reach TensorBoard and

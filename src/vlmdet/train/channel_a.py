@@ -1,4 +1,4 @@
-"""Stage-2 Channel-A: soft self-context over the GT teacher-forced sequence (DESIGN §2.4).
+"""Stage-2 Channel-A: soft self-context over the GT teacher-forced sequence (see docs/STAGE2.md).
 
 Per batch, N = `stage2.n_softctx_iter` >= 1 full forwards over the same GT sequence:
 
@@ -27,7 +27,7 @@ Which logits feed which term:
 - `unroll`: every iteration records a graph; context embeddings are not detached, so a final coord
   loss back-propagates through them into the A1 forward;
 - `em_detach`: context embeddings are detached; iteration 0 and the last iteration run with grad,
-  middle iterations under `torch.no_grad()` (running A1 under no_grad was the seed's P0 bug: CE,
+  middle iterations under `torch.no_grad()` (running A1 under no_grad is a known bug of the original method: CE,
   anchored on A1 logits, then had no gradient at all).
 N = 1 is plain teacher forcing (A1 logits = final logits): Stage 1 is `channel_a_loss` with N = 1
 (`softctx=None`), and Channel-B (`channel_b.py`) runs `teacher_forced_terms` with N = 1 over its rebuilt

@@ -1,5 +1,5 @@
 """Stage-2 Channel-B: rollout -> strict parse -> Hungarian match -> rebuilt target -> one
-teacher-forced forward (DESIGN §2.5).
+teacher-forced forward (see docs/STAGE2.md).
 
 Per sample:
 1. rollout with the HF backend (`evaluate/rollout.HFRollout`; greedy unless `rollout.do_sample`;

@@ -1,4 +1,4 @@
-"""Teacher-forced forwards that materialize logits only at the rows a loss needs (DESIGN §2).
+"""Teacher-forced forwards that materialize logits only at the rows a loss needs (see docs/TRAINING.md).
 
 Causal shift: the logits that predict the token at input position p sit at row p - 1. A "row" below
 is always a *predicting* row `(b, t)` with t = p - 1.

@@ -1,9 +1,9 @@
-"""Channel schedule for Stage-2 AB (DESIGN §2.6).
+"""Channel schedule for Stage-2 AB (see docs/STAGE2.md).
 
 `b_ratio` r in [0, 1]: optimizer step s (0-based, the Trainer's `state.global_step` before the
 step runs) is a Channel-B step iff floor((s+1)·r) > floor(s·r) (Bresenham). The choice depends only
 on the global step, so a resumed run replays exactly the same sequence. r = 0: Channel-A only (the
-seed's setting); r = 1: Channel-B only; r = 0.5: A, B, A, B, ...; r = 0.05: B at s = 19, 39, ...
+original method's setting); r = 1: Channel-B only; r = 0.5: A, B, A, B, ...; r = 0.05: B at s = 19, 39, ...
 
 Pure module (no torch): the trainer asks `channel(step, r)` once per optimizer step and logs
 `schedule_metrics(step, r)`.
