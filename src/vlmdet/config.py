@@ -16,13 +16,15 @@ Every failure is a `UsageError`, raised before any work starts.
 
 Free-form mappings (no key checking): `training.lr_scheduler_kwargs`, `training.extra` (checked later
 against `TrainingArguments` by `training_arguments`), `training.deepspeed`/`fsdp_config` when given
-as mappings, and `stage2.a1_anchor` (loss name -> weight).
+as mappings. `stage2.a1_anchor` (coord term -> weight) is checked by `_check_a1_anchor`.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
+import json
 import os
 import re
 import types
@@ -39,56 +41,95 @@ from vlmdet.errors import UsageError
 @dataclass
 class ModelConfig:
     name_or_path: str = "tiny"
+    """`tiny` (built locally) or a checkpoint folder"""
     dtype: str = "float32"
+    """parameter dtype: float32 | bfloat16 | float16"""
     attn_implementation: str = "sdpa"
+    """transformers attention implementation (sdpa, eager, flash_attention_2)"""
     freeze_vision: bool = False
+    """freeze the vision tower (no gradients)"""
 
 
 @dataclass
 class DataConfig:
     train: Optional[str] = None
+    """training records, JSONL (docs/DATA.md); relative to the config file's folder"""
     val: Optional[str] = None
+    """rollout-eval records, JSONL; null = no rollout eval"""
     max_train_samples: Optional[int] = None
+    """use only the first N training records"""
     max_val_samples: Optional[int] = None
+    """use only the first N val records"""
     check_images: bool = True
+    """open every image when loading records"""
 
 
 @dataclass
 class PromptConfig:
     field_order: str = "desc_first"
+    """record field order: desc_first | geometry_first"""
     ordering: str = "sorted"
+    """object order in answers: sorted (top-to-bottom, left-to-right) | random"""
     variant: str = "default"
+    """prompt text: default | coco_80 (lists the 80 COCO class names)"""
     system: Optional[str] = None
+    """override the system prompt text"""
     user: Optional[str] = None
+    """override the user prompt text"""
 
 
 @dataclass
 class TrainingConfig:
     max_steps: int = 300
+    """optimizer steps"""
     num_train_epochs: float = 1.0
+    """epochs (used when max_steps <= 0)"""
     per_device_train_batch_size: int = 8
+    """training micro-batch per device"""
     per_device_eval_batch_size: int = 16
+    """eval batch per device"""
     gradient_accumulation_steps: int = 1
+    """micro-batches per optimizer step"""
     learning_rate: float = 2.0e-3
+    """peak learning rate"""
     lr_scheduler_type: str = "cosine_with_min_lr"
+    """transformers scheduler name"""
     lr_scheduler_kwargs: dict = field(default_factory=lambda: {"min_lr_rate": 0.1})
+    """scheduler keyword arguments (free-form)"""
     warmup_steps: int = 100
+    """linear warmup steps"""
     weight_decay: float = 0.01
+    """AdamW weight decay"""
     adam_beta1: float = 0.9
+    """AdamW beta1"""
     adam_beta2: float = 0.98
+    """AdamW beta2"""
     max_grad_norm: float = 1.0
+    """gradient clipping norm"""
     logging_steps: int = 10
+    """log every N optimizer steps"""
     save_steps: int = 500
+    """checkpoint every N optimizer steps"""
     save_total_limit: Optional[int] = 2
+    """keep at most N checkpoints (null = all)"""
     bf16: bool = False
+    """bfloat16 mixed precision"""
     gradient_checkpointing: bool = False
+    """activation checkpointing"""
     dataloader_num_workers: int = 0
+    """data loader worker processes"""
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    """logging integrations (tensorboard)"""
     deepspeed: Union[str, dict, None] = None
+    """DeepSpeed config: a JSON path or a mapping"""
     fsdp: str = ""
+    """FSDP options string (TrainingArguments.fsdp)"""
     fsdp_config: Union[str, dict, None] = None
+    """FSDP config: a path or a mapping"""
     ddp_backend: Optional[str] = None
+    """torch.distributed backend (nccl, gloo)"""
     extra: dict = field(default_factory=dict)
+    """any other TrainingArguments field (names checked)"""
 
 
 @dataclass
@@ -152,56 +193,91 @@ class Stage2Config:
 @dataclass
 class RolloutConfig:
     backend: str = "hf"
+    """generation backend: hf"""
     max_new_tokens: int = 256
+    """generation length limit"""
     batch_size: int = 16
+    """rollouts per generate call"""
     do_sample: bool = False
+    """sample instead of greedy decoding"""
     temperature: float = 1.0
+    """sampling temperature"""
     top_p: float = 1.0
+    """nucleus sampling threshold"""
     repetition_penalty: float = 1.0
+    """transformers repetition penalty (1.0 = off)"""
     constrained: bool = False
+    """grammar-constrained decoding of CoordJSON"""
 
 
 @dataclass
 class MatchConfig:
     iou_gate: float = 0.3
+    """minimum IoU of a Hungarian match"""
     fp_cost: float = 1.0
+    """cost of leaving a prediction unmatched"""
     fn_cost: float = 1.0
+    """cost of leaving a GT object unmatched"""
 
 
 @dataclass
 class EvalConfig:
     eval_steps: int = 100
+    """rollout eval every N optimizer steps (0 = off)"""
     steps: list[int] = field(default_factory=list)
+    """extra optimizer steps with a rollout eval"""
     max_samples: Optional[int] = 100
+    """val records per eval (null = all)"""
     score_source: str = "coord_logprob"
+    """box scores for AP: coord_logprob | constant"""
     f1_iou: float = 0.5
+    """IoU threshold of P/R/F1"""
     also_constrained: bool = False
+    """also run a grammar-constrained pass"""
 
 
 @dataclass
 class MonitorConfig:
     enabled: bool = True
+    """write monitor dumps at each eval"""
     n_samples: int = 10
+    """samples per dump"""
     max_text_chars: int = 0
+    """truncate texts in dumps (0 = untruncated)"""
     draw_images: bool = True
+    """draw boxes on dumped images"""
 
 
 @dataclass
 class Config:
     run_name: str = "run"
+    """run folder name under output_dir"""
     output_dir: str = "runs"
+    """parent folder of runs"""
     seed: int = 0
+    """random seed (data order, rollout seeds)"""
     stage: int = 1
+    """1 = Stage-1 teacher forcing, 2 = Stage-2 AB"""
     model: ModelConfig = field(default_factory=ModelConfig)
+    """the model to train or evaluate"""
     data: DataConfig = field(default_factory=DataConfig)
+    """record files"""
     prompt: PromptConfig = field(default_factory=PromptConfig)
+    """prompt and answer format"""
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    """mapped onto transformers.TrainingArguments"""
     losses: LossesConfig = field(default_factory=LossesConfig)
+    """loss weights and hyper-parameters"""
     stage2: Stage2Config = field(default_factory=Stage2Config)
+    """Stage-2 AB settings"""
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    """generation for evaluation and Channel-B"""
     match: MatchConfig = field(default_factory=MatchConfig)
+    """prediction-GT matching"""
     eval: EvalConfig = field(default_factory=EvalConfig)
+    """rollout evaluation"""
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    """monitor dumps"""
 
 
 #: dotted path -> allowed values, checked after typing.
@@ -450,6 +526,38 @@ def load_config(path: str | os.PathLike, overrides: typing.Sequence[str] = ()) -
             value = str(Path(value).resolve())
         apply_override(data, parts, value)
     return config_from_dict(data)
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The attribute docstrings of a config dataclass (the string literal under each field), read
+    from this module's source: `{field: text}`."""
+    tree = ast.parse(Path(__file__).read_text(encoding="utf-8"))
+    node = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls.__name__)
+    docs = {}
+    for stmt, nxt in zip(node.body, node.body[1:]):
+        if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and isinstance(nxt, ast.Expr) \
+                and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str):
+            docs[stmt.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def reference_table() -> str:
+    """Markdown table of every config key (dotted), its type, default and docstring: the "Every key"
+    section of docs/CONFIG.md (a test checks that the page is current)."""
+    rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    defaults = config_to_dict(Config())
+    hints = typing.get_type_hints(Config)
+    top = field_docs(Config)
+    for f in dataclasses.fields(Config):
+        if dataclasses.is_dataclass(hints[f.name]):
+            section = hints[f.name]
+            docs, sub_hints = field_docs(section), typing.get_type_hints(section)
+            for g in dataclasses.fields(section):
+                value = defaults[f.name][g.name]
+                rows.append(f"| `{f.name}.{g.name}` | {_type_name(sub_hints[g.name])} | `{json.dumps(value)}` | {docs.get(g.name, '').replace('|', chr(92) + '|')} |")
+        else:
+            rows.append(f"| `{f.name}` | {_type_name(hints[f.name])} | `{json.dumps(defaults[f.name])}` | {top.get(f.name, '').replace('|', chr(92) + '|')} |")
+    return "\n".join(rows) + "\n"
 
 
 def config_to_dict(cfg: Config) -> dict:
