@@ -26,6 +26,7 @@ import argparse
 from dataclasses import dataclass
 from typing import Callable
 
+from vlmdet.config import PromptConfig
 from vlmdet.coords import COORD_TOKENS, NUM_BINS, token_bin
 from vlmdet.data.records import load_image, load_records
 from vlmdet.format import render_answer
@@ -124,7 +125,7 @@ def _examples(data, limit: int):
 
 
 def _check_supervision(loaded, examples, prompt_cfg, out: Callable[[str], None]) -> tuple[Check, Check]:
-    field_order = prompt_cfg["field_order"]
+    field_order = prompt_cfg.field_order
     tok = loaded.tokenizer
     sup_problems: list[str] = []
     rt_problems: list[str] = []
@@ -205,7 +206,7 @@ def run_doctor(checkpoint: str, data=None, field_order: str = "desc_first", limi
                out: Callable[[str], None] = print) -> list[Check]:
     """Load `checkpoint` ("tiny" or a folder), run every check, print one line per check, return them."""
     loaded = load_model(checkpoint)
-    prompt_cfg = {"field_order": field_order, "ordering": "sorted", "variant": "default"}
+    prompt_cfg = PromptConfig(field_order=field_order)
     checks = [_check_coord_ids(loaded), *_check_rows(loaded)]
     checks += list(_check_supervision(loaded, _examples(data, limit), prompt_cfg, out))
     checks.append(_check_stop_token(loaded))
