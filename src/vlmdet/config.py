@@ -147,7 +147,7 @@ class LossesConfig:
     desc_ce_weight: float = 1.0
     """token-CE row weight of desc (class name) tokens; structure tokens weigh 1"""
     ce_on_coord_slots: bool = True
-    """whether coord slots are token-CE rows (weight 1) or left to the coord terms (weight 0)"""
+    """whether coord slots are token-CE rows (weight 1) or left to the coord terms (weight 0); when not given: true in Stage 1, false in Stage 2"""
     coord_ce: float = 0.0
     """weight of the hard 1000-way CE over the coord vocabulary"""
     soft_ce: float = 0.0
@@ -167,7 +167,7 @@ class LossesConfig:
     sigma: float = 2.0
     """Gaussian target width in bins (soft_ce, w1)"""
     temperature: float = 1.0
-    """softmax temperature of gates, expected boxes, entropy and coord_diag"""
+    """softmax temperature of gates, expected boxes, entropy and coord_diag (one temperature: see stage2.softctx_temperature)"""
     smoothl1_beta: float = 1.0
     """smooth-L1 transition point (normalized box units)"""
 
@@ -179,7 +179,7 @@ class Stage2Config:
     n_softctx_iter: int = 2
     """Channel-A forwards per step N (>= 1; 1 = plain teacher forcing)"""
     softctx_temperature: float = 1.0
-    """temperature of the context distribution fed back at coord slots"""
+    """temperature of the context distribution fed back at coord slots (takes losses.temperature when only that is given)"""
     softctx_grad_mode: str = "unroll"
     """unroll (gradient through every iteration) or em_detach (context detached)"""
     ctx_embed_mode: str = "soft"
@@ -509,10 +509,51 @@ def _check_a1_anchor(a1_anchor: dict[str, float]) -> None:
 
 def config_from_dict(data: dict) -> Config:
     """Typed `Config` from a plain mapping (no `extends`, no path resolution); raises `UsageError`.
-    Every value is checked here, once: types, `CHOICES`, `RANGES`, `stage2.a1_anchor`."""
+    Every value is checked here, once (types, `CHOICES`, `RANGES`, `stage2.a1_anchor`); defaults that
+    depend on other keys are then filled in (`stage_defaults`)."""
     cfg = _build(Config, data, "")
     _check_a1_anchor(cfg.stage2.a1_anchor)
+    return stage_defaults(cfg, data)
+
+
+def _given(data: dict, section: str, key: str) -> bool:
+    sec = data.get(section)
+    return isinstance(sec, dict) and key in sec
+
+
+def stage_defaults(cfg: Config, data: dict) -> Config:
+    """Fill in the defaults that depend on other keys; `data` is the mapping `cfg` was built from (it
+    says which keys were given). In place; returns `cfg`.
+
+    - `losses.ce_on_coord_slots` not given: true in Stage 1, false in Stage 2 (Stage-2 coordinate slots
+      are trained by the coordinate terms only; an explicit true is allowed and `config_notes` names it).
+    - One temperature: `losses.temperature` (coordinate terms, gate, diagnostics) and
+      `stage2.softctx_temperature` (the soft context) take the value of whichever is given; when both
+      are given and differ each keeps its own and `config_notes` warns; neither given: 1.0.
+    """
+    if not _given(data, "losses", "ce_on_coord_slots"):
+        cfg.losses.ce_on_coord_slots = cfg.stage == 1
+    coord_t, ctx_t = _given(data, "losses", "temperature"), _given(data, "stage2", "softctx_temperature")
+    if coord_t and not ctx_t:
+        cfg.stage2.softctx_temperature = cfg.losses.temperature
+    elif ctx_t and not coord_t:
+        cfg.losses.temperature = cfg.stage2.softctx_temperature
     return cfg
+
+
+def config_notes(cfg: Config) -> list[str]:
+    """Warnings about a resolved Stage-2 config that are allowed but unusual (printed when training starts)."""
+    if cfg.stage != 2:
+        return []
+    notes = []
+    if cfg.losses.ce_on_coord_slots:
+        notes.append("losses.ce_on_coord_slots is true in Stage 2: full-vocabulary token CE also at coordinate "
+                     "slots (the Stage-2 default is false)")
+    if cfg.losses.temperature != cfg.stage2.softctx_temperature:
+        notes.append(f"two temperatures: losses.temperature {cfg.losses.temperature} for the coordinate terms, "
+                     f"stage2.softctx_temperature {cfg.stage2.softctx_temperature} for the soft context "
+                     "(set one of them to use one temperature for both)")
+    return notes
 
 
 def load_config(path: str | os.PathLike, overrides: typing.Sequence[str] = ()) -> Config:
