@@ -62,10 +62,10 @@ def _records(path, max_n, check_images):
 def build_trainer(cfg, run, loaded=None):
     """The `DetTrainer` for `cfg` writing into `run` (model loaded unless `loaded` is given);
     returns `(trainer, loaded)`."""
-    from vlmdet.config import training_arguments
-    from vlmdet.model.load import load_model
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
+    from vlmdet.config import training_arguments
+    from vlmdet.model.load import load_model
     from vlmdet.train import tracking
     from vlmdet.train.callbacks import ConsoleCallback, RolloutEvalCallback, RunLogCallback, SaveProcessorCallback
     from vlmdet.train.dataset import DetDataset, make_collator
@@ -97,14 +97,14 @@ def build_trainer(cfg, run, loaded=None):
         processing_class=loaded.tokenizer,
         callbacks=[RunLogCallback(run), SaveProcessorCallback(loaded), eval_cb],
         vlm_cfg=cfg,
-        coord_ids=loaded.coord_ids,
+        loaded=loaded,
+        records=train,
     )
     eval_cb.trainer = trainer
     for printer in (ProgressCallback, PrinterCallback):  # they print every raw log dict
         trainer.remove_callback(printer)
     trainer.add_callback(ConsoleCallback())
     tracking.install(trainer, run)
-    trainer.loaded = loaded  # tokenizer / image processor for objectives that generate (Stage-2 Channel-B)
     return trainer, loaded
 
 
