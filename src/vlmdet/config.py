@@ -10,7 +10,8 @@
 4. overrides `key.sub=value` are applied in order; the value is parsed as YAML by the same loader
    (`training.max_steps=50`, `training.learning_rate=1e-3`, `eval.steps=[10,20]`, `data.val=null`);
 5. the merged mapping is checked against the dataclasses below: an unknown key fails with its dotted
-   path and a "did you mean" suggestion, a value of the wrong type fails with its dotted path and the
+   path and a "did you mean" suggestion (in `training:` any `transformers.TrainingArguments` field is
+   accepted as well and passed through via `training.extra`; TrainingArguments checks its value), a value of the wrong type fails with its dotted path and the
    expected type (ints are accepted for floats), enum-like fields list their allowed values.
 Every failure is a `UsageError`, raised before any work starts.
 
@@ -57,6 +58,7 @@ class PromptConfig:
     variant: str = "default"
     system: Optional[str] = None
     user: Optional[str] = None
+    answer_format: str = "coordjson"
 
 
 @dataclass
@@ -178,6 +180,7 @@ CHOICES: dict[str, tuple] = {
     "prompt.field_order": ("desc_first", "geometry_first"),
     "prompt.ordering": ("sorted", "random"),
     "prompt.variant": ("default", "coco_80"),
+    "prompt.answer_format": ("coordjson", "qwen3", "qwen25"),
     "stage2.softctx_grad_mode": ("unroll", "em_detach"),
     "stage2.ctx_embed_mode": ("soft", "st", "hard"),
     "eval.score_source": ("coord_logprob", "constant"),
@@ -373,12 +376,44 @@ def _unknown_key(key: str, allowed: list[str], prefix: str) -> UsageError:
     return UsageError(f"unknown config key {prefix + key!r}{hint}; allowed here: {', '.join(allowed)}")
 
 
+def training_argument_names() -> list[str]:
+    """Sorted names of the `transformers.TrainingArguments` fields a user may set (imports transformers)."""
+    from transformers import TrainingArguments
+
+    return sorted(f.name for f in dataclasses.fields(TrainingArguments) if f.init)
+
+
+def _pass_through(data: dict, names: list[str]) -> dict:
+    """`training` section: keys that are not typed fields but are TrainingArguments fields move into
+    `extra` (values are checked by TrainingArguments itself); any other key fails with a "did you mean"
+    among both sets of names. transformers is imported only when such a key is present."""
+    unknown = [k for k in data if k not in names]
+    if not unknown:
+        return data
+    valid = training_argument_names()
+    data = dict(data)
+    extra = dict(data.get("extra") or {}) if isinstance(data.get("extra"), dict) else data.get("extra")
+    for key in unknown:
+        if str(key) not in valid:
+            close = difflib.get_close_matches(str(key), sorted(set(names) | set(valid)), n=1)
+            hint = f" (did you mean 'training.{close[0]}'?)" if close else ""
+            raise UsageError(f"unknown config key 'training.{key}'{hint}; allowed here: the typed fields "
+                             f"{', '.join(n for n in names if n != 'extra')}, or any transformers.TrainingArguments field")
+        if isinstance(extra, dict) and key in extra:
+            raise UsageError(f"training.{key} is also set as training.extra.{key}; keep one")
+        extra[key] = data.pop(key)
+    data["extra"] = extra
+    return data
+
+
 def _build(cls: type, data: Any, where: str) -> Any:
     if not isinstance(data, dict):
         raise UsageError(f"{where or 'config'}: expected a mapping (section {cls.__name__}), got {type(data).__name__} {data!r}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     prefix = f"{where}." if where else ""
+    if cls is TrainingConfig:
+        data = _pass_through(data, names)
     for key in data:
         if key not in hints:
             raise _unknown_key(str(key), names, prefix)
@@ -412,7 +447,19 @@ def load_config(path: str | os.PathLike, overrides: typing.Sequence[str] = ()) -
         if parts[0] == "data" and len(parts) == 2 and parts[1] in _DATA_PATH_KEYS and isinstance(value, str) and value:
             value = str(Path(value).resolve())
         apply_override(data, parts, value)
-    return config_from_dict(data)
+    cfg = config_from_dict(data)
+    cfg.explicit_keys = frozenset(_dotted_keys(data))  # read by model/contract.py (explicit vs default)
+    return cfg
+
+
+def _dotted_keys(data: dict, prefix: str = "") -> list[str]:
+    """Dotted paths of every key of a nested mapping, sections included (`prompt`, `prompt.system`)."""
+    out = []
+    for k, v in data.items():
+        out.append(prefix + str(k))
+        if isinstance(v, dict):
+            out += _dotted_keys(v, f"{prefix}{k}.")
+    return out
 
 
 def config_to_dict(cfg: Config) -> dict:
@@ -464,4 +511,8 @@ def training_arguments(cfg: Config, output_dir: str | os.PathLike):
         # gloo without CUDA: accelerate only wraps the model in DDP when told the run is on CPU;
         # otherwise each rank silently trains its own copy.
         kwargs["use_cpu"] = not torch.cuda.is_available()
-    return TrainingArguments(**kwargs)
+    try:
+        return TrainingArguments(**kwargs)
+    except (ValueError, TypeError) as err:  # a value TrainingArguments refuses: one line, no traceback
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UsageError(f"training: TrainingArguments refused the settings: {first}") from None

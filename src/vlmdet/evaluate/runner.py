@@ -70,8 +70,27 @@ def box_score(rollout, positions: Sequence[int]) -> float | None:
     return math.exp(sum(lp[i] for i in positions) / len(positions))
 
 
+def box_score_source(cfg) -> str:
+    """`eval.score_source`, except `constant` for a digit answer format (no coordinate-token probabilities)."""
+    return cfg.eval.score_source if getattr(cfg.prompt, "answer_format", "coordjson") == "coordjson" else "constant"
+
+
+def _parse_digit_rollout(token_ids, pieces, eot_id: int, fmt: str):
+    """A `parse.RolloutParse` of a digit-format answer: cut at the first end-of-turn, parsed as text."""
+    from vlmdet.answer_format import get_format
+    from vlmdet.parse import RolloutParse
+
+    n_tokens = len(token_ids)
+    stopped = eot_id in token_ids
+    if stopped:
+        n_tokens = list(token_ids).index(eot_id)
+    text = "".join(pieces[:n_tokens])
+    return RolloutParse(get_format(fmt).parse(text), text, n_tokens, stopped, [], 0, 0)
+
+
 def evaluate_sample(record, rollout, cfg, loaded) -> SampleEval:
     """Parse one rollout (token level) and match its valid objects to the record's GT."""
+    from vlmdet.answer_format import get_format
     from vlmdet.match import hungarian_match
     from vlmdet.model.load import token_pieces
     from vlmdet.parse import parse_rollout
@@ -80,10 +99,16 @@ def evaluate_sample(record, rollout, cfg, loaded) -> SampleEval:
     pieces = rollout.pieces
     if len(pieces) != len(rollout.token_ids):  # a backend that did not decode per token
         pieces = token_pieces(loaded.tokenizer, rollout.token_ids)
-    rp = parse_rollout(rollout.token_ids, pieces, coord_bin_of_id, {loaded.eot_id}, cfg.prompt.field_order)
-    objs = rp.result.objects
-    boxes = [bins_to_pixel_box(o.bins, record.width, record.height) for o in objs]
-    if cfg.eval.score_source == "coord_logprob":
+    fmt = getattr(cfg.prompt, "answer_format", "coordjson")
+    if fmt == "coordjson":
+        rp = parse_rollout(rollout.token_ids, pieces, coord_bin_of_id, {loaded.eot_id}, cfg.prompt.field_order)
+        objs = rp.result.objects
+        boxes = [bins_to_pixel_box(o.bins, record.width, record.height) for o in objs]
+    else:  # a digit format (answer_format.py): text level, the model saw the record's own size
+        rp = _parse_digit_rollout(rollout.token_ids, pieces, loaded.eot_id, fmt)
+        objs = rp.result.objects
+        boxes = [get_format(fmt).to_pixels(o, record.width, record.height) for o in objs]
+    if box_score_source(cfg) == "coord_logprob":
         scores = [box_score(rollout, pos) for pos in rp.coord_positions]
     else:
         scores = [None] * len(objs)
@@ -142,7 +167,7 @@ def sample_metrics(samples: Sequence[SampleEval], records, cfg) -> tuple[dict[st
     n = len(samples)
     out: dict[str, float] = dict(parse_health([s.parse.result for s in samples]))
     det = detection_metrics(records, {s.record.image_id: prediction_row(s)["objects"] for s in samples},
-                            score_source=cfg.eval.score_source, f1_iou=cfg.eval.f1_iou)
+                            score_source=box_score_source(cfg), f1_iou=cfg.eval.f1_iou)
     score_source = str(det.pop("score_source"))
     det_pred = det.pop("pred_objects")
     assert det_pred == out["pred_objects"], (det_pred, out["pred_objects"])

@@ -64,7 +64,8 @@ def _coco_list() -> str:
 
 
 def system_prompt(prompt_cfg: Any = None) -> str:
-    """The system prompt text for `prompt_cfg` (`prompt.system` overrides it verbatim).
+    """The system prompt text for `prompt_cfg` (`prompt.system` overrides it verbatim; with a
+    `prompt.answer_format` other than coordjson, the stock prompt of `answer_format.STOCK_SYSTEM_PROMPT`).
 
     Short on purpose (every prompt token costs compute on each training step); it states the
     upstream rules: one-line CoordJSON only, the field order, bare coordinate tokens 0..999, the
@@ -72,6 +73,10 @@ def system_prompt(prompt_cfg: Any = None) -> str:
     override = _get(prompt_cfg, "system", None)
     if override is not None:
         return override
+    if _get(prompt_cfg, "answer_format", "coordjson") != "coordjson":  # a stock model's baseline
+        from vlmdet.answer_format import STOCK_SYSTEM_PROMPT
+
+        return STOCK_SYSTEM_PROMPT
     field_order, ordering, variant = _prompt_settings(prompt_cfg)
     record = _RECORD_DESC_FIRST if field_order == "desc_first" else _RECORD_GEOM_FIRST
     first = "desc" if field_order == "desc_first" else "bbox_2d"
@@ -92,10 +97,15 @@ def system_prompt(prompt_cfg: Any = None) -> str:
 
 
 def user_prompt(prompt_cfg: Any = None) -> str:
-    """The user prompt text for `prompt_cfg` (`prompt.user` overrides it verbatim)."""
+    """The user prompt text for `prompt_cfg` (`prompt.user` overrides it verbatim; with a
+    `prompt.answer_format` other than coordjson, `answer_format.STOCK_USER_PROMPT`)."""
     override = _get(prompt_cfg, "user", None)
     if override is not None:
         return override
+    if _get(prompt_cfg, "answer_format", "coordjson") != "coordjson":
+        from vlmdet.answer_format import STOCK_USER_PROMPT
+
+        return STOCK_USER_PROMPT
     field_order, ordering, variant = _prompt_settings(prompt_cfg)
     order = "top to bottom, then left to right" if ordering == "sorted" else "in any order"
     first = "desc" if field_order == "desc_first" else "bbox_2d"

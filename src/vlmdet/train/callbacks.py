@@ -3,8 +3,9 @@
 - `RunLogCallback(run)`: every Trainer log event (`on_log`: training logs with `loss/*`,
   `coord_diag/*`, `learning_rate`, ...; the end-of-training summary; eval metrics) is appended to the
   run's `logging.jsonl` via `RunDir.log`, stamped with the optimizer step, on the main process only.
-- `SaveProcessorCallback(loaded)`: after each checkpoint save, writes the tokenizer and the image
-  processor into `checkpoint-<step>/` (main process), so a checkpoint loads with `model/load.load_model`.
+- `SaveProcessorCallback(loaded, prompt_cfg)`: after each checkpoint save, writes the tokenizer, the image
+  processor and the contract `vlmdet.json` into `checkpoint-<step>/` (main process), so a checkpoint
+  loads with `model/load.load_model` and carries its prompt.
 - `RolloutEvalCallback(cfg, run, loaded, records)`: rollout eval (generate -> parse -> match ->
   metrics, DESIGN §3) at every `eval.eval_steps` optimizer steps (0 = off) and at each step listed in
   `eval.steps`. The work is done by `vlmdet.evaluate.runner.run_rollout_eval` (imported lazily; if
@@ -50,17 +51,24 @@ class RunLogCallback(TrainerCallback):
             self.run.log(numeric(logs), step=int(state.global_step))
 
 
-def save_processor(loaded, folder) -> None:
-    """Write the tokenizer and image processor of `loaded` into `folder`."""
+def save_processor(loaded, folder, prompt_cfg=None) -> None:
+    """Write the tokenizer and image processor of `loaded` into `folder`, and with `prompt_cfg` (the
+    run's `prompt` section) the checkpoint's contract `vlmdet.json` (model/contract.py)."""
     loaded.tokenizer.save_pretrained(str(folder))
     loaded.processor.save_pretrained(str(folder))
+    if prompt_cfg is not None:
+        from vlmdet.model.contract import make_contract, write_contract
+
+        write_contract(folder, make_contract(prompt_cfg, loaded.coord_ids))
 
 
 class SaveProcessorCallback(TrainerCallback):
-    """Add tokenizer + image processor files to every `checkpoint-<step>/` (main process)."""
+    """Add tokenizer + image processor files (and `vlmdet.json` when given the `prompt` section) to
+    every `checkpoint-<step>/` (main process)."""
 
-    def __init__(self, loaded):
+    def __init__(self, loaded, prompt_cfg=None):
         self.loaded = loaded
+        self.prompt_cfg = prompt_cfg
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
@@ -68,7 +76,7 @@ class SaveProcessorCallback(TrainerCallback):
 
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if folder.is_dir():
-                save_processor(self.loaded, folder)
+                save_processor(self.loaded, folder, self.prompt_cfg)
 
 
 def eval_due(step: int, eval_cfg) -> bool:
