@@ -278,3 +278,42 @@ def test_every_shipped_deepspeed_json_parses_with_a_zero_stage(path):
     cfg = json.loads(path.read_text())
     assert cfg["zero_optimization"]["stage"] in (1, 2, 3)
     assert cfg["train_micro_batch_size_per_gpu"] == "auto"  # the Trainer fills batch sizes from the YAML
+
+
+# ---------------------------------------------------------------- TrainingArguments pass-through
+
+def test_any_training_arguments_field_passes_through(tmp_path):
+    from vlmdet.config import training_arguments
+
+    path = _yaml(tmp_path / "c.yaml", "training:\n  optim: adafactor\n  label_smoothing_factor: 0.1\n  tf32: false\n")
+    cfg = load_config(path, ["training.eval_strategy=steps", "training.fp16=false"])
+    assert cfg.training.extra == {"optim": "adafactor", "label_smoothing_factor": 0.1, "tf32": False, "eval_strategy": "steps",
+                                  "fp16": False}
+    args = training_arguments(cfg, tmp_path / "out")
+    assert (args.optim, args.label_smoothing_factor, args.eval_strategy) == ("adafactor", 0.1, "steps")
+    # the resolved config dumps and loads back to the same settings
+    again = tmp_path / "again.yaml"
+    again.write_text(dump_config_yaml(cfg))
+    assert load_config(again).training.extra == cfg.training.extra
+
+
+@pytest.mark.parametrize("override,message", [
+    ("training.optimm=adamw_torch", "unknown config key 'training.optimm' (did you mean 'training.optim'?)"),
+    ("training.label_smothing_factor=0.1", "(did you mean 'training.label_smoothing_factor'?)"),
+    ("training.learning_rat=0.1", "(did you mean 'training.learning_rate'?)"),
+])
+def test_unknown_training_key_suggests_among_training_arguments(tmp_path, override, message):
+    with pytest.raises(UsageError) as err:
+        load_config(_yaml(tmp_path / "c.yaml", "run_name: x\n"), [override])
+    assert message in str(err.value) and "any transformers.TrainingArguments field" in str(err.value)
+
+
+def test_pass_through_conflicts_and_bad_values_are_one_line(tmp_path):
+    from vlmdet.config import training_arguments
+
+    with pytest.raises(UsageError, match="training.optim is also set as training.extra.optim; keep one"):
+        load_config(_yaml(tmp_path / "c.yaml", "training:\n  optim: adafactor\n  extra: {optim: sgd}\n"))
+    cfg = load_config(_yaml(tmp_path / "c.yaml", "training:\n  optim: not_an_optimizer\n"))
+    with pytest.raises(UsageError, match="^training: TrainingArguments refused the settings: ") as err:
+        training_arguments(cfg, tmp_path / "out")
+    assert "\n" not in str(err.value) and "not_an_optimizer" in str(err.value)

@@ -392,14 +392,19 @@ def _pass_through(data: dict, names: list[str]) -> dict:
         return data
     valid = training_argument_names()
     data = dict(data)
-    extra = dict(data.get("extra") or {}) if isinstance(data.get("extra"), dict) else data.get("extra")
+    extra = data.get("extra")
+    if extra is None:
+        extra = {}
+    if not isinstance(extra, dict):
+        raise _type_error(extra, dict, "training.extra")
+    extra = dict(extra)
     for key in unknown:
         if str(key) not in valid:
             close = difflib.get_close_matches(str(key), sorted(set(names) | set(valid)), n=1)
             hint = f" (did you mean 'training.{close[0]}'?)" if close else ""
             raise UsageError(f"unknown config key 'training.{key}'{hint}; allowed here: the typed fields "
                              f"{', '.join(n for n in names if n != 'extra')}, or any transformers.TrainingArguments field")
-        if isinstance(extra, dict) and key in extra:
+        if key in extra:
             raise UsageError(f"training.{key} is also set as training.extra.{key}; keep one")
         extra[key] = data.pop(key)
     data["extra"] = extra

@@ -14,6 +14,11 @@ non-string `image_id`, an unknown or duplicate `image_id`, `objects` not a list,
 non-empty string `desc`, a `bbox_2d` that is not 4 finite numbers, a box outside the image or
 degenerate (rule: `0 <= x1 < x2 <= W` and `0 <= y1 < y2 <= H`, the GT rule), a non-numeric score.
 
+`--format qwen3|qwen25` reads the geometry of a stock model's grounding answer (answer_format.py):
+`qwen3` boxes are 0..1000 relative (pixel = v / 1000 * W), `qwen25` boxes are pixels of the image the
+model saw, given per line as `input_width` / `input_height` (default: the GT size), scaled to the GT
+size; `label` is accepted in place of `desc`. The checks above then apply to the converted pixel box.
+
 Output: `evaluate.detection.detection_metrics` (COCO AP/AR, class-aware and class-agnostic
 P/R/F1 at `--f1-iou`, counts, `score_source`) as a flat JSON object, written atomically, and a table.
 """
@@ -35,15 +40,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=None,
                         help="metrics JSON path (default: <PRED stem>.metrics.json next to PRED)")
     parser.add_argument("--f1-iou", type=float, default=0.5, help="IoU threshold of the Hungarian F1 (default 0.5)")
+    parser.add_argument("--format", dest="answer_format", choices=("coordjson", "qwen3", "qwen25"), default="coordjson",
+                        help="unit of bbox_2d: coordjson = pixels of the GT image (what `vlmdet eval` writes; default), "
+                             "qwen3 = 0..1000 relative, qwen25 = pixels of the image the model saw "
+                             "(input_width/input_height on the line, default the GT size); qwen formats accept "
+                             "'label' for 'desc'")
 
 
 def _number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def read_predictions(path: Path, records) -> dict[str, list[dict]]:
-    """image_id -> prediction objects, validated against the GT `records` (see the module docstring)."""
+def _input_size(row: dict, where: str) -> tuple[int, int] | None:
+    """(input_width, input_height) of a qwen25 line, or None when the line does not give them."""
+    w, h = row.get("input_width"), row.get("input_height")
+    if w is None and h is None:
+        return None
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (w, h)):
+        raise DataError(f"{where}: 'input_width' and 'input_height' must both be positive integers, got {w!r}, {h!r}")
+    return (w, h)
+
+
+def read_predictions(path: Path, records, answer_format: str = "coordjson") -> dict[str, list[dict]]:
+    """image_id -> prediction objects (pixel boxes of the GT image), validated against the GT `records`
+    (see the module docstring); `answer_format` says the unit of `bbox_2d` (see `--format`)."""
+    from vlmdet.answer_format import DigitObject, get_format
     from vlmdet.io import iter_jsonl
+
+    digits = answer_format != "coordjson"
 
     by_id = {r.image_id: r for r in records}
     preds: dict[str, list[dict]] = {}
@@ -64,16 +88,21 @@ def read_predictions(path: Path, records) -> dict[str, list[dict]]:
         objects = row.get("objects")
         if not isinstance(objects, list):
             raise DataError(f"{where}: 'objects' must be a list, got {type(objects).__name__}")
+        size = _input_size(row, where) if answer_format == "qwen25" else None
         out = []
         for i, o in enumerate(objects):
             at = f"{where}: objects[{i}]"
             if not isinstance(o, dict):
                 raise DataError(f"{at} must be an object, got {type(o).__name__}")
-            desc, box = o.get("desc"), o.get("bbox_2d")
+            name = "label" if digits and "desc" not in o else "desc"
+            desc, box = o.get(name), o.get("bbox_2d")
             if not isinstance(desc, str) or not desc.strip():
-                raise DataError(f"{at}: 'desc' must be a non-empty string, got {desc!r}")
+                raise DataError(f"{at}: '{name}' must be a non-empty string, got {desc!r}")
             if not isinstance(box, list) or len(box) != 4 or not all(_number(v) for v in box):
                 raise DataError(f"{at}: 'bbox_2d' must be 4 finite numbers [x1, y1, x2, y2], got {box!r}")
+            if digits:  # to pixels of the GT image; the bounds below then read in that unit
+                box = list(get_format(answer_format).to_pixels(DigitObject(desc, tuple(float(v) for v in box), i, (0, 0)),
+                                                               rec.width, rec.height, size))
             x1, y1, x2, y2 = box
             if x2 <= x1 or y2 <= y1:
                 raise DataError(f"{at}: degenerate box {box} (need x1 < x2 and y1 < y2)")
@@ -97,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     from vlmdet.io import atomic_write_json
 
     records = load_records(args.gt, check_images=False)
-    preds = read_predictions(args.pred, records)
+    preds = read_predictions(args.pred, records, args.answer_format)
     metrics = detection_metrics(records, preds, score_source="given", f1_iou=args.f1_iou)
     out = args.out if args.out is not None else args.pred.with_name(args.pred.stem + ".metrics.json")
     atomic_write_json(out, metrics)
