@@ -71,7 +71,7 @@ class TrainingConfig:
     learning_rate: float = 2.0e-3
     lr_scheduler_type: str = "cosine_with_min_lr"
     lr_scheduler_kwargs: dict = field(default_factory=lambda: {"min_lr_rate": 0.1})
-    warmup_steps: int = 100
+    warmup_steps: Union[int, float] = 100  # a float in [0, 1) is a ratio of the total steps (TrainingArguments)
     weight_decay: float = 0.01
     adam_beta1: float = 0.9
     adam_beta2: float = 0.98
