@@ -201,17 +201,19 @@ def test_bad_overrides(tmp_path, override, match):
         load_config(_yaml(tmp_path / "c.yaml", "seed: 1\n"), [override])
 
 
-def test_data_paths_resolve_against_the_authoring_file(tmp_path, monkeypatch):
-    _yaml(tmp_path / "configs/base.yaml", "data: {train: ../data/train.jsonl, val: /abs/val.jsonl}\n")
-    leaf = _yaml(tmp_path / "configs/stage1/leaf.yaml", "extends: ../base.yaml\n")
+def test_paths_are_relative_to_the_current_directory(tmp_path, monkeypatch):
+    _yaml(tmp_path / "configs/base.yaml", "data: {train: data/train.jsonl, val: /abs/val.jsonl}\n"
+                                          "model: {name_or_path: ckpt/final}\n")
+    leaf = _yaml(tmp_path / "configs/stage1/leaf.yaml", "extends: ../base.yaml\noutput_dir: out\n")
+    (tmp_path / "work" / "ckpt" / "final").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "work")
     cfg = load_config(leaf)
-    assert cfg.data.train == str((tmp_path / "data/train.jsonl").resolve())
-    assert cfg.data.val == "/abs/val.jsonl"
-    leaf2 = _yaml(tmp_path / "configs/stage1/leaf2.yaml", "extends: ../base.yaml\ndata: {val: v.jsonl}\n")
-    assert load_config(leaf2).data.val == str((tmp_path / "configs/stage1/v.jsonl").resolve())
-    monkeypatch.chdir(tmp_path)
-    cfg = load_config(leaf, ["data.val=here/val.jsonl", "data.train=null"])
-    assert cfg.data.val == str((tmp_path / "here/val.jsonl").resolve()) and cfg.data.train is None
+    assert cfg.data.train == str(tmp_path / "work/data/train.jsonl")  # not next to the YAML file
+    assert cfg.data.val == "/abs/val.jsonl" and cfg.output_dir == "out"
+    assert cfg.model.name_or_path == str(tmp_path / "work/ckpt/final")  # an existing folder: made absolute
+    cfg = load_config(leaf, ["data.val=here/val.jsonl", "data.train=null", "model.name_or_path=Qwen/Qwen3-VL-2B-Instruct"])
+    assert cfg.data.val == str(tmp_path / "work/here/val.jsonl") and cfg.data.train is None
+    assert cfg.model.name_or_path == "Qwen/Qwen3-VL-2B-Instruct"  # no such folder: a hub id stays a name
 
 
 def test_deep_merge_does_not_mutate_inputs():

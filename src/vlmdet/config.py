@@ -5,8 +5,9 @@
 2. `extends:` (a path or a list of paths, relative to the file that names them) loads the bases first,
    left to right, and merges the file on top: dicts merge key by key (deeply), every other value
    (lists included) replaces. A cycle fails and names the chain;
-3. `data.train` / `data.val`, when relative, are resolved against the folder of the file that wrote
-   them (paths given as overrides: against the current directory);
+3. paths: `extends` is relative to the file that names it; every other relative path (`data.train`,
+   `data.val`, `model.name_or_path`, `output_dir`, `training.deepspeed`, ...), in a file or an override,
+   is relative to the current directory, like a path on the command line (`_resolve_paths`);
 4. overrides `key.sub=value` are applied in order; the value is parsed as YAML by the same loader
    (`training.max_steps=50`, `training.learning_rate=1e-3`, `eval.steps=[10,20]`, `data.val=null`);
 5. the merged mapping is checked against the dataclasses below: an unknown key fails with its dotted
@@ -251,13 +252,22 @@ def deep_merge(base: dict, top: dict) -> dict:
     return out
 
 
-def _resolve_data_paths(data: dict, folder: Path) -> None:
+def _resolve_paths(data: dict) -> None:
+    """The one path rule: a relative path in a config file or an override is relative to the current
+    directory (where vlmdet runs), like a path on the command line. `data.train` / `data.val` are made
+    absolute, and so is `model.name_or_path` when it names an existing local folder (otherwise it stays
+    a name: `tiny` or a hub model id), so that the run's config.yaml works from any directory."""
     section = data.get("data")
     if isinstance(section, dict):
         for key in _DATA_PATH_KEYS:
             v = section.get(key)
             if isinstance(v, str) and v and not os.path.isabs(v):
-                section[key] = str((folder / v).resolve())
+                section[key] = str(Path(v).expanduser().resolve())
+    model = data.get("model")
+    if isinstance(model, dict):
+        v = model.get("name_or_path")
+        if isinstance(v, str) and v and not os.path.isabs(v) and Path(v).expanduser().is_dir():
+            model["name_or_path"] = str(Path(v).expanduser().resolve())
 
 
 def _load_tree(path: Path, chain: tuple[Path, ...]) -> dict:
@@ -266,7 +276,6 @@ def _load_tree(path: Path, chain: tuple[Path, ...]) -> dict:
         cycle = " -> ".join(str(p) for p in (*chain[chain.index(path):], path))
         raise UsageError(f"config extends cycle: {cycle}")
     data = _read_yaml(path)
-    _resolve_data_paths(data, path.parent)
     bases = data.pop("extends", None)
     if bases is None:
         return data
@@ -449,9 +458,8 @@ def load_config(path: str | os.PathLike, overrides: typing.Sequence[str] = ()) -
         parts, value = parse_override(text)
         if parts[0] == "extends":
             raise UsageError(f"override {text!r}: 'extends' cannot be overridden")
-        if parts[0] == "data" and len(parts) == 2 and parts[1] in _DATA_PATH_KEYS and isinstance(value, str) and value:
-            value = str(Path(value).resolve())
         apply_override(data, parts, value)
+    _resolve_paths(data)
     cfg = config_from_dict(data)
     cfg.explicit_keys = frozenset(_dotted_keys(data))  # read by model/contract.py (explicit vs default)
     return cfg

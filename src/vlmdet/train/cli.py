@@ -106,16 +106,19 @@ def build_trainer(cfg, run, loaded=None, override_prompt: bool = False):
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(run.tb_dir)  # transformers 5 reads the TB folder from here
     targs = training_arguments(cfg, run.root)
     eval_cb = RolloutEvalCallback(cfg, run, loaded, val[: cfg.eval.max_samples] if cfg.eval.max_samples else val)
-    trainer = DetTrainer(
-        model=loaded.model,
-        args=targs,
-        train_dataset=DetDataset(train, loaded, cfg.prompt, seed=cfg.seed),
-        data_collator=make_collator(loaded),
-        processing_class=loaded.tokenizer,
-        callbacks=[RunLogCallback(run), SaveProcessorCallback(loaded, cfg.prompt), eval_cb],
-        vlm_cfg=cfg,
-        coord_ids=loaded.coord_ids,
-    )
+    try:
+        trainer = DetTrainer(
+            model=loaded.model,
+            args=targs,
+            train_dataset=DetDataset(train, loaded, cfg.prompt, seed=cfg.seed),
+            data_collator=make_collator(loaded),
+            processing_class=loaded.tokenizer,
+            callbacks=[RunLogCallback(run), SaveProcessorCallback(loaded, cfg.prompt), eval_cb],
+            vlm_cfg=cfg,
+            coord_ids=loaded.coord_ids,
+        )
+    except ValueError as err:  # a combination the Trainer refuses (e.g. eval_strategy without eval data)
+        raise UsageError(f"training: the Trainer refused the settings: {str(err).strip().splitlines()[0]}") from None
     eval_cb.trainer = trainer
     trainer.loaded = loaded  # tokenizer / image processor for objectives that generate (Stage-2 Channel-B)
     return trainer, loaded
