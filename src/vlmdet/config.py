@@ -36,11 +36,24 @@ from vlmdet.errors import UsageError
 
 
 @dataclass
+class LoraConfig:
+    """`model.lora`: LoRA adapters through peft (model/lora.py); the coordinate-token rows of the input and
+    output embeddings stay trainable."""
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: Union[list[str], str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+
+
+@dataclass
 class ModelConfig:
     name_or_path: str = "tiny"
     dtype: str = "float32"
     attn_implementation: str = "sdpa"
     freeze_vision: bool = False
+    lora: Optional[LoraConfig] = None
 
 
 @dataclass
@@ -191,6 +204,8 @@ CHOICES: dict[str, tuple] = {
 #: dotted path -> (check, rule text) for numeric ranges.
 RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "stage2.b_ratio": (lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
+    "model.lora.r": (lambda v: v >= 1, ">= 1"),
+    "model.lora.dropout": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
     "stage2.n_softctx_iter": (lambda v: v >= 1, ">= 1"),
     "stage2.softctx_temperature": (lambda v: v > 0, "> 0"),
     "losses.sigma": (lambda v: v > 0, "> 0"),
@@ -336,6 +351,9 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         return _build(tp, value, where)
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
+        sections = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
+        if sections and isinstance(value, dict):  # an optional section: its own messages ("did you mean")
+            return _build(sections[0], value, where)
         for arg in typing.get_args(tp):
             try:
                 return _convert(value, arg, where)

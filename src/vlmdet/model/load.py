@@ -168,7 +168,7 @@ def resolve_checkpoint(name_or_path: str) -> tuple[str, Path]:
         path = tiny_checkpoint_path()
         return str(path), path
     path = Path(name_or_path).expanduser()
-    if (path / "config.json").is_file():
+    if (path / "config.json").is_file() or (path / "adapter_config.json").is_file():  # a LoRA adapter folder too
         return str(path), path
     if path.exists() or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") != 1:
         raise UsageError(f"{name_or_path}: not a checkpoint folder (no config.json); use 'tiny', a local HF "
@@ -194,8 +194,9 @@ def load_image_processor(path: Path | str):
 
 def load_model(name_or_path: str, dtype: str = "float32", attn_implementation: str = "sdpa", *,
                coord_tokens: bool = True) -> Loaded:
-    """Load `name_or_path` ("tiny", a local checkpoint folder or a hub model id, see `resolve_checkpoint`)
-    for training or generation, with its `vlmdet.json` contract when it has one.
+    """Load `name_or_path` ("tiny", a local checkpoint folder, a LoRA adapter folder (model/lora.py: loaded
+    onto its base model) or a hub model id, see `resolve_checkpoint`) for training or generation, with
+    its `vlmdet.json` contract when it has one.
 
     Raises UsageError for an unresolvable name, an unknown dtype, a tokenizer without the 1000
     coordinate tokens (the message names `vlmdet expand-vocab`; `coord_tokens=False` accepts such a
@@ -208,6 +209,17 @@ def load_model(name_or_path: str, dtype: str = "float32", attn_implementation: s
     if dtype not in DTYPES:
         raise UsageError(f"model.dtype must be one of {DTYPES}, got {dtype!r}")
     source, path = resolve_checkpoint(name_or_path)
+    from vlmdet.model.lora import adapter_base, load_adapter
+
+    base = adapter_base(path)
+    if base is not None and not (path / "config.json").is_file():  # a LoRA adapter: onto its base model
+        import dataclasses
+
+        loaded = load_model(base, dtype, attn_implementation, coord_tokens=coord_tokens)
+        contract = read_contract(path)
+        check_coord_layout(contract, loaded.coord_ids, str(path))
+        return dataclasses.replace(loaded, model=load_adapter(loaded.model, path), path=path,
+                                   contract=contract if contract is not None else loaded.contract)
     contract_file = checkpoint_file(source, CONTRACT_FILE)
     contract = read_contract(contract_file.parent) if contract_file is not None else None
     tokenizer = AutoTokenizer.from_pretrained(source)

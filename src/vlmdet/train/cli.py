@@ -76,6 +76,10 @@ def load_checkpoint(cfg, override_prompt: bool = False):
     loaded = load_model(cfg.model.name_or_path, cfg.model.dtype, cfg.model.attn_implementation)
     for note in apply_contract(cfg, loaded.contract, cfg.model.name_or_path, override_prompt):
         print(note, file=sys.stderr)
+    if cfg.model.lora is not None:
+        from vlmdet.model.lora import apply_lora
+
+        loaded = apply_lora(loaded, cfg.model.lora)
     return loaded
 
 
@@ -139,9 +143,15 @@ def train(cfg, argv, resume=None, overwrite=False, loaded=None, override_prompt:
     t0 = time.time()
     result = trainer.train(resume_from_checkpoint=target)
     final = run.root / FINAL_CHECKPOINT
-    trainer.save_model(str(final))
-    if trainer.is_world_process_zero():
-        save_processor(loaded, final, cfg.prompt)
+    from vlmdet.model.lora import is_lora, save_final
+
+    if is_lora(trainer.model):  # adapter -> final/adapter, merged model -> final
+        if trainer.is_world_process_zero():
+            save_final(trainer.model, final, lambda folder: save_processor(loaded, folder, cfg.prompt))
+    else:
+        trainer.save_model(str(final))
+        if trainer.is_world_process_zero():
+            save_processor(loaded, final, cfg.prompt)
     history = [h for h in trainer.state.log_history if "loss" in h]
     return {
         "run_dir": str(run.root),
