@@ -15,7 +15,7 @@ Swaps -- the GPU-only and long parts, so the commands run on the tiny model in s
 - `torchrun ... -m vlmdet.cli CMD` -> `vlmdet CMD` in one process (multi-process training:
   tests/test_multiprocess.py);
 - `make demo` -> `vlmdet demo --smoke`; `make test` is not run (it would run this suite inside itself);
-- `.venv/bin/python` -> this interpreter;
+- `.venv/bin/python` -> this interpreter (scripts run in this process via runpy; `-m pytest` in its own);
 - `vlmdet train`: `TRAIN_SMALL` overrides go before the first option (2 steps, batch 2, float32, no bf16,
   no gradient checkpointing, no dataloader workers, no DDP backend, tiny evals);
 - `vlmdet eval`: `EVAL_SMALL` (2 images, 16 new tokens, float32);
@@ -191,11 +191,20 @@ def swapped(command: str, box: Path) -> list[str] | None:
     return words
 
 
-def _run(words: list[str], box: Path) -> tuple[int, str]:
-    if words[0] == sys.executable:
+def _run(words: list[str], box: Path, monkeypatch) -> tuple[int, str]:
+    if words[:3] == [sys.executable, "-m", "pytest"]:  # a test run: its own process
         env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
         p = subprocess.run(words, cwd=box, env=env, capture_output=True, text=True, timeout=600)
         return p.returncode, p.stdout[-2000:] + p.stderr[-2000:]
+    if words[0] == sys.executable:  # a script (benchmarks/): in this process, as `python script args`
+        import runpy
+
+        monkeypatch.setattr(sys, "argv", words[1:])
+        try:
+            runpy.run_path(words[1], run_name="__main__")
+        except SystemExit as err:
+            return int(err.code or 0), ""
+        return 0, ""
     from vlmdet.cli import main
 
     return main(words[1:]), ""
@@ -203,14 +212,14 @@ def _run(words: list[str], box: Path) -> tuple[int, str]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("doc", [d for d in DOCS if command_blocks(ROOT / d)])
-def test_doc_commands_run(doc, sandbox, capsys):
+def test_doc_commands_run(doc, sandbox, capsys, monkeypatch):
     ran = 0
     for line, commands in [(0, PREPARED.get(doc, []))] + command_blocks(ROOT / doc):
         for command in commands:
             words = swapped(command, sandbox)
             if words is None:
                 continue
-            code, tail = _run(words, sandbox)
+            code, tail = _run(words, sandbox, monkeypatch)
             captured = capsys.readouterr()
             assert code == 0, f"{doc}:{line}: `{command}` exited {code}\n{tail}{captured.err[-3000:]}"
             ran += 1
