@@ -4,8 +4,8 @@ A command block is a fenced block tagged `bash` / `sh` or untagged whose lines s
 style: only the `$` lines are commands, the rest is output) or whose first command starts with one of
 `COMMAND_WORDS`. Comments are dropped and backslash continuations joined; every command must exit 0.
 
-The sandbox (a temporary folder, the working directory of every command) holds a copy of configs/,
-links to examples/, benchmarks/, tests/ and src/, a small COCO-format data set (annotations/instances_
+The sandbox (a temporary folder, the working directory of every command) holds copies of configs/ and
+examples/, links to benchmarks/, tests/ and src/, a small COCO-format data set (annotations/instances_
 {train,val}2017.json with train2017/ and val2017/ images), and a tiny Qwen3-VL without coordinate tokens
 standing in for the stock checkpoint, both as the folder /models/Qwen3-VL-2B-Instruct and as the hub id
 Qwen/Qwen3-VL-2B-Instruct in an offline Hugging Face cache (HF_HUB_OFFLINE=1).
@@ -146,7 +146,8 @@ def sandbox(tmp_path, stock, monkeypatch):
     shutil.copytree(ROOT / "configs", box / "configs")
     for cfg in (box / "configs").rglob("*.yaml"):
         cfg.write_text(cfg.read_text().replace("/models/", f"{box}/models/"))
-    for name in ("examples", "benchmarks", "tests", "src"):
+    shutil.copytree(ROOT / "examples", box / "examples")  # commands write next to their inputs
+    for name in ("benchmarks", "tests", "src"):
         (box / name).symlink_to(ROOT / name)
     (box / "models").mkdir()
     shutil.copytree(stock, box / "models" / "Qwen3-VL-2B-Instruct")
