@@ -36,8 +36,8 @@ def stage1(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("lora_runs")
     # one batch of 8 images, 30 steps: LoRA + the coordinate rows must fit it
     code = main(["train", str(ROOT / "configs/stage1/tiny.yaml"), *_common(data, out), LORA, "training.max_steps=30",
-                 "training.per_device_train_batch_size=8", "training.learning_rate=1e-2", "training.save_steps=15",
-                 "prompt.system=Detect.", "prompt.user=Objects?"])
+                 "training.per_device_train_batch_size=8", "training.learning_rate=5e-3", "training.save_steps=15",
+                 "losses.w1=1.0", "losses.soft_ce=1.0", "prompt.system=Detect.", "prompt.user=Objects?"])
     assert code == 0
     return out / "stage1_tiny"
 
@@ -51,9 +51,9 @@ def _mean(rows, key, part):
 @pytest.mark.slow
 def test_lora_stage1_learns_and_saves_adapter_and_merged(stage1):
     rows = [json.loads(line) for line in (stage1 / "logging.jsonl").read_text().splitlines()]
-    # measured on this set: loss 9.0 -> 5.5, expected-bin error 231 -> 201 bins over the 30 steps
+    # measured on this set: loss 15.6 -> 9.0 and expected-bin error 231 -> 142 bins, falling at every step
     assert _mean(rows, "loss", "last") < 0.75 * _mean(rows, "loss", "first")
-    assert _mean(rows, "coord_diag/expected_bin_mae", "last") < _mean(rows, "coord_diag/expected_bin_mae", "first") - 10
+    assert _mean(rows, "coord_diag/expected_bin_mae", "last") < 0.8 * _mean(rows, "coord_diag/expected_bin_mae", "first")
     final = stage1 / "checkpoint-final"
     assert (final / "config.json").is_file() and not (final / "adapter_config.json").exists()
     assert (final / "adapter" / "adapter_config.json").is_file() and (final / "adapter" / "vlmdet.json").is_file()
