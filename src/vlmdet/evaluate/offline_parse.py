@@ -3,9 +3,12 @@
 RAW.jsonl holds one line per image: `{"image_id": "...", "text": "<the model's raw answer>"}`
 (`image_id` a non-empty string, unique; `text` a string, possibly empty). Each text goes through the
 strict parser (`parse.parse_prediction`, `--field-order`), and the per-sample results are
-aggregated by `evaluate.health.parse_health` (drop histogram, truncation/failure rates, ...).
+aggregated by `evaluate.health.parse_health` (drop histogram, truncation/failure rates, ...) and
+`slots.leak_metrics` over `slots.text_slots` (coord_slots, coord_slot_leak_rate, leak/<kind>: every
+`bbox_2d` element of every lexically complete record is one coordinate slot; raw text has no token
+ids and no probabilities, so there is no coord_vocab_mass_gen here).
 
-With `--gt GT.jsonl` (the data contract of DESIGN §1.4; image files are NOT needed or opened), each
+With `--gt GT.jsonl` (the data contract of docs/DATA.md; image files are NOT needed or opened), each
 valid object's bins are mapped to pixels with its GT image's size (`coords.bins_to_pixel_box`) and
 `evaluate.detection.detection_metrics` adds COCO AP/AR and P/R/F1 with constant scores
 (`score_source: "constant"`). Every RAW image_id must be in GT; GT images without a RAW line count
@@ -27,8 +30,14 @@ import difflib
 from pathlib import Path
 from typing import Mapping
 
+from vlmdet.answer_format import get_format
+from vlmdet.data.records import load_records
 from vlmdet.errors import DataError
+from vlmdet.evaluate.detection import detection_metrics
+from vlmdet.evaluate.health import parse_health
 from vlmdet.format import FIELD_ORDERS
+from vlmdet.io import iter_jsonl, atomic_write_json
+from vlmdet.slots import leak_metrics, text_slots
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,20 +49,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "relative digits), qwen25 (pixels of the image the model saw: input_width/input_height "
                              "on the line, default the GT size)")
     parser.add_argument("--gt", type=Path, default=None,
-                        help="GT JSONL (DESIGN §1.4): adds COCO AP/AR and P/R/F1 with constant scores")
+                        help="GT JSONL (see docs/DATA.md): adds COCO AP/AR and P/R/F1 with constant scores")
     parser.add_argument("--out", type=Path, default=None,
                         help="metrics JSON path (default: <RAW stem>.parse_health.json next to RAW)")
 
 
-def read_raw(path: Path, with_size: bool = False) -> list[tuple]:
-    """`(line, image_id, text)` per RAW line (+ the `(input_width, input_height)` or None with
-    `with_size`); DataError `file:line: rule` on a broken line."""
-    from vlmdet.evaluate.offline_preds import _input_size
-    from vlmdet.io import iter_jsonl
+def input_size(row: dict, where: str) -> tuple[int, int] | None:
+    """(input_width, input_height) of a line (the size of the image the model saw, for qwen25), or
+    None when the line does not give them; DataError `file:line: rule` when they are not 2 positive ints."""
+    w, h = row.get("input_width"), row.get("input_height")
+    if w is None and h is None:
+        return None
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (w, h)):
+        raise DataError(f"{where}: 'input_width' and 'input_height' must both be positive integers, got {w!r}, {h!r}")
+    return (w, h)
 
+
+def read_raw(path: Path, with_size: bool = False) -> list[tuple]:
+    """`(line, image_id, text)` per RAW line (+ the `input_size` or None with `with_size`); DataError
+    `file:line: rule` on a broken line."""
     rows, seen = [], {}
     for lineno, obj in iter_jsonl(path):
-        size = _input_size(obj, f"{path}:{lineno}") if with_size else None
+        size = input_size(obj, f"{path}:{lineno}") if with_size else None
         image_id, text = obj.get("image_id"), obj.get("text")
         if not isinstance(image_id, str) or not image_id:
             raise DataError(f"{path}:{lineno}: 'image_id' must be a non-empty string, got {image_id!r}")
@@ -96,16 +113,10 @@ def drop_histogram(metrics: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vlmdet.answer_format import get_format
-    from vlmdet.evaluate.health import parse_health
-    from vlmdet.io import atomic_write_json
-
     fmt = get_format(args.answer_format)
     rows = read_raw(args.raw, with_size=True)
     by_id = {}
     if args.gt is not None:
-        from vlmdet.data.records import load_records
-
         records = load_records(args.gt, check_images=False)
         by_id = {r.image_id: r for r in records}
         for lineno, image_id, _, _ in rows:
@@ -117,12 +128,13 @@ def run(args: argparse.Namespace) -> int:
              for _, i, _, size in rows]
     results = [fmt.parse(text, args.field_order, size) for (_, _, text, _), size in zip(rows, sizes)]
     metrics: dict = dict(parse_health(results))
+    if args.answer_format == "coordjson":  # coordinate slots are a CoordJSON notion
+        metrics.update(leak_metrics(sl.kind for (_, _, text, _), res in zip(rows, results)
+                                    for sl in text_slots(text, res)))
     report = [format_metrics({k: v for k, v in metrics.items() if not k.startswith("drop/")},
                              f"parse health of {len(rows)} answers ({args.raw})"), drop_histogram(metrics)]
 
     if args.gt is not None:
-        from vlmdet.evaluate.detection import detection_metrics
-
         preds = {}
         for (_, image_id, _, _), size, res in zip(rows, sizes, results):
             rec = by_id[image_id]

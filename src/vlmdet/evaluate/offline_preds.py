@@ -30,11 +30,16 @@ import difflib
 import math
 from pathlib import Path
 
+from vlmdet.answer_format import DigitObject, get_format
+from vlmdet.data.records import load_records
 from vlmdet.errors import DataError
+from vlmdet.evaluate.detection import detection_metrics
+from vlmdet.evaluate.offline_parse import format_metrics, input_size
+from vlmdet.io import iter_jsonl, atomic_write_json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--gt", type=Path, required=True, help="GT JSONL (DESIGN §1.4); image files are not opened")
+    parser.add_argument("--gt", type=Path, required=True, help="GT JSONL (see docs/DATA.md); image files are not opened")
     parser.add_argument("--pred", type=Path, required=True,
                         help='JSONL of {"image_id", "objects": [{"desc", "bbox_2d" (pixels), "score"?}]}')
     parser.add_argument("--out", type=Path, default=None,
@@ -51,24 +56,10 @@ def _number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _input_size(row: dict, where: str) -> tuple[int, int] | None:
-    """(input_width, input_height) of a qwen25 line, or None when the line does not give them."""
-    w, h = row.get("input_width"), row.get("input_height")
-    if w is None and h is None:
-        return None
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (w, h)):
-        raise DataError(f"{where}: 'input_width' and 'input_height' must both be positive integers, got {w!r}, {h!r}")
-    return (w, h)
-
-
 def read_predictions(path: Path, records, answer_format: str = "coordjson") -> dict[str, list[dict]]:
     """image_id -> prediction objects (pixel boxes of the GT image), validated against the GT `records`
     (see the module docstring); `answer_format` says the unit of `bbox_2d` (see `--format`)."""
-    from vlmdet.answer_format import DigitObject, get_format
-    from vlmdet.io import iter_jsonl
-
     digits = answer_format != "coordjson"
-
     by_id = {r.image_id: r for r in records}
     preds: dict[str, list[dict]] = {}
     first_line: dict[str, int] = {}
@@ -88,7 +79,7 @@ def read_predictions(path: Path, records, answer_format: str = "coordjson") -> d
         objects = row.get("objects")
         if not isinstance(objects, list):
             raise DataError(f"{where}: 'objects' must be a list, got {type(objects).__name__}")
-        size = _input_size(row, where) if answer_format == "qwen25" else None
+        size = input_size(row, where) if answer_format == "qwen25" else None
         out = []
         for i, o in enumerate(objects):
             at = f"{where}: objects[{i}]"
@@ -120,11 +111,6 @@ def read_predictions(path: Path, records, answer_format: str = "coordjson") -> d
 
 
 def run(args: argparse.Namespace) -> int:
-    from vlmdet.data.records import load_records
-    from vlmdet.evaluate.detection import detection_metrics
-    from vlmdet.evaluate.offline_parse import format_metrics
-    from vlmdet.io import atomic_write_json
-
     records = load_records(args.gt, check_images=False)
     preds = read_predictions(args.pred, records, args.answer_format)
     metrics = detection_metrics(records, preds, score_source="given", f1_iou=args.f1_iou)

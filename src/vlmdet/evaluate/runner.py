@@ -26,7 +26,11 @@ uses 1.0). Metrics:
 - rollout matching (class-agnostic Hungarian with `match.iou_gate`, `match.fp_cost`, `match.fn_cost`,
   the matching Channel-B uses; the dumps' `matches`): gate_matched, gate_precision, gate_recall,
   gate_f1, gate_iou_mean;
-- generation: hit_max_new_tokens_rate, stopped_rate, gen_tokens_mean, coord_vocab_mass_gen;
+- coordinate slots (`slots.rollout_slots`: every value position of every `bbox_2d`, dropped records
+  included): coord_slots, coord_slot_leak_rate, leak/<kind> (digit, word, structure, end_of_turn, other),
+  coord_vocab_mass_gen (mean coordinate-vocabulary mass at those slots, whatever was emitted there);
+- generation: hit_max_new_tokens_rate, stopped_rate, gen_tokens_mean, coord_vocab_mass_gen_emitted
+  (mean coordinate-vocabulary mass at the steps that emitted a coordinate token, anywhere);
 - eval_time/{generate_s, total_s, tokens_per_s, samples_per_s}.
 All prefixed `eval_rollout/` (or `eval_rollout_constrained/` for the constrained pass) except eval_time/*
 (`eval_time_constrained/*` for the constrained pass).
@@ -34,14 +38,26 @@ All prefixed `eval_rollout/` (or `eval_rollout_constrained/` for the constrained
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from vlmdet.answer_format import get_format
 from vlmdet.coords import bins_to_pixel_box
 from vlmdet.errors import UsageError
+from vlmdet.evaluate.detection import detection_metrics
+from vlmdet.evaluate.health import parse_health
+from vlmdet.evaluate.monitor import write_dump
+from vlmdet.evaluate.rollout import make_backend
+from vlmdet.io import atomic_write_json, atomic_write_jsonl
+from vlmdet.match import hungarian_match
+from vlmdet.model.load import token_pieces
+from vlmdet.parse import RolloutParse, parse_rollout
+from vlmdet.rundir import RunDir
+from vlmdet.slots import leak_metrics, rollout_slots
 
 PREFIX = "eval_rollout"
 PREFIX_CONSTRAINED = "eval_rollout_constrained"
@@ -59,6 +75,7 @@ class SampleEval:
     scores: list[float | None]  # per valid object (None: constant scoring)
     match: Any  # match.MatchResult of valid objects vs GT (iou_gate, class-agnostic)
     coord_token_positions: list[int]  # positions (before end-of-turn) of every generated coord-token id
+    slots: list  # slots.Slot per bbox_2d value position (token level)
 
 
 def box_score(rollout, positions: Sequence[int]) -> float | None:
@@ -77,9 +94,6 @@ def box_score_source(cfg) -> str:
 
 def _parse_digit_rollout(token_ids, pieces, eot_id: int, fmt: str):
     """A `parse.RolloutParse` of a digit-format answer: cut at the first end-of-turn, parsed as text."""
-    from vlmdet.answer_format import get_format
-    from vlmdet.parse import RolloutParse
-
     n_tokens = len(token_ids)
     stopped = eot_id in token_ids
     if stopped:
@@ -90,11 +104,6 @@ def _parse_digit_rollout(token_ids, pieces, eot_id: int, fmt: str):
 
 def evaluate_sample(record, rollout, cfg, loaded) -> SampleEval:
     """Parse one rollout (token level) and match its valid objects to the record's GT."""
-    from vlmdet.answer_format import get_format
-    from vlmdet.match import hungarian_match
-    from vlmdet.model.load import token_pieces
-    from vlmdet.parse import parse_rollout
-
     coord_bin_of_id = loaded.coord_bin_of_id
     pieces = rollout.pieces
     if len(pieces) != len(rollout.token_ids):  # a backend that did not decode per token
@@ -116,7 +125,15 @@ def evaluate_sample(record, rollout, cfg, loaded) -> SampleEval:
     m = hungarian_match(boxes, gt_boxes, iou_gate=cfg.match.iou_gate, fp_cost=cfg.match.fp_cost,
                         fn_cost=cfg.match.fn_cost)
     coord_pos = [i for i, t in enumerate(rollout.token_ids[: rp.n_tokens]) if t in coord_bin_of_id]
-    return SampleEval(record, rollout, rp, boxes, scores, m, coord_pos)
+    # coordinate slots are a CoordJSON notion (a digit there is the answer, not a leak)
+    slots = rollout_slots(rollout.token_ids, pieces, rp.n_tokens, rp.stopped, coord_bin_of_id) if fmt == "coordjson" else []
+    return SampleEval(record, rollout, rp, boxes, scores, m, coord_pos, slots)
+
+
+def slot_mass(s: SampleEval, slot) -> float | None:
+    """Coordinate-vocabulary mass at a slot's token (None when the backend gave no statistics there)."""
+    mass = s.rollout.coord_mass
+    return float(mass[slot.token]) if slot.token < len(mass) else None
 
 
 def prediction_row(s: SampleEval) -> dict:
@@ -156,14 +173,23 @@ def dump_sample(s: SampleEval) -> dict:
                   for d in res.dropped],
         "gt": [{"desc": o.desc, "bbox_2d": [float(v) for v in o.bbox]} for o in rec.objects],
         "matches": [{"pred": p, "gt": g, "iou": float(iou)} for (p, g), iou in zip(s.match.pairs, s.match.ious)],
+        "coord_slots": len(s.slots),
+        "leaked_slots": [
+            {"offset": sl.offset, "token": sl.token, "kind": sl.kind,
+             "text": _piece(s, sl.token), "mass": slot_mass(s, sl)}
+            for sl in s.slots if sl.leaked
+        ],
     }
+
+
+def _piece(s: SampleEval, i: int) -> str:
+    """The decoded text of response token i ("" when the backend gave no pieces)."""
+    pieces = s.rollout.pieces
+    return pieces[i] if len(pieces) == len(s.rollout.token_ids) and i < len(pieces) else ""
 
 
 def sample_metrics(samples: Sequence[SampleEval], records, cfg) -> tuple[dict[str, float], str]:
     """Metric name (unprefixed) -> value over all samples, and the score source of the boxes."""
-    from vlmdet.evaluate.detection import detection_metrics
-    from vlmdet.evaluate.health import parse_health
-
     n = len(samples)
     out: dict[str, float] = dict(parse_health([s.parse.result for s in samples]))
     det = detection_metrics(records, {s.record.image_id: prediction_row(s)["objects"] for s in samples},
@@ -193,9 +219,12 @@ def sample_metrics(samples: Sequence[SampleEval], records, cfg) -> tuple[dict[st
     out["hit_max_new_tokens_rate"] = rate(sum(bool(s.rollout.hit_max) for s in samples))
     out["stopped_rate"] = rate(sum(bool(s.rollout.stopped) for s in samples))
     out["gen_tokens_mean"] = rate(sum(len(s.rollout.token_ids) for s in samples))
+    out.update(leak_metrics(sl.kind for s in samples for sl in s.slots))
+    slot_masses = [m for s in samples for sl in s.slots if (m := slot_mass(s, sl)) is not None]
+    out["coord_vocab_mass_gen"] = sum(slot_masses) / len(slot_masses) if slot_masses else 0.0
     masses = [s.rollout.coord_mass[i] for s in samples for i in s.coord_token_positions
               if i < len(s.rollout.coord_mass)]
-    out["coord_vocab_mass_gen"] = sum(masses) / len(masses) if masses else 0.0
+    out["coord_vocab_mass_gen_emitted"] = sum(masses) / len(masses) if masses else 0.0
     return out, score_source
 
 
@@ -234,14 +263,8 @@ def run_rollout_eval(loaded, records, cfg, run_dir=None, step: int = 0, backend=
     `constrained_backend`: the backend of the `eval.also_constrained` pass (default: `HFRollout` with
     the grammar constraint on); `log`: append the metrics to the run's logging.jsonl (a caller that
     logs them itself, e.g. through `Trainer.log`, may pass False). Returns the metrics (floats)."""
-    import dataclasses
-
     if model is not None and model is not loaded.model:
         loaded = dataclasses.replace(loaded, model=model)
-    from vlmdet.evaluate.monitor import write_dump
-    from vlmdet.evaluate.rollout import make_backend
-    from vlmdet.io import atomic_write_json, atomic_write_jsonl
-    from vlmdet.rundir import RunDir
 
     if cfg.eval.score_source not in SCORE_SOURCES:
         raise UsageError(f"eval.score_source must be one of {SCORE_SOURCES}, got {cfg.eval.score_source!r}")

@@ -119,17 +119,18 @@ def build_trainer(cfg, run, loaded=None, override_prompt: bool = False):
             processing_class=loaded.tokenizer,
             callbacks=[RunLogCallback(run), SaveProcessorCallback(loaded, cfg.prompt), eval_cb],
             vlm_cfg=cfg,
-            coord_ids=loaded.coord_ids,
+            loaded=loaded,
+            records=train,
         )
     except ValueError as err:  # a combination the Trainer refuses (e.g. eval_strategy without eval data)
         raise UsageError(f"training: the Trainer refused the settings: {str(err).strip().splitlines()[0]}") from None
     eval_cb.trainer = trainer
-    trainer.loaded = loaded  # tokenizer / image processor for objectives that generate (Stage-2 Channel-B)
     return trainer, loaded
 
 
 def train(cfg, argv, resume=None, overwrite=False, loaded=None, override_prompt: bool = False) -> dict:
     """Run training; returns a summary dict (also printed by `run`)."""
+    from vlmdet.config import config_notes
     from vlmdet.rundir import RunDir
     from vlmdet.train.callbacks import save_processor
 
@@ -139,6 +140,8 @@ def train(cfg, argv, resume=None, overwrite=False, loaded=None, override_prompt:
         loaded = load_checkpoint(cfg, override_prompt)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 creates/cleans the run dir
         run = RunDir.create(cfg, argv, resume=resume is not None, overwrite=overwrite)
+        for note in config_notes(cfg):
+            print(f"vlmdet train: warning: {note}", file=sys.stderr, flush=True)
     trainer, loaded = build_trainer(cfg, run, loaded)
     t0 = time.time()
     result = trainer.train(resume_from_checkpoint=target)
