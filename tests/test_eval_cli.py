@@ -142,7 +142,9 @@ def test_eval_format_qwen3_on_a_checkpoint_without_coord_tokens(tmp_path, monkey
         prompts.append(cfg.prompt)
         return rollout.HFRollout(loaded, cfg.rollout, cfg.prompt, extra_processors=force, **kw)
 
-    monkeypatch.setattr(rollout, "make_backend", backend)
+    import vlmdet.evaluate.runner as runner
+
+    monkeypatch.setattr(runner, "make_backend", backend)
     out = tmp_path / "out"
     code = main(["eval", CONFIG, "--checkpoint", str(plain), "--data", str(val), "--out", str(out), "--format", "qwen3",
                  "--no-progress", "rollout.max_new_tokens=400", "rollout.batch_size=2"])
@@ -154,7 +156,7 @@ def test_eval_format_qwen3_on_a_checkpoint_without_coord_tokens(tmp_path, monkey
     assert prompts[0].answer_format == "qwen3" and user_prompt(prompts[0]) == STOCK_USER_PROMPT
     assert m["samples"] == 4 and m["parse_failed_rate"] == 0.0 and m["parse_truncated_rate"] == 0.0
     assert m["drop/non_coord_token"] == 1 and m["parse_dropped_invalid"] == 1
-    assert m["sample_valid_pred_rate"] == 0.75
+    assert m["sample_clean_rate"] == 0.75  # the answer with the leak is not clean
     assert (m["tp"], m["fp"], m["fn"]) == (n_gt - 1, 0, 1)
     assert m["recall"] == pytest.approx((n_gt - 1) / n_gt) and m["precision"] == 1.0
     assert m["coord_vocab_mass_gen"] == 0.0
