@@ -2,10 +2,34 @@
 # Create .venv and install vlmdet into it. Idempotent: a second run only checks.
 #   scripts/setup.sh          runtime dependencies (what `vlmdet demo` needs)
 #   scripts/setup.sh dev      runtime + test dependencies
+#   scripts/setup.sh --print-torch-command   only print the torch install command this machine gets
+# Downloads: pip, torch (below), vlmdet's dependencies from pyproject.toml; `dev` adds the test tools
+# and, as root on Debian, the chromium package.
+# torch: with an NVIDIA GPU the default build; without one the CPU build of torch==2.13.0: the PyTorch
+# CPU index ($VLMDET_TORCH_CPU_INDEX, default https://download.pytorch.org/whl/cpu) is added as an
+# extra index when it answers within 5 s (its 2.13.0+cpu wheel wins over PyPI's CUDA build); when it
+# does not, the configured indexes decide (a local wheel folder or mirror with a CPU wheel keeps working).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extra="${1:-}"
 PY="${PYTHON:-python3}"
+TORCH_CPU_INDEX="${VLMDET_TORCH_CPU_INDEX:-https://download.pytorch.org/whl/cpu}"
+
+torch_command() {
+    if command -v nvidia-smi >/dev/null 2>&1; then
+        echo "pip install torch>=2.4"
+    elif "$PY" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1].rstrip("/") + "/torch/", timeout=5)' \
+            "$TORCH_CPU_INDEX" >/dev/null 2>&1; then
+        echo "pip install --extra-index-url $TORCH_CPU_INDEX torch==2.13.0"
+    else
+        echo "pip install torch==2.13.0"
+    fi
+}
+
+if [ "$extra" = "--print-torch-command" ]; then
+    torch_command
+    exit 0
+fi
 if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
@@ -15,13 +39,10 @@ if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
-    if command -v nvidia-smi >/dev/null 2>&1; then
-        echo "setup: GPU found; installing the default torch build" >&2
-        .venv/bin/python -m pip install -q "torch>=2.4"
-    else
-        echo "setup: no GPU; installing the CPU build torch==2.13.0" >&2
-        .venv/bin/python -m pip install -q "torch==2.13.0"
-    fi
+    cmd="$(torch_command)"
+    echo "setup: $cmd" >&2
+    # shellcheck disable=SC2086  # the command is words
+    .venv/bin/python -m ${cmd/pip install/pip install -q}
 fi
 if [ "$extra" = "dev" ]; then
     .venv/bin/python -m pip install -q -e ".[dev]"

@@ -20,7 +20,7 @@ from vlmdet.errors import UsageError
 #: command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("vlmdet.demo", "synthetic data -> Stage-1 -> Stage-2 Channel-A -> eval -> report, on a CPU"),
-    "data": ("vlmdet.data.cli", "data sets: synth, coco, validate"),
+    "data": ("vlmdet.data.cli", "data sets: synth, coco, swift, validate"),
     "train": ("vlmdet.train.cli", "train (Stage-1 or Stage-2) from a YAML config"),
     "eval": ("vlmdet.evaluate.cli", "rollout evaluation of a checkpoint on a data set"),
     "parse": ("vlmdet.evaluate.offline_parse", "parse health (+ metrics) of raw model answers in a JSONL file"),

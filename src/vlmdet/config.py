@@ -5,12 +5,14 @@
 2. `extends:` (a path or a list of paths, relative to the file that names them) loads the bases first,
    left to right, and merges the file on top: dicts merge key by key (deeply), every other value
    (lists included) replaces. A cycle fails and names the chain;
-3. `data.train` / `data.val`, when relative, are resolved against the folder of the file that wrote
-   them (paths given as overrides: against the current directory);
+3. paths: `extends` is relative to the file that names it; every other relative path (`data.train`,
+   `data.val`, `model.name_or_path`, `output_dir`, `training.deepspeed`, ...), in a file or an override,
+   is relative to the current directory, like a path on the command line (`_resolve_paths`);
 4. overrides `key.sub=value` are applied in order; the value is parsed as YAML by the same loader
    (`training.max_steps=50`, `training.learning_rate=1e-3`, `eval.steps=[10,20]`, `data.val=null`);
 5. the merged mapping is checked against the dataclasses below: an unknown key fails with its dotted
-   path and a "did you mean" suggestion, a value of the wrong type fails with its dotted path and the
+   path and a "did you mean" suggestion (in `training:` any `transformers.TrainingArguments` field is
+   accepted as well and passed through via `training.extra`; TrainingArguments checks its value), a value of the wrong type fails with its dotted path and the
    expected type (ints are accepted for floats), enum-like fields list their allowed values.
 Every failure is a `UsageError`, raised before any work starts.
 
@@ -39,15 +41,33 @@ from vlmdet.errors import UsageError
 
 
 @dataclass
+class LoraConfig:
+    """`model.lora`: LoRA adapters through peft (model/lora.py); the coordinate-token rows of the input and
+    output embeddings stay trainable."""
+
+    r: int = 16
+    """LoRA rank"""
+    alpha: int = 32
+    """LoRA scaling numerator (lora_alpha)"""
+    dropout: float = 0.05
+    """dropout on the LoRA input"""
+    target_modules: Union[list[str], str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    """module names (or a peft string such as all-linear) that get adapters"""
+
+
+@dataclass
 class ModelConfig:
     name_or_path: str = "tiny"
-    """`tiny` (built locally) or a checkpoint folder"""
+    """`tiny` (built locally), a checkpoint folder or a Hugging Face hub id"""
     dtype: str = "float32"
     """parameter dtype: float32 | bfloat16 | float16"""
     attn_implementation: str = "sdpa"
     """transformers attention implementation (sdpa, eager, flash_attention_2)"""
     freeze_vision: bool = False
     """freeze the vision tower (no gradients)"""
+    lora: Optional[LoraConfig] = None
+    """LoRA adapters through peft: {r, alpha, dropout, target_modules} (null = full fine-tuning)"""
 
 
 @dataclass
@@ -76,6 +96,8 @@ class PromptConfig:
     """override the system prompt text"""
     user: Optional[str] = None
     """override the user prompt text"""
+    answer_format: str = "coordjson"
+    """answer format: coordjson | qwen3 | qwen25 (stock-model baselines; eval and parse only)"""
 
 
 @dataclass
@@ -96,8 +118,8 @@ class TrainingConfig:
     """transformers scheduler name"""
     lr_scheduler_kwargs: dict = field(default_factory=lambda: {"min_lr_rate": 0.1})
     """scheduler keyword arguments (free-form)"""
-    warmup_steps: int = 100
-    """linear warmup steps"""
+    warmup_steps: Union[int, float] = 100
+    """linear warmup steps (a float in [0, 1): a ratio of the total steps)"""
     weight_decay: float = 0.01
     """AdamW weight decay"""
     adam_beta1: float = 0.9
@@ -287,6 +309,7 @@ CHOICES: dict[str, tuple] = {
     "prompt.field_order": ("desc_first", "geometry_first"),
     "prompt.ordering": ("sorted", "random"),
     "prompt.variant": ("default", "coco_80"),
+    "prompt.answer_format": ("coordjson", "qwen3", "qwen25"),
     "stage2.softctx_grad_mode": ("unroll", "em_detach"),
     "stage2.ctx_embed_mode": ("soft", "st", "hard"),
     "eval.score_source": ("coord_logprob", "constant"),
@@ -296,6 +319,8 @@ CHOICES: dict[str, tuple] = {
 #: dotted path -> (check, rule text) for numeric ranges.
 RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "stage2.b_ratio": (lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
+    "model.lora.r": (lambda v: v >= 1, ">= 1"),
+    "model.lora.dropout": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
     "stage2.n_softctx_iter": (lambda v: v >= 1, ">= 1"),
     "stage2.softctx_temperature": (lambda v: v > 0, "> 0"),
     "losses.sigma": (lambda v: v > 0, "> 0"),
@@ -351,13 +376,22 @@ def deep_merge(base: dict, top: dict) -> dict:
     return out
 
 
-def _resolve_data_paths(data: dict, folder: Path) -> None:
+def _resolve_paths(data: dict) -> None:
+    """The one path rule: a relative path in a config file or an override is relative to the current
+    directory (where vlmdet runs), like a path on the command line. `data.train` / `data.val` are made
+    absolute, and so is `model.name_or_path` when it names an existing local folder (otherwise it stays
+    a name: `tiny` or a hub model id), so that the run's config.yaml works from any directory."""
     section = data.get("data")
     if isinstance(section, dict):
         for key in _DATA_PATH_KEYS:
             v = section.get(key)
             if isinstance(v, str) and v and not os.path.isabs(v):
-                section[key] = str((folder / v).resolve())
+                section[key] = str(Path(v).expanduser().resolve())
+    model = data.get("model")
+    if isinstance(model, dict):
+        v = model.get("name_or_path")
+        if isinstance(v, str) and v and not os.path.isabs(v) and Path(v).expanduser().is_dir():
+            model["name_or_path"] = str(Path(v).expanduser().resolve())
 
 
 def _load_tree(path: Path, chain: tuple[Path, ...]) -> dict:
@@ -366,7 +400,6 @@ def _load_tree(path: Path, chain: tuple[Path, ...]) -> dict:
         cycle = " -> ".join(str(p) for p in (*chain[chain.index(path):], path))
         raise UsageError(f"config extends cycle: {cycle}")
     data = _read_yaml(path)
-    _resolve_data_paths(data, path.parent)
     bases = data.pop("extends", None)
     if bases is None:
         return data
@@ -425,6 +458,9 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         return _build(tp, value, where)
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
+        sections = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
+        if sections and isinstance(value, dict):  # an optional section: its own messages ("did you mean")
+            return _build(sections[0], value, where)
         for arg in typing.get_args(tp):
             try:
                 return _convert(value, arg, where)
@@ -474,12 +510,49 @@ def _unknown_key(key: str, allowed: list[str], prefix: str) -> UsageError:
     return UsageError(f"unknown config key {prefix + key!r}{hint}; allowed here: {', '.join(allowed)}")
 
 
+def training_argument_names() -> list[str]:
+    """Sorted names of the `transformers.TrainingArguments` fields a user may set (imports transformers)."""
+    from transformers import TrainingArguments
+
+    return sorted(f.name for f in dataclasses.fields(TrainingArguments) if f.init)
+
+
+def _pass_through(data: dict, names: list[str]) -> dict:
+    """`training` section: keys that are not typed fields but are TrainingArguments fields move into
+    `extra` (values are checked by TrainingArguments itself); any other key fails with a "did you mean"
+    among both sets of names. transformers is imported only when such a key is present."""
+    unknown = [k for k in data if k not in names]
+    if not unknown:
+        return data
+    valid = training_argument_names()
+    data = dict(data)
+    extra = data.get("extra")
+    if extra is None:
+        extra = {}
+    if not isinstance(extra, dict):
+        raise _type_error(extra, dict, "training.extra")
+    extra = dict(extra)
+    for key in unknown:
+        if str(key) not in valid:
+            close = difflib.get_close_matches(str(key), sorted(set(names) | set(valid)), n=1)
+            hint = f" (did you mean 'training.{close[0]}'?)" if close else ""
+            raise UsageError(f"unknown config key 'training.{key}'{hint}; allowed here: the typed fields "
+                             f"{', '.join(n for n in names if n != 'extra')}, or any transformers.TrainingArguments field")
+        if key in extra:
+            raise UsageError(f"training.{key} is also set as training.extra.{key}; keep one")
+        extra[key] = data.pop(key)
+    data["extra"] = extra
+    return data
+
+
 def _build(cls: type, data: Any, where: str) -> Any:
     if not isinstance(data, dict):
         raise UsageError(f"{where or 'config'}: expected a mapping (section {cls.__name__}), got {type(data).__name__} {data!r}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     prefix = f"{where}." if where else ""
+    if cls is TrainingConfig:
+        data = _pass_through(data, names)
     for key in data:
         if key not in hints:
             raise _unknown_key(str(key), names, prefix)
@@ -563,10 +636,21 @@ def load_config(path: str | os.PathLike, overrides: typing.Sequence[str] = ()) -
         parts, value = parse_override(text)
         if parts[0] == "extends":
             raise UsageError(f"override {text!r}: 'extends' cannot be overridden")
-        if parts[0] == "data" and len(parts) == 2 and parts[1] in _DATA_PATH_KEYS and isinstance(value, str) and value:
-            value = str(Path(value).resolve())
         apply_override(data, parts, value)
-    return config_from_dict(data)
+    _resolve_paths(data)
+    cfg = config_from_dict(data)
+    cfg.explicit_keys = frozenset(_dotted_keys(data))  # read by model/contract.py (explicit vs default)
+    return cfg
+
+
+def _dotted_keys(data: dict, prefix: str = "") -> list[str]:
+    """Dotted paths of every key of a nested mapping, sections included (`prompt`, `prompt.system`)."""
+    out = []
+    for k, v in data.items():
+        out.append(prefix + str(k))
+        if isinstance(v, dict):
+            out += _dotted_keys(v, f"{prefix}{k}.")
+    return out
 
 
 def field_docs(cls: type) -> dict[str, str]:
@@ -648,4 +732,8 @@ def training_arguments(cfg: Config, output_dir: str | os.PathLike):
         # gloo without CUDA: accelerate only wraps the model in DDP when told the run is on CPU;
         # otherwise each rank silently trains its own copy.
         kwargs["use_cpu"] = not torch.cuda.is_available()
-    return TrainingArguments(**kwargs)
+    try:
+        return TrainingArguments(**kwargs)
+    except (ValueError, TypeError) as err:  # a value TrainingArguments refuses: one line, no traceback
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UsageError(f"training: TrainingArguments refused the settings: {first}") from None

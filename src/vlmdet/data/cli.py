@@ -2,6 +2,7 @@
 
     vlmdet data synth --out DIR [--train N --val N --seed S --size 128 --max-objects 4]
     vlmdet data coco --instances F --images DIR --out DIR [--max-objects N --max-pixels P --split NAME]
+    vlmdet data swift IN.jsonl OUT [--text-format qwen25|qwen3 --max-pixels P --split NAME]
     vlmdet data validate FILE.jsonl [--no-images]
 
 `validate` prints a summary (records, objects, classes, bin coverage); the first broken rule exits 2
@@ -17,7 +18,7 @@ from collections import Counter
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="data_command", required=True, metavar="{synth,coco,validate}")
+    sub = parser.add_subparsers(dest="data_command", required=True, metavar="{synth,coco,swift,validate}")
 
     p = sub.add_parser("synth", help="write the synthetic coloured-shapes data set")
     p.add_argument("--out", required=True, help="output folder (images/, train.jsonl, val.jsonl, manifest.json)")
@@ -34,6 +35,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--max-objects", type=int, default=None, help="drop images with more objects than this")
     p.add_argument("--max-pixels", type=int, default=None, help="pixel budget of the resized images (e.g. 786432)")
     p.add_argument("--split", default=None, help="output name (default: from the instances file name)")
+
+    p = sub.add_parser("swift", help="import ms-swift / LLaMA-Factory grounding JSONL (messages, images, objects)")
+    p.add_argument("src", help="grounding JSONL: {messages, images: [path], objects: {ref, bbox, bbox_type}}")
+    p.add_argument("out", help="output folder (<split>.jsonl, images/)")
+    p.add_argument("--text-format", choices=("qwen25", "qwen3"), default=None,
+                   help="read boxes from the assistant text on lines without 'objects' (LLaMA-Factory): "
+                        "qwen25 = pixels, qwen3 = 0..1000 relative")
+    p.add_argument("--max-pixels", type=int, default=None, help="pixel budget of the resized images (e.g. 786432)")
+    p.add_argument("--split", default=None, help="output name (default: the input file's stem)")
 
     p = sub.add_parser("validate", help="check a data JSONL file against the record contract")
     p.add_argument("file", help="data JSONL file")
@@ -65,6 +75,15 @@ def _coco(args) -> int:
     return 0
 
 
+def _swift(args) -> int:
+    from vlmdet.data.swift import convert_swift
+
+    entry = convert_swift(args.src, args.out, args.text_format, args.max_pixels, args.split)
+    print(f"wrote {args.out}/{entry['jsonl']}")
+    print(json.dumps(entry["counts"], indent=2))
+    return 0
+
+
 def _validate(args) -> int:
     from vlmdet.data.records import load_records
     from vlmdet.data.synth import bin_coverage
@@ -87,4 +106,4 @@ def _validate(args) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    return {"synth": _synth, "coco": _coco, "validate": _validate}[args.data_command](args)
+    return {"synth": _synth, "coco": _coco, "swift": _swift, "validate": _validate}[args.data_command](args)

@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from vlmdet.answer_format import get_format
 from vlmdet.coords import bins_to_pixel_box
 from vlmdet.errors import UsageError
 from vlmdet.evaluate.detection import detection_metrics
@@ -54,7 +55,7 @@ from vlmdet.evaluate.rollout import make_backend
 from vlmdet.io import atomic_write_json, atomic_write_jsonl
 from vlmdet.match import hungarian_match
 from vlmdet.model.load import token_pieces
-from vlmdet.parse import parse_rollout
+from vlmdet.parse import RolloutParse, parse_rollout
 from vlmdet.rundir import RunDir
 from vlmdet.slots import leak_metrics, rollout_slots
 
@@ -86,16 +87,37 @@ def box_score(rollout, positions: Sequence[int]) -> float | None:
     return math.exp(sum(lp[i] for i in positions) / len(positions))
 
 
+def box_score_source(cfg) -> str:
+    """`eval.score_source`, except `constant` for a digit answer format (no coordinate-token probabilities)."""
+    return cfg.eval.score_source if getattr(cfg.prompt, "answer_format", "coordjson") == "coordjson" else "constant"
+
+
+def _parse_digit_rollout(token_ids, pieces, eot_id: int, fmt: str):
+    """A `parse.RolloutParse` of a digit-format answer: cut at the first end-of-turn, parsed as text."""
+    n_tokens = len(token_ids)
+    stopped = eot_id in token_ids
+    if stopped:
+        n_tokens = list(token_ids).index(eot_id)
+    text = "".join(pieces[:n_tokens])
+    return RolloutParse(get_format(fmt).parse(text), text, n_tokens, stopped, [], 0, 0)
+
+
 def evaluate_sample(record, rollout, cfg, loaded) -> SampleEval:
     """Parse one rollout (token level) and match its valid objects to the record's GT."""
     coord_bin_of_id = loaded.coord_bin_of_id
     pieces = rollout.pieces
     if len(pieces) != len(rollout.token_ids):  # a backend that did not decode per token
         pieces = token_pieces(loaded.tokenizer, rollout.token_ids)
-    rp = parse_rollout(rollout.token_ids, pieces, coord_bin_of_id, {loaded.eot_id}, cfg.prompt.field_order)
-    objs = rp.result.objects
-    boxes = [bins_to_pixel_box(o.bins, record.width, record.height) for o in objs]
-    if cfg.eval.score_source == "coord_logprob":
+    fmt = getattr(cfg.prompt, "answer_format", "coordjson")
+    if fmt == "coordjson":
+        rp = parse_rollout(rollout.token_ids, pieces, coord_bin_of_id, {loaded.eot_id}, cfg.prompt.field_order)
+        objs = rp.result.objects
+        boxes = [bins_to_pixel_box(o.bins, record.width, record.height) for o in objs]
+    else:  # a digit format (answer_format.py): text level, the model saw the record's own size
+        rp = _parse_digit_rollout(rollout.token_ids, pieces, loaded.eot_id, fmt)
+        objs = rp.result.objects
+        boxes = [get_format(fmt).to_pixels(o, record.width, record.height) for o in objs]
+    if box_score_source(cfg) == "coord_logprob":
         scores = [box_score(rollout, pos) for pos in rp.coord_positions]
     else:
         scores = [None] * len(objs)
@@ -103,7 +125,8 @@ def evaluate_sample(record, rollout, cfg, loaded) -> SampleEval:
     m = hungarian_match(boxes, gt_boxes, iou_gate=cfg.match.iou_gate, fp_cost=cfg.match.fp_cost,
                         fn_cost=cfg.match.fn_cost)
     coord_pos = [i for i, t in enumerate(rollout.token_ids[: rp.n_tokens]) if t in coord_bin_of_id]
-    slots = rollout_slots(rollout.token_ids, pieces, rp.n_tokens, rp.stopped, coord_bin_of_id)
+    # coordinate slots are a CoordJSON notion (a digit there is the answer, not a leak)
+    slots = rollout_slots(rollout.token_ids, pieces, rp.n_tokens, rp.stopped, coord_bin_of_id) if fmt == "coordjson" else []
     return SampleEval(record, rollout, rp, boxes, scores, m, coord_pos, slots)
 
 
@@ -170,7 +193,7 @@ def sample_metrics(samples: Sequence[SampleEval], records, cfg) -> tuple[dict[st
     n = len(samples)
     out: dict[str, float] = dict(parse_health([s.parse.result for s in samples]))
     det = detection_metrics(records, {s.record.image_id: prediction_row(s)["objects"] for s in samples},
-                            score_source=cfg.eval.score_source, f1_iou=cfg.eval.f1_iou)
+                            score_source=box_score_source(cfg), f1_iou=cfg.eval.f1_iou)
     score_source = str(det.pop("score_source"))
     det_pred = det.pop("pred_objects")
     assert det_pred == out["pred_objects"], (det_pred, out["pred_objects"])

@@ -11,7 +11,10 @@
   A tied head stays tied (checked by storage).
 - Writes DST atomically (a temporary sibling folder renamed into place): model (safetensors),
   tokenizer, and every other file of SRC that is not weights (processor configs, chat template...).
-  SRC is never modified; DST must not exist yet (or be an empty folder).
+  SRC is never modified; DST must not exist yet (or be an empty folder). SRC may be a hub model id
+  (`Qwen/Qwen3-VL-2B-Instruct`, resolved like `model/load.resolve_checkpoint`).
+- DST carries `vlmdet.json` (model/contract.py) with the coordinate-token layout and no prompt yet (the
+  first training run sets it); a SRC that already has one keeps it.
 """
 
 from __future__ import annotations
@@ -49,16 +52,18 @@ def expand_vocab(src, dst, seed: int = 0) -> dict:
     from tokenizers import AddedToken
     from transformers import AutoModelForImageTextToText, AutoTokenizer
 
-    src, dst = Path(src).expanduser().resolve(), Path(dst).expanduser().resolve()
-    if not (src / "config.json").exists():
-        raise UsageError(f"{src}: not a checkpoint folder (no config.json)")
+    from vlmdet.model.contract import CONTRACT_FILE, make_contract, write_contract
+    from vlmdet.model.load import resolve_checkpoint
+
+    source, src = resolve_checkpoint(str(src))
+    src, dst = src.resolve(), Path(dst).expanduser().resolve()
     if dst == src:
         raise UsageError("DST must differ from SRC (the source checkpoint is never modified)")
     if dst.exists() and any(dst.iterdir()):
         raise UsageError(f"{dst}: already exists and is not empty; choose a new folder")
 
-    tokenizer = AutoTokenizer.from_pretrained(str(src))
-    model = AutoModelForImageTextToText.from_pretrained(str(src), dtype="auto")
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    model = AutoModelForImageTextToText.from_pretrained(source, dtype="auto")
     vocab = tokenizer.get_vocab()
     n_tok_before = len(tokenizer)
     rows_before = model.get_input_embeddings().weight.shape[0]
@@ -102,6 +107,8 @@ def expand_vocab(src, dst, seed: int = 0) -> dict:
         for f in src.iterdir():
             if f.is_file() and not (tmp / f.name).exists() and not f.name.endswith(_WEIGHT_SUFFIXES):
                 shutil.copy2(f, tmp / f.name)
+        if not (tmp / CONTRACT_FILE).exists():  # a vlmdet checkpoint keeps its own contract
+            write_contract(tmp, make_contract(None, ids, trained=False))
         if dst.exists():
             dst.rmdir()  # empty (checked above)
         os.rename(tmp, dst)
@@ -124,7 +131,7 @@ def expand_vocab(src, dst, seed: int = 0) -> dict:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("src", help="source checkpoint folder (left unchanged)")
+    parser.add_argument("src", help="source checkpoint folder or hub model id (left unchanged)")
     parser.add_argument("dst", help="new checkpoint folder to write (must not exist)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the new embedding rows (default 0)")
 

@@ -7,7 +7,12 @@ training set from `data.train` (and the rollout-eval set from `data.val`), and t
 device, the TensorBoard command), then one line per log window and per rollout eval (`vlmdet.console`).
 TensorBoard events go to `<run>/tb` (names: `train/tracking.py`), every log event in full
 to `<run>/logging.jsonl`, HF checkpoints (safetensors + tokenizer + image processor) to
-`<run>/checkpoint-<step>`, and the final model to `<run>/checkpoint-final`. Ends with a summary.
+`<run>/checkpoint-<step>`, and the final model to `<run>/checkpoint-final`; every checkpoint carries its
+contract `vlmdet.json` (model/contract.py). Ends with a summary.
+
+Training from a checkpoint with a `vlmdet.json` takes its prompt, field order and ordering wherever the
+config does not set them; an explicit setting that differs is an error naming both values unless
+`--override-prompt` is given.
 
 `--resume` continues the run in `<output_dir>/<run_name>` from its latest checkpoint (or from the
 CHECKPOINT folder given) with the same global step, optimizer, LR schedule and data order.
@@ -36,6 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="continue the run from its latest checkpoint-* (or from CHECKPOINT)",
     )
     parser.add_argument("--overwrite", action="store_true", help="delete an existing run folder with checkpoints")
+    parser.add_argument("--override-prompt", action="store_true",
+                        help="let explicit prompt settings differ from the checkpoint's vlmdet.json")
 
 
 def _resume_target(run, resume) -> str | None:
@@ -59,13 +66,32 @@ def _records(path, max_n, check_images):
     return recs[:max_n] if max_n is not None else recs
 
 
-def build_trainer(cfg, run, loaded=None):
+def load_checkpoint(cfg, override_prompt: bool = False):
+    """Load `model.name_or_path` and let its `vlmdet.json` set the prompt settings `cfg` leaves unset
+    (`model/contract.apply_contract`, notes to stderr); returns the `Loaded`."""
+    from vlmdet.model.contract import apply_contract
+    from vlmdet.model.load import load_model
+
+    if cfg.prompt.answer_format != "coordjson":
+        raise UsageError(f"prompt.answer_format: training writes CoordJSON answers; {cfg.prompt.answer_format!r} "
+                         "is for evaluating stock models (vlmdet eval --format)")
+    loaded = load_model(cfg.model.name_or_path, cfg.model.dtype, cfg.model.attn_implementation)
+    for note in apply_contract(cfg, loaded.contract, cfg.model.name_or_path, override_prompt):
+        print(note, file=sys.stderr)
+    if cfg.model.lora is not None:
+        from vlmdet.model.lora import apply_lora
+
+        loaded = apply_lora(loaded, cfg.model.lora)
+    return loaded
+
+
+def build_trainer(cfg, run, loaded=None, override_prompt: bool = False):
     """The `DetTrainer` for `cfg` writing into `run` (model loaded unless `loaded` is given);
-    returns `(trainer, loaded)`."""
+    returns `(trainer, loaded)`. The checkpoint's `vlmdet.json` sets the prompt settings the config
+    leaves unset (`model/contract.apply_contract`; `override_prompt` lets explicit ones differ)."""
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     from vlmdet.config import training_arguments
-    from vlmdet.model.load import load_model
     from vlmdet.train import tracking
     from vlmdet.train.callbacks import ConsoleCallback, RolloutEvalCallback, RunLogCallback, SaveProcessorCallback
     from vlmdet.train.dataset import DetDataset, make_collator
@@ -80,7 +106,7 @@ def build_trainer(cfg, run, loaded=None):
         raise UsageError(f"data.train {cfg.data.train}: no records")
     val = _records(cfg.data.val, cfg.data.max_val_samples, cfg.data.check_images) if cfg.data.val else []
     if loaded is None:
-        loaded = load_model(cfg.model.name_or_path, cfg.model.dtype, cfg.model.attn_implementation)
+        loaded = load_checkpoint(cfg, override_prompt)
     if cfg.model.freeze_vision:
         visual = getattr(getattr(loaded.model, "model", loaded.model), "visual", None)
         if visual is None:
@@ -89,17 +115,20 @@ def build_trainer(cfg, run, loaded=None):
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(run.tb_dir)  # transformers 5 reads the TB folder from here
     targs = training_arguments(cfg, run.root)
     eval_cb = RolloutEvalCallback(cfg, run, loaded, val[: cfg.eval.max_samples] if cfg.eval.max_samples else val)
-    trainer = DetTrainer(
-        model=loaded.model,
-        args=targs,
-        train_dataset=DetDataset(train, loaded, cfg.prompt, seed=cfg.seed),
-        data_collator=make_collator(loaded),
-        processing_class=loaded.tokenizer,
-        callbacks=[RunLogCallback(run), SaveProcessorCallback(loaded), eval_cb],
-        vlm_cfg=cfg,
-        loaded=loaded,
-        records=train,
-    )
+    try:
+        trainer = DetTrainer(
+            model=loaded.model,
+            args=targs,
+            train_dataset=DetDataset(train, loaded, cfg.prompt, seed=cfg.seed),
+            data_collator=make_collator(loaded),
+            processing_class=loaded.tokenizer,
+            callbacks=[RunLogCallback(run), SaveProcessorCallback(loaded, cfg.prompt), eval_cb],
+            vlm_cfg=cfg,
+            loaded=loaded,
+            records=train,
+        )
+    except ValueError as err:  # a combination the Trainer refuses (e.g. eval_strategy without eval data)
+        raise UsageError(f"training: the Trainer refused the settings: {str(err).strip().splitlines()[0]}") from None
     eval_cb.trainer = trainer
     for printer in (ProgressCallback, PrinterCallback):  # they print every raw log dict
         trainer.remove_callback(printer)
@@ -139,7 +168,7 @@ def start_banner(cfg, run, targs) -> str:
     ])
 
 
-def train(cfg, argv, resume=None, overwrite=False, loaded=None) -> dict:
+def train(cfg, argv, resume=None, overwrite=False, loaded=None, override_prompt: bool = False) -> dict:
     """Run training; returns a summary dict (also printed by `run`)."""
     from vlmdet.config import config_notes
     from vlmdet.rundir import RunDir
@@ -147,6 +176,8 @@ def train(cfg, argv, resume=None, overwrite=False, loaded=None) -> dict:
 
     run = RunDir(Path(cfg.output_dir) / cfg.run_name)
     target = _resume_target(run, resume) if resume is not None else None
+    if loaded is None:  # before the run dir: config.yaml records the prompt the checkpoint brings
+        loaded = load_checkpoint(cfg, override_prompt)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 creates/cleans the run dir
         run = RunDir.create(cfg, argv, resume=resume is not None, overwrite=overwrite)
         for note in config_notes(cfg):
@@ -157,9 +188,15 @@ def train(cfg, argv, resume=None, overwrite=False, loaded=None) -> dict:
     t0 = time.time()
     result = trainer.train(resume_from_checkpoint=target)
     final = run.root / FINAL_CHECKPOINT
-    trainer.save_model(str(final))
-    if trainer.is_world_process_zero():
-        save_processor(loaded, final)
+    from vlmdet.model.lora import is_lora, save_final
+
+    if is_lora(trainer.model):  # adapter -> final/adapter, merged model -> final
+        if trainer.is_world_process_zero():
+            save_final(trainer.model, final, lambda folder: save_processor(loaded, folder, cfg.prompt))
+    else:
+        trainer.save_model(str(final))
+        if trainer.is_world_process_zero():
+            save_processor(loaded, final, cfg.prompt)
     history = [h for h in trainer.state.log_history if "loss" in h]
     return {
         "run_dir": str(run.root),
@@ -177,7 +214,8 @@ def run(args: argparse.Namespace) -> int:
     from vlmdet.config import load_config
 
     cfg = load_config(args.config, args.overrides)
-    summary = train(cfg, list(sys.argv), resume=args.resume, overwrite=args.overwrite)
+    summary = train(cfg, list(sys.argv), resume=args.resume, overwrite=args.overwrite,
+                    override_prompt=args.override_prompt)
     width = max(len(k) for k in summary)
     print("\n".join(f"{k:<{width}}  {v}" for k, v in summary.items()))
     return 0

@@ -36,11 +36,14 @@ MODEL_KEYS = ("attention_mask", "pixel_values", "image_grid_thw", "mm_token_type
 
 
 def unwrap(model):
-    """The `PreTrainedModel` inside DDP / DeepSpeed / compile wrappers (`.module`, `._orig_mod`)."""
+    """The `PreTrainedModel` inside DDP / DeepSpeed / compile wrappers (`.module`, `._orig_mod`) and a
+    peft `PeftModel` (its base model, which holds the injected LoRA layers)."""
     while True:
         inner = getattr(model, "module", None)
         if inner is None:
             inner = getattr(model, "_orig_mod", None)
+        if inner is None and type(model).__name__.startswith("PeftModel"):
+            inner = model.get_base_model()
         if inner is None:
             return model
         model = inner
