@@ -114,6 +114,7 @@ class Stage2Config:
     ctx_embed_mode: str = "soft"
     b_ratio: float = 0.0
     a1_anchor: dict[str, float] = field(default_factory=dict)
+    reuse_prefix: bool = True
 
 
 @dataclass

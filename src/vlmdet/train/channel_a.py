@@ -45,6 +45,7 @@ import torch
 
 from vlmdet import losses as L
 from vlmdet.errors import UsageError
+from vlmdet.train import prefix_kv
 from vlmdet.train.objective import COORD_TERMS, active, coord_diagnostics, coord_terms
 
 
@@ -147,7 +148,8 @@ class ChannelAOutput:
     `ce_logits` `[Nc, V]`: A1 logits at the CE rows; `a1_coord_logits` / `final_coord_logits` `[Ns, V]`:
     A1 / final-iteration logits at coord slots' predicting rows (the same tensor when N = 1);
     `final_text_logits` `[Nc, V]` final-iteration logits at the CE rows, or None when not requested;
-    `n_forwards`: forwards run.
+    `n_forwards`: forwards run; `prefix_reused`: iterations after the first ran on the suffix rows only
+    against iteration 0's prefix keys/values (`prefix_kv`).
     """
 
     ce_logits: torch.Tensor
@@ -155,6 +157,7 @@ class ChannelAOutput:
     final_coord_logits: torch.Tensor
     final_text_logits: torch.Tensor | None
     n_forwards: int
+    prefix_reused: bool = False
 
 
 def soft_context_forwards(
@@ -169,6 +172,7 @@ def soft_context_forwards(
     ctx_embed_mode: str = "soft",
     need_final_text: bool = False,
     position_ids: torch.Tensor | None = None,
+    reuse_prefix: bool = True,
 ) -> ChannelAOutput:
     """Run the N-iteration soft self-context loop (module docstring) and gather logits.
 
@@ -194,29 +198,28 @@ def soft_context_forwards(
     ce_rows = (rows.ce_b, rows.ce_t)
     outer_grad = torch.is_grad_enabled()
 
+    forwards = prefix_kv.plan(model, batch, rows, n_iter=n_iter, position_ids=position_ids, enabled=reuse_prefix)
+    slots = (rows.coord_b, rows.coord_t + 1)
     prev = a1_coord = ce_logits = final_text = None
     for m in range(n_iter):
         last = m == n_iter - 1
         record = outer_grad and (grad_mode == "unroll" or m == 0 or last)
         with torch.set_grad_enabled(record):
-            base = embed(input_ids)
-            if m == 0 or rows.coord_t.numel() == 0:
-                embeds = base
-            else:
+            ctx = None
+            if m > 0 and rows.coord_t.numel() > 0:
                 ctx = context_embeddings(prev.index_select(-1, cid), embed(cid), temperature, ctx_embed_mode)
                 if grad_mode == "em_detach":
                     ctx = ctx.detach()
-                embeds = base.index_put((rows.coord_b, rows.coord_t + 1), ctx.to(base.dtype))
             want_text = m == 0 or (last and need_final_text)
             sets = (coord_rows, ce_rows) if want_text else (coord_rows,)
-            got = fwd.logits_at(model, batch, *sets, inputs_embeds=embeds, position_ids=position_ids)
+            got = forwards(m, sets, slots, ctx)
             coord_logits = got[0]
             if m == 0:
                 a1_coord, ce_logits = coord_logits, got[1]
             if last and need_final_text:
                 final_text = got[1]
         prev = coord_logits
-    return ChannelAOutput(ce_logits, a1_coord, prev, final_text, n_iter)
+    return ChannelAOutput(ce_logits, a1_coord, prev, final_text, n_iter, forwards.reused)
 
 
 def stage2_terms(out: ChannelAOutput, sup: Rows, coord_ids, losses_cfg: Any, a1_anchor: Mapping[str, float]):
@@ -263,7 +266,7 @@ def channel_a_loss(model, batch: Mapping[str, torch.Tensor], cfg: Any, coord_ids
         model, batch, sup, coord_ids,
         n_iter=int(s2.n_softctx_iter), temperature=float(s2.softctx_temperature),
         grad_mode=s2.softctx_grad_mode, ctx_embed_mode=s2.ctx_embed_mode,
-        need_final_text=float(lc.text_gate) != 0.0,
+        need_final_text=float(lc.text_gate) != 0.0, reuse_prefix=bool(s2.reuse_prefix),
     )
     terms, anchors, diag = stage2_terms(out, sup, coord_ids, lc, anchor_w)
     total = combine(terms, lc)
