@@ -1,6 +1,6 @@
 """Stage-2 Channel-A: soft self-context over the GT teacher-forced sequence (DESIGN §2.4).
 
-Per batch, N = `stage2.n_softctx_iter` >= 1 full forwards over the same GT sequence:
+Per batch, N = `stage2.n_softctx_iter` >= 1 forwards over the same GT sequence:
 
 - iteration 0 ("A1"): plain teacher forcing; `inputs_embeds = E(input_ids)` (a call of the
   embedding module, so image placeholder rows are bitwise `E(image_token_id)`, which is how Qwen-VL
@@ -11,6 +11,11 @@ Per batch, N = `stage2.n_softctx_iter` >= 1 full forwards over the same GT seque
   Every other row (prompt, image placeholders, structure, desc) is bitwise identical to iteration 0;
 - mRoPE position ids are computed once from the GT ids and passed explicitly to every forward;
   `use_cache=False` (see `vlmdet.train.forward`);
+- prefix reuse (`stage2.reuse_prefix`, on by default; `vlmdet.train.prefix_kv`): the rows before the
+  batch's earliest coord slot are the same in every iteration, so iteration 0 keeps their per-layer
+  keys/values and iterations m > 0 run only the rows from there on (no vision encoder), with the same
+  losses and gradients as recomputing the whole sequence; models that cannot take it fall back to
+  the full path (warned once);
 - logits are gathered only at the rows a loss needs: CE rows (A1 only), coord rows p-1 (every
   iteration: they feed the next iteration's context and the final coord losses), text-gate rows on the
   final iteration when that term is on. Never a full `[B, L, V]` tensor.
@@ -255,7 +260,8 @@ def channel_a_loss(model, batch: Mapping[str, torch.Tensor], cfg: Any, coord_ids
     """One Channel-A step on a collated GT batch: `(total loss, logs)`.
 
     cfg: the full `Config` (`cfg.stage2`, `cfg.losses`). logs: `loss/<term>` (unweighted),
-    `loss/a1_<term>` for anchors, `loss/total`, `coord_diag/*`, `stage2/n_forwards`.
+    `loss/a1_<term>` for anchors, `loss/total`, `coord_diag/*`, `stage2/n_forwards`, `stage2/prefix_reused`
+    (1 when iterations m > 0 ran on the suffix rows, `prefix_kv`).
     """
     from vlmdet.train.objective import combine, log_terms
 
@@ -275,5 +281,6 @@ def channel_a_loss(model, batch: Mapping[str, torch.Tensor], cfg: Any, coord_ids
     logs = log_terms(terms, total)
     logs.update({f"loss/a1_{k}": float(v.detach()) for k, v in anchors.items()})
     logs["stage2/n_forwards"] = float(out.n_forwards)
+    logs["stage2/prefix_reused"] = float(out.prefix_reused)
     logs.update(diag)
     return total, logs

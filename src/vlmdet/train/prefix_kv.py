@@ -6,12 +6,11 @@ first coord slot) gets bitwise the same input in every iteration: the prompt, th
 vision encoder's output), the first `{"desc": "...", "bbox_2d": [`. Attention being causal, those
 rows also have the same hidden states, keys and values in every iteration, so:
 
-- iteration 0 runs the usual full forward with a recording cache (`PrefixReuse.first_logits`): each
+- iteration 0 runs the usual full forward with a recording cache (`IterationForwards`, m = 0): each
   decoder layer's attention hands the cache its keys/values after RoPE, `[B, H_kv, L, d]`; the cache
   keeps rows `< start` (views that carry iteration 0's graph) and hands the layer's own keys/values
   back, so the forward computes exactly what it computes without a cache;
-- iteration m > 0 runs only the suffix rows `start..L-1` (`PrefixReuse.suffix_logits`): inputs_embeds
-  `[B, L - start, D]` (the soft context written at the coord slots), the explicit mRoPE positions
+- iteration m > 0 runs only the suffix rows `start..L-1`: inputs_embeds `[B, L - start, D]` (the soft context written at the coord slots), the explicit mRoPE positions
   `position_ids[..., start:]`, the full `attention_mask` `[B, L]`, no pixel values (no vision encoder
   and no deepstack: the suffix holds no image rows), and a fresh context cache whose layers return
   `cat(kept, new)` along the sequence without storing anything, so no cache is ever mutated and the
@@ -32,10 +31,11 @@ nothing), which is what that flag asks for, so it is set on the layers for the d
 forwards (non-reentrant checkpointing only: the reentrant kind gives no gradient to tensors that do
 not enter as arguments).
 
-`plan(model, batch, rows, n_iter, enabled)` returns a `PrefixReuse`, or None for the full path:
-silently when there is nothing to reuse (N = 1, no coord slot in the batch, switched off by
-`stage2.reuse_prefix`), with a warning logged once per reason when the model cannot take it
-(`unsupported_reason`), and, once, when iteration 0 did not reach every layer's attention.
+`plan(model, batch, rows, ...)` returns the step's `IterationForwards`, which runs the full path
+instead: silently when there is nothing to reuse (N = 1, no coord slot in the batch, switched off by
+`stage2.reuse_prefix`); with a warning logged once per reason when the model cannot take it
+(`unsupported_reason`) or when iteration 0 did not reach every layer's attention (the step then
+continues on the full path).
 """
 
 from __future__ import annotations
