@@ -219,3 +219,18 @@ def test_checkpointing_flag_is_set_only_during_the_forwards(checkpointed, loaded
     assert layers and all(m.gradient_checkpointing for m in layers)
     loss_and_grads(checkpointed, batch, stage2_cfg(), loaded.coord_ids)
     assert all("_can_checkpoint_with_cache" not in vars(m) and not m._can_checkpoint_with_cache for m in layers)
+
+
+def test_config_switch_is_a_typed_bool():
+    from pathlib import Path
+
+    from vlmdet.config import load_config
+    from vlmdet.errors import UsageError
+
+    a_only = Path(__file__).resolve().parents[1] / "configs" / "stage2" / "a_only.yaml"
+    assert load_config(a_only).stage2.reuse_prefix is True
+    assert load_config(a_only, ["stage2.reuse_prefix=false"]).stage2.reuse_prefix is False
+    with pytest.raises(UsageError, match="stage2.reuse_prefix: expected bool"):
+        load_config(a_only, ["stage2.reuse_prefix=1"])
+    with pytest.raises(UsageError, match="did you mean 'stage2.reuse_prefix'"):
+        load_config(a_only, ["stage2.reuse_prefixes=true"])

@@ -10,11 +10,12 @@ rows also have the same hidden states, keys and values in every iteration, so:
   decoder layer's attention hands the cache its keys/values after RoPE, `[B, H_kv, L, d]`; the cache
   keeps rows `< start` (views that carry iteration 0's graph) and hands the layer's own keys/values
   back, so the forward computes exactly what it computes without a cache;
-- iteration m > 0 runs only the suffix rows `start..L-1`: inputs_embeds `[B, L - start, D]` (the soft context written at the coord slots), the explicit mRoPE positions
-  `position_ids[..., start:]`, the full `attention_mask` `[B, L]`, no pixel values (no vision encoder
-  and no deepstack: the suffix holds no image rows), and a fresh context cache whose layers return
-  `cat(kept, new)` along the sequence without storing anything, so no cache is ever mutated and the
-  kept tensors serve every iteration. Logits at rows `< start` that a later iteration asks for (the
+- iteration m > 0 runs only the suffix rows `start..L-1`: inputs_embeds `[B, L - start, D]` (the
+  soft context written at the coord slots), the explicit mRoPE positions `position_ids[..., start:]`,
+  the full `attention_mask` `[B, L]`, no pixel values (no vision encoder and no deepstack: the
+  suffix holds no image rows), and a fresh context cache whose layers return `cat(kept, new)` along
+  the sequence without storing anything, so no cache is ever mutated and the kept tensors serve
+  every iteration. Logits at rows `< start` that a later iteration asks for (the
   final text-gate rows) are iteration 0's logits at those rows: the same numbers, the same graph.
 
 The mathematics is the full-recompute path's: in `unroll` every iteration's loss reaches the prefix
@@ -41,11 +42,13 @@ continues on the full path).
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 from typing import Any, Mapping, Sequence
 
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 from vlmdet.train import forward as fwd
 
@@ -91,8 +94,6 @@ class _ContextLayer(DynamicLayer):
 
 
 def _decoder_layers(inner) -> list:
-    from transformers.modeling_layers import GradientCheckpointingLayer
-
     return [m for m in inner.modules() if isinstance(m, GradientCheckpointingLayer)]
 
 
@@ -111,8 +112,6 @@ def _cache_through_checkpointing(inner):
 
 def unsupported_reason(model) -> str | None:
     """Why `model` (possibly wrapped) cannot run the suffix-only iterations, or None when it can."""
-    import inspect
-
     inner = fwd.unwrap(model)
     text = inner.config.get_text_config()
     impl = getattr(text, "_attn_implementation", None) or getattr(inner.config, "_attn_implementation", None)
@@ -153,7 +152,8 @@ class IterationForwards:
     def reused(self) -> bool:
         return self.kept is not None
 
-    def __call__(self, m: int, row_sets: Sequence, slots: tuple[torch.Tensor, torch.Tensor], ctx: torch.Tensor | None) -> list[torch.Tensor]:
+    def __call__(self, m: int, row_sets: Sequence, slots: tuple[torch.Tensor, torch.Tensor],
+                 ctx: torch.Tensor | None) -> list[torch.Tensor]:
         if m > 0 and self.kept is not None:
             return self._suffix(row_sets, slots, ctx)
         ids = self.batch["input_ids"]
