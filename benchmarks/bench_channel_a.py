@@ -8,7 +8,8 @@ configs/stage2/a_only.yaml). Token mixes (`--mix`), per sample:
 Variants: N = 1, then N = 2 and 3 under unroll and em_detach, each with prefix reuse (`reuse`, the
 default `stage2.reuse_prefix: true`) and with the full recompute (`full`). Reported, each relative
 to N = 1:
-- step time (median of --repeats, the variants interleaved round-robin so drift hits all alike);
+- step time (median of --repeats, the variants interleaved round-robin so drift hits all alike): wall
+  time on CUDA, the process's CPU time on a CPU (robust to other jobs on a shared machine);
 - activation memory: bytes of the distinct non-parameter tensors that autograd holds for backward
   when the forward pass ends (counted with `torch.autograd.graph.saved_tensors_hooks`, storages
   deduplicated), i.e. what a GPU would keep allocated between forward and backward; plus, on CUDA,
@@ -75,12 +76,15 @@ class SavedBytes:
 
 
 def step(model, batch, cfg, coord_ids, count: SavedBytes | None = None) -> float:
+    """Seconds of one step: wall time on CUDA (synchronized), this process's CPU time on a CPU (with one
+    torch thread that is the compute, and other jobs on a shared machine do not inflate it)."""
     import torch
 
     from vlmdet.train.channel_a import channel_a_loss
 
+    clock = time.perf_counter if torch.cuda.is_available() else time.process_time
     model.zero_grad(set_to_none=True)
-    t0 = time.perf_counter()
+    t0 = clock()
     if count is None:
         loss, _ = channel_a_loss(model, batch, cfg, coord_ids)
     else:
@@ -89,7 +93,7 @@ def step(model, batch, cfg, coord_ids, count: SavedBytes | None = None) -> float
     loss.backward()
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-    return time.perf_counter() - t0
+    return clock() - t0
 
 
 def main(argv=None) -> int:
