@@ -20,7 +20,8 @@ from vlmdet.model.chat import encode_example
 from vlmdet.model.collate import Collator
 from vlmdet.model.load import load_model
 from vlmdet.train import prefix_kv
-from vlmdet.train.channel_a import channel_a_loss, rows_from_batch, soft_context_forwards, stage2_terms
+from vlmdet.train.channel_a import channel_a_loss, pass_terms, soft_context_forwards
+from vlmdet.train.objective import supervised_rows
 
 REL_GRAD = 1e-5
 
@@ -68,7 +69,7 @@ def stage2_cfg(**stage2) -> Config:
 
 def loss_and_grads(model, batch, cfg, coord_ids):
     model.zero_grad(set_to_none=True)
-    loss, _ = channel_a_loss(model, batch, cfg, coord_ids)
+    loss, _ = channel_a_loss(model, batch, cfg.losses, coord_ids, cfg.stage2)
     loss.backward()
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad(set_to_none=True)
@@ -97,7 +98,7 @@ def test_loss_and_gradients_equal_the_full_recompute(loaded, checkpointed, batch
     vision = [g for name, g in full[1].items() if ".visual." in name]
     assert vision and all(float(g.abs().max()) > 0 for g in vision)  # the comparison covers the vision tower
     with torch.no_grad():
-        sup = rows_from_batch(batch, stage2_cfg().losses)
+        sup = supervised_rows(batch, stage2_cfg().losses)
         out = soft_context_forwards(model, batch, sup, loaded.coord_ids, n_iter=n)
     assert out.prefix_reused == (n > 1)
 
@@ -105,10 +106,10 @@ def test_loss_and_gradients_equal_the_full_recompute(loaded, checkpointed, batch
 def _final_loss_only(model, batch, coord_ids, n, grad_mode, reuse):
     """smoothl1 on the final iteration's coord logits only, backward; returns the vision tower's gradients."""
     cfg = stage2_cfg(n_softctx_iter=n, softctx_grad_mode=grad_mode)
-    sup = rows_from_batch(batch, cfg.losses)
+    sup = supervised_rows(batch, cfg.losses)
     model.zero_grad(set_to_none=True)
     out = soft_context_forwards(model, batch, sup, coord_ids, n_iter=n, grad_mode=grad_mode, reuse_prefix=reuse)
-    terms, _, _ = stage2_terms(out, sup, coord_ids, cfg.losses, {})
+    terms, _, _ = pass_terms(out, sup, coord_ids, cfg.losses, {})
     terms["smoothl1"].backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if ".visual." in n and p.grad is not None}
     model.zero_grad(set_to_none=True)
@@ -142,9 +143,9 @@ def test_every_recorded_iteration_back_propagates_into_the_prefix(loaded, batch,
 
     monkeypatch.setattr(prefix_kv._ContextLayer, "update", update)
     cfg = stage2_cfg(n_softctx_iter=3, softctx_grad_mode=grad_mode)
-    sup = rows_from_batch(batch, cfg.losses)
+    sup = supervised_rows(batch, cfg.losses)
     out = soft_context_forwards(loaded.model, batch, sup, loaded.coord_ids, n_iter=3, grad_mode=grad_mode)
-    terms, _, _ = stage2_terms(out, sup, loaded.coord_ids, cfg.losses, {})
+    terms, _, _ = pass_terms(out, sup, loaded.coord_ids, cfg.losses, {})
     terms["smoothl1"].backward()
     loaded.model.zero_grad(set_to_none=True)
     n_layers = loaded.model.config.text_config.num_hidden_layers
@@ -167,7 +168,7 @@ def test_a_broken_prefix_is_caught(loaded, batch, monkeypatch):
 
 
 def test_no_coord_slot_or_n1_or_switched_off_runs_the_full_path(loaded, batch):
-    sup = rows_from_batch(batch, stage2_cfg().losses)
+    sup = supervised_rows(batch, stage2_cfg().losses)
     with torch.no_grad():
         assert soft_context_forwards(loaded.model, batch, sup, loaded.coord_ids, n_iter=2).prefix_reused
         assert not soft_context_forwards(loaded.model, batch, sup, loaded.coord_ids, n_iter=1).prefix_reused
@@ -190,7 +191,7 @@ def _fallback_matches_full(model, batch, coord_ids, caplog, reason):
         assert_same(full, loss_and_grads(model, batch, stage2_cfg(reuse_prefix=True), coord_ids))
     warned = [r.getMessage() for r in caplog.records if r.name == prefix_kv.__name__]
     assert len(warned) == 1 and reason in warned[0] and "stage2.reuse_prefix" in warned[0], warned  # once
-    sup = rows_from_batch(batch, stage2_cfg().losses)  # with grad: checkpointing is only active then
+    sup = supervised_rows(batch, stage2_cfg().losses)  # with grad: checkpointing is only active then
     assert not soft_context_forwards(model, batch, sup, coord_ids, n_iter=2).prefix_reused
 
 

@@ -200,7 +200,7 @@ class IterationForwards:
 def plan(model, batch: Mapping[str, Any], rows, *, n_iter: int, position_ids: torch.Tensor, enabled: bool = True) -> IterationForwards:
     """The `IterationForwards` of one Channel-A step: suffix-only iterations when `enabled`, N >= 2, the
     batch has a coord slot and the model can take it (`unsupported_reason`, warned once per reason);
-    otherwise the full path. `rows`: the step's `channel_a.Rows`."""
+    otherwise the full path. `rows`: the step's `objective.Rows`."""
     start = None
     if enabled and n_iter >= 2 and rows.coord_t.numel() > 0:
         reason = unsupported_reason(model)
