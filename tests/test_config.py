@@ -50,7 +50,7 @@ def test_defaults_match_the_documented_schema():
     assert c.training.learning_rate == 2.0e-3 and c.training.lr_scheduler_kwargs == {"min_lr_rate": 0.1}
     assert c.training.report_to == ["tensorboard"] and c.training.fsdp == "" and c.training.extra == {}
     assert c.losses.ce_on_coord_slots is True and c.losses.sigma == 2.0 and c.losses.coord_gate == 0.0
-    assert c.stage2.softctx_grad_mode == "unroll" and c.stage2.a1_anchor == {}
+    assert c.stage2.softctx_grad_mode == "unroll" and c.stage2.a1_anchor == {} and c.stage2.reuse_prefix is True
     assert c.eval.score_source == "coord_logprob" and c.eval.steps == [] and c.eval.max_samples == 100
     assert c.match.iou_gate == 0.3 and c.monitor.max_text_chars == 0
     # mutable defaults are not shared between instances

@@ -210,6 +210,8 @@ class Stage2Config:
     """fraction of optimizer steps that run Channel-B, in [0, 1]"""
     a1_anchor: dict[str, float] = field(default_factory=dict)
     """coord term -> weight of the same term on the first iteration's (A1) logits"""
+    reuse_prefix: bool = True
+    """Channel-A iterations after the first run only the rows from the earliest coord slot on, against the prefix keys/values kept from the first (same losses and gradients); false: recompute the whole sequence"""
 
 
 @dataclass

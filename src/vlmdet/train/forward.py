@@ -15,7 +15,8 @@ Two ways to get logits at chosen rows, both never building a full `[B, L, |V|]` 
   which bypasses a DDP/FSDP wrapper's forward (no gradient-sync bookkeeping, no FSDP parameter
   gathering): fine on one device, but multi-GPU code should use `gathered_logits`.
 
-Every forward passes `use_cache=False`, the batch's `attention_mask`, `pixel_values`,
+Every forward passes `use_cache=False` (a `cache` object, when given, still holds keys/values of
+earlier rows: `train/prefix_kv.py`), the batch's `attention_mask`, `pixel_values`,
 `image_grid_thw`, `mm_token_type_ids`, and explicit mRoPE `position_ids` (`[3, B, L]`, computed from
 the GT ids by `model/collate.position_ids` unless given), with either `input_ids` or `inputs_embeds`
 (image placeholder rows of `inputs_embeds` must be the embedding of the image token).
@@ -49,11 +50,13 @@ def unwrap(model):
         model = inner
 
 
-def _model_kwargs(model, batch: Mapping[str, Any], inputs_embeds, position_ids) -> dict:
+def _model_kwargs(model, batch: Mapping[str, Any], inputs_embeds, position_ids, cache=None) -> dict:
     if position_ids is None:
         position_ids = mrope_position_ids(unwrap(model), batch)
     kwargs = {k: batch[k] for k in MODEL_KEYS if batch.get(k) is not None}
     kwargs.update(position_ids=position_ids, use_cache=False)
+    if cache is not None:
+        kwargs["cache"] = cache
     if inputs_embeds is None:
         kwargs["input_ids"] = batch["input_ids"]
     else:
@@ -75,12 +78,14 @@ def head_logits(model, hidden: torch.Tensor) -> torch.Tensor:
     return unwrap(model).get_output_embeddings()(hidden)
 
 
-def gathered_logits(model, batch: Mapping[str, Any], rows: torch.Tensor, inputs_embeds=None, position_ids=None) -> torch.Tensor:
+def gathered_logits(model, batch: Mapping[str, Any], rows: torch.Tensor, inputs_embeds=None, position_ids=None,
+                    cache=None) -> torch.Tensor:
     """Logits `[N, V]` (model dtype) at the True rows of `rows` (bool `[B, L]`, N = rows.sum()), in
-    row-major order, from one top-level forward (module docstring)."""
+    row-major order, from one top-level forward (module docstring). `cache`: a transformers `Cache`
+    holding keys/values of rows before the batch's (see `train/prefix_kv.py`), else None."""
     if rows.dtype != torch.bool:
         raise TypeError(f"rows must be a bool mask [B, L], got {rows.dtype}")
-    kwargs = _model_kwargs(model, batch, inputs_embeds, position_ids)
+    kwargs = _model_kwargs(model, batch, inputs_embeds, position_ids, cache)
     out = model(**kwargs, logits_to_keep=rows)
     logits = out.logits
     return logits.reshape(-1, logits.shape[-1])
@@ -94,12 +99,13 @@ def rows_mask(shape: tuple[int, int], *row_sets: tuple[torch.Tensor, torch.Tenso
     return mask
 
 
-def logits_at(model, batch: Mapping[str, Any], *row_sets, inputs_embeds=None, position_ids=None) -> list[torch.Tensor]:
+def logits_at(model, batch: Mapping[str, Any], *row_sets, inputs_embeds=None, position_ids=None, cache=None) -> list[torch.Tensor]:
     """Logits at several row sets `(b [Ni], t [Ni])` from ONE forward: a list of `[Ni, V]`, one per set,
-    in the order of each set's own indices (sets may overlap; duplicates are computed once)."""
+    in the order of each set's own indices (sets may overlap; duplicates are computed once).
+    `cache`: passed to the model (`gathered_logits`)."""
     ids = batch["input_ids"]
     B, L = ids.shape
     mask = rows_mask((B, L), *row_sets, device=ids.device)
-    logits = gathered_logits(model, batch, mask, inputs_embeds=inputs_embeds, position_ids=position_ids)
+    logits = gathered_logits(model, batch, mask, inputs_embeds=inputs_embeds, position_ids=position_ids, cache=cache)
     where = mask.flatten().long().cumsum(0) - 1  # flat (b, t) -> its row in `logits`
     return [logits.index_select(0, where[b * L + t]) for b, t in row_sets]
