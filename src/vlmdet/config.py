@@ -126,6 +126,11 @@ class RolloutConfig:
     top_p: float = 1.0
     repetition_penalty: float = 1.0
     constrained: bool = False
+    # backend vllm only (evaluate/vllm_rollout.py)
+    vllm_gpu_memory_utilization: float = 0.3
+    vllm_kv_cache_gib: Optional[float] = None
+    vllm_max_model_len: int = 4096
+    vllm_logprobs: int = 20
 
 
 @dataclass
@@ -181,7 +186,7 @@ CHOICES: dict[str, tuple] = {
     "stage2.softctx_grad_mode": ("unroll", "em_detach"),
     "stage2.ctx_embed_mode": ("soft", "st", "hard"),
     "eval.score_source": ("coord_logprob", "constant"),
-    "rollout.backend": ("hf",),
+    "rollout.backend": ("hf", "vllm"),
 }
 
 #: dotted path -> (check, rule text) for numeric ranges.
@@ -197,6 +202,10 @@ RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "eval.eval_steps": (lambda v: v >= 0, ">= 0"),
     "rollout.max_new_tokens": (lambda v: v >= 1, ">= 1"),
     "rollout.batch_size": (lambda v: v >= 1, ">= 1"),
+    "rollout.vllm_gpu_memory_utilization": (lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
+    "rollout.vllm_kv_cache_gib": (lambda v: v is None or v > 0, "> 0"),
+    "rollout.vllm_max_model_len": (lambda v: v >= 1, ">= 1"),
+    "rollout.vllm_logprobs": (lambda v: v == -1 or v >= 1, "-1 (the whole vocabulary) or >= 1"),
 }
 
 _DATA_PATH_KEYS = ("train", "val")

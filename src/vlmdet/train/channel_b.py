@@ -2,7 +2,8 @@
 teacher-forced forward (DESIGN §2.5).
 
 Per sample:
-1. rollout with the HF backend (`evaluate/rollout.HFRollout`; greedy unless `rollout.do_sample`;
+1. rollout with the `rollout.backend` backend (`evaluate/rollout.make_backend`: HF `generate` or a
+   colocated vLLM engine whose weights are synced from the policy first; greedy unless `rollout.do_sample`;
    `rollout.repetition_penalty`, `rollout.max_new_tokens`); the seed is derived from the global step:
    `rollout_seed(seed, step) = (seed + 1000003 * step) & 0x7FFFFFFF` (0 -> 1);
 2. `parse.parse_rollout` on the response tokens (cut at the first end-of-turn);
@@ -242,11 +243,11 @@ def channel_b_batch(loaded, records: Sequence[Any], cfg: Any, step: int, backend
     unwrapped model; `cfg`: the full `Config`; `step`: the optimizer step (seeds the rollout).
     """
     from vlmdet.data.records import load_image
-    from vlmdet.evaluate.rollout import HFRollout
+    from vlmdet.evaluate.rollout import make_backend
     from vlmdet.model.chat import encode_example
     from vlmdet.model.collate import Collator
 
-    backend = backend or HFRollout(loaded, cfg.rollout, cfg.prompt, progress=False)
+    backend = backend or make_backend(loaded, cfg, progress=False)
     t0 = time.perf_counter()
     rollouts = backend.generate(records, seed=rollout_seed(cfg.seed, step))
     gen_s = time.perf_counter() - t0

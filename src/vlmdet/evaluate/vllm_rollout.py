@@ -1,0 +1,261 @@
+"""Rollouts on vLLM: a colocated `vllm.LLM` engine behind the `RolloutBackend` protocol.
+
+`VLLMRollout(loaded, rollout_cfg, prompt_cfg, dtype=...)` generates with one engine per process
+(created on first use, cached by checkpoint folder and engine settings, reused by every later eval
+and Channel-B step). The engine runs in the training process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`),
+so pushing weights into it is a tensor copy, not a transfer between processes.
+
+Same inputs as `HFRollout`: each record's image is loaded by `data.records.load_image` (sides must be
+multiples of patch * merge, never resized), the prompt is `model.chat.render_prompt` of the same
+system / user text with one `<|image_pad|>`, which vLLM's Qwen-VL processor expands to the image's
+token count; the resulting prompt token ids equal `model.chat.encode_example`'s (tested).
+
+Decoding (`rollout` section): greedy (temperature 0) unless `do_sample` (then `temperature`, `top_p`,
+top-k off), `repetition_penalty` (vLLM's, the same rule as transformers': over prompt and generated
+ids), `max_new_tokens`, stop at `<|im_end|>` only (the tokenizer's own EOS is ignored, as with HF),
+the checkpoint's `generation_config.json` is not applied (`generation_config="vllm"`).
+
+Seeds: `generate(records, seed)` gives record i the vLLM request seed
+`numpy.random.SeedSequence([seed, i]).generate_state(1)[0]`, so a call is reproducible from `seed`
+(the same `seed` the HF backend gets: `cfg.seed + step` for eval, `rollout_seed(seed, step)` in
+Channel-B); the samples themselves differ from HF's (another random stream). `seed=None`: unseeded.
+
+Per-token statistics: `Rollout.logprobs[t]` is vLLM's raw log-probability of the chosen token
+(`logprobs_mode="raw_logprobs"`: before penalties, temperature and top-p, i.e. the model's
+unprocessed distribution, like HF's recorder). `Rollout.coord_mass[t]` is the probability mass of the
+coordinate tokens among the `rollout.vllm_logprobs` most likely tokens of step t (vLLM returns the
+top-k, not the full distribution): a lower bound of the true mass, exact with `vllm_logprobs: -1`
+(the whole vocabulary; slow on a large vocabulary).
+
+Weight sync (`WeightSync`): before each `generate`, the engine's weights are made equal to
+`loaded.model`'s. A push happens only when a parameter changed since the last push (torch's
+per-tensor version counter, which every in-place update — optimizer steps included — increments, or
+a different model object), and hands every parameter to vLLM's in-place `reload_weights` (its
+HF-name mapping and post-load processing), then resets vLLM's prefix cache. `last_sync` holds the cost of the last call: {"pushed", "seconds",
+"bytes"}. Under DDP every rank holds the full weights and the eval rank pushes its own; sharded
+parameters (FSDP, DeepSpeed ZeRO-3) are not gathered here and are refused.
+
+Memory: `rollout.vllm_gpu_memory_utilization` (the engine's share of GPU memory, weights + KV
+cache), `rollout.vllm_kv_cache_gib` (an explicit KV-cache size; needed on CPU, where the share would
+be taken of host RAM), `rollout.vllm_max_model_len` (prompt + answer tokens per sequence).
+
+Not supported here (`make_backend` sends them to `HFRollout`): the grammar constraint and extra
+logits processors, which need a per-step Python hook that vLLM's engine does not take per request.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Sequence
+
+from vlmdet.errors import UsageError
+from vlmdet.evaluate.rollout import Rollout, _cfg
+
+#: engines of this process: settings key -> vllm.LLM
+_ENGINES: dict[tuple, Any] = {}
+
+
+def _allow_torchvision_without_ops() -> None:
+    """Nothing to do when torchvision imports; otherwise explain the one known cause and stop.
+
+    vLLM imports transformers' torchvision image transforms. The PyPI torchvision wheel is a CUDA
+    build: on a CPU-only torch its C++ ops cannot load, and torchvision 0.28's `nms` / `qnms` fake
+    registrations then fail the import. `scripts/setup.sh vllm` guards those two registrations."""
+    try:
+        import torchvision  # noqa: F401
+    except RuntimeError as err:
+        raise UsageError(
+            f"rollout.backend vllm: torchvision cannot be imported ({err}); "
+            "create the environment with `scripts/setup.sh vllm`"
+        ) from None
+
+
+def engine_key(path, dtype: str, rollout_cfg: Any) -> tuple:
+    return (
+        str(path),
+        dtype,
+        int(_cfg(rollout_cfg, "vllm_max_model_len", 4096)),
+        float(_cfg(rollout_cfg, "vllm_gpu_memory_utilization", 0.3)),
+        _cfg(rollout_cfg, "vllm_kv_cache_gib", None),
+    )
+
+
+def get_engine(path, dtype: str, rollout_cfg: Any, seed: int = 0):
+    """The process's `vllm.LLM` for this checkpoint folder and settings (created once)."""
+    key = engine_key(path, dtype, rollout_cfg)
+    if key in _ENGINES:
+        return _ENGINES[key]
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # colocated: the engine lives here
+    _allow_torchvision_without_ops()
+    try:
+        from vllm import LLM
+    except ImportError as err:
+        raise UsageError(
+            f"rollout.backend vllm: vllm is not installed ({err}); install it with "
+            "`scripts/setup.sh vllm` (CPU: a second environment .venv-vllm) or `pip install vllm` on a GPU machine"
+        ) from None
+    _, dtype_, max_len, mem, kv_gib = key
+    kwargs = {}
+    if kv_gib is not None:
+        kwargs["kv_cache_memory_bytes"] = int(float(kv_gib) * 2**30)
+    llm = LLM(
+        model=str(path),
+        dtype=dtype_,
+        max_model_len=max_len,
+        gpu_memory_utilization=mem,
+        max_logprobs=-1,  # no engine-wide cap: each request asks for `rollout.vllm_logprobs`
+        logprobs_mode="raw_logprobs",
+        generation_config="vllm",
+        limit_mm_per_prompt={"image": 1, "video": 0},
+        seed=int(seed),
+        enforce_eager=True,
+        **kwargs,
+    )
+    _ENGINES[key] = llm
+    return llm
+
+
+def request_seed(seed: int, index: int) -> int:
+    """vLLM request seed of record `index` in a call seeded with `seed` (module docstring)."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1)[0])
+
+
+class WeightSync:
+    """Keeps an engine's weights equal to a torch model's (module docstring): `push(model)`."""
+
+    def __init__(self, llm):
+        self.llm = llm
+        self.state: tuple | None = None  # (id(model), versions) at the last push
+        self.last_sync = {"pushed": 0.0, "seconds": 0.0, "bytes": 0.0}
+        self.pushes = 0
+
+    @staticmethod
+    def _versions(model) -> tuple:
+        return tuple(p._version for p in model.parameters())
+
+    def push(self, model, force: bool = False) -> dict:
+        """Copy `model`'s parameters into the engine if they changed; returns `last_sync`."""
+        state = (id(model), self._versions(model))
+        t0 = time.perf_counter()
+        if force or state != self.state:
+            named = []
+            for name, p in model.named_parameters():
+                if type(p).__name__ == "DTensor" or getattr(p, "ds_id", None) is not None:
+                    raise UsageError("rollout.backend vllm: sharded parameters (FSDP / ZeRO-3) are not supported")
+                named.append((name, p.detach()))
+            # vLLM's in-place reload (its HF-name mapping, then its own post-load processing), then
+            # drop cached prompt KV computed with the old weights
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(named),
+                                                              "is_checkpoint_format": True})
+            self.llm.reset_prefix_cache()
+            self.state = state
+            self.pushes += 1
+            nbytes = sum(t.numel() * t.element_size() for _, t in named)
+            self.last_sync = {"pushed": 1.0, "seconds": time.perf_counter() - t0, "bytes": float(nbytes)}
+        else:
+            self.last_sync = {"pushed": 0.0, "seconds": time.perf_counter() - t0, "bytes": 0.0}
+        return self.last_sync
+
+
+#: engine key -> its WeightSync (one per engine, shared by every VLLMRollout on it)
+_SYNCS: dict[tuple, WeightSync] = {}
+
+
+class VLLMRollout:
+    """`RolloutBackend` on a colocated `vllm.LLM` (module docstring).
+
+    `loaded`: `model.load.Loaded` (its `path` is the checkpoint folder vLLM loads, its `model` the
+    policy whose weights are pushed before each call); `rollout_cfg` / `prompt_cfg`: the `rollout` /
+    `prompt` config sections; `dtype`: the engine's dtype (`model.dtype`); `sync`: push the policy's
+    weights before generating (off: the engine keeps the checkpoint's weights)."""
+
+    name = "vllm"
+    constrained = False
+
+    def __init__(self, loaded, rollout_cfg: Any = None, prompt_cfg: Any = None, *, dtype: str = "float32",
+                 seed: int = 0, sync: bool = True, progress: bool = False):
+        if loaded.path is None:
+            raise UsageError("rollout.backend vllm needs a model loaded from a checkpoint folder")
+        self.loaded = loaded
+        self.prompt_cfg = prompt_cfg
+        self.max_new_tokens = int(_cfg(rollout_cfg, "max_new_tokens", 256))
+        self.do_sample = bool(_cfg(rollout_cfg, "do_sample", False))
+        self.temperature = float(_cfg(rollout_cfg, "temperature", 1.0))
+        self.top_p = float(_cfg(rollout_cfg, "top_p", 1.0))
+        self.repetition_penalty = float(_cfg(rollout_cfg, "repetition_penalty", 1.0))
+        self.n_logprobs = int(_cfg(rollout_cfg, "vllm_logprobs", 20))
+        self.sync_weights = sync
+        self.progress = progress
+        key = engine_key(loaded.path, dtype, rollout_cfg)
+        self.llm = get_engine(loaded.path, dtype, rollout_cfg, seed)
+        self.sync = _SYNCS.setdefault(key, WeightSync(self.llm))
+        self._coord_set = frozenset(int(i) for i in loaded.coord_ids)
+
+    @property
+    def last_sync(self) -> dict:
+        return self.sync.last_sync
+
+    def _prompt(self, record) -> dict:
+        from vlmdet.data.records import load_image
+        from vlmdet.model.chat import render_prompt, system_prompt, user_prompt
+
+        image = load_image(record)
+        proc = self.loaded.processor
+        factor = int(proc.patch_size) * int(proc.merge_size)
+        if image.width % factor or image.height % factor:
+            raise UsageError(
+                f"image size {image.width}x{image.height} is not a multiple of {factor}; "
+                "resize images offline (the `vlmdet data` converters do)"
+            )
+        text = render_prompt(system_prompt(self.prompt_cfg), user_prompt(self.prompt_cfg), 1)
+        return {"prompt": text, "multi_modal_data": {"image": image}}
+
+    def _params(self, seed: int | None, index: int):
+        from vllm import SamplingParams
+
+        sampling = {"temperature": self.temperature, "top_p": self.top_p} if self.do_sample else {"temperature": 0.0}
+        return SamplingParams(
+            **sampling,
+            max_tokens=self.max_new_tokens,
+            repetition_penalty=self.repetition_penalty,
+            stop_token_ids=[self.loaded.eot_id],
+            ignore_eos=True,
+            logprobs=self.n_logprobs,
+            seed=None if seed is None else request_seed(seed, index),
+            detokenize=False,
+            skip_special_tokens=False,
+        )
+
+    def _rollout(self, completion) -> Rollout:
+        import math
+
+        from vlmdet.model.load import token_pieces
+
+        eot = self.loaded.eot_id
+        ids = [int(t) for t in completion.token_ids]
+        stopped = eot in ids
+        n = ids.index(eot) + 1 if stopped else len(ids)
+        ids = ids[:n]
+        steps = list(completion.logprobs or [])[:n]
+        logprobs = [float(step[t].logprob) for step, t in zip(steps, ids)]
+        coord = self._coord_set
+        mass = [sum(math.exp(lp.logprob) for tid, lp in step.items() if tid in coord) for step in steps]
+        pieces = token_pieces(self.loaded.tokenizer, ids)
+        text = "".join(pieces[: n - 1] if stopped else pieces)
+        return Rollout(token_ids=ids, logprobs=logprobs, coord_mass=mass, stopped=stopped,
+                       hit_max=(not stopped) and n >= self.max_new_tokens, text=text, pieces=pieces)
+
+    def generate(self, records: Sequence[Any], seed: int | None = None) -> list[Rollout]:
+        """One `Rollout` per record, in order (vLLM schedules the batching itself)."""
+        records = list(records)
+        if self.sync_weights:
+            self.sync.push(self.loaded.model)
+        if not records:
+            return []
+        prompts = [self._prompt(r) for r in records]
+        params = [self._params(seed, i) for i in range(len(records))]
+        outs = self.llm.generate(prompts, params, use_tqdm=self.progress)
+        return [self._rollout(o.outputs[0]) for o in outs]
