@@ -11,7 +11,7 @@ a check that both backends produced the same tokens, and the cost of one weight 
 Needs the vLLM environment (`scripts/setup.sh vllm`):
 
     .venv-vllm/bin/python benchmarks/bench_rollout.py [--batches 1 16 64] [--repeats 3]
-        [--max-new-tokens 96] [--threads 1] [--checkpoint DIR] [--logprobs 20]
+        [--max-new-tokens 96] [--threads 1] [--checkpoint DIR]
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=96)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--checkpoint", default=None, help="checkpoint folder (default: the shipped demo Stage-1)")
-    ap.add_argument("--logprobs", type=int, default=20, help="rollout.vllm_logprobs (top-k per token; -1 all)")
     args = ap.parse_args()
 
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
@@ -52,7 +51,7 @@ def main() -> None:
     records = load_records(os.path.join(tmp, "val.jsonl"))
     loaded = load_model(ckpt)
     prompt = {"system": "You detect objects.", "user": "List every object in the image as CoordJSON."}
-    base = {"max_new_tokens": args.max_new_tokens, "vllm_kv_cache_gib": 1, "vllm_logprobs": args.logprobs,
+    base = {"max_new_tokens": args.max_new_tokens, "vllm_kv_cache_gib": 1,
             "vllm_max_model_len": 1024}
 
     t0 = time.perf_counter()

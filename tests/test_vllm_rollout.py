@@ -17,14 +17,14 @@ import torch
 from vlmdet.config import config_from_dict
 from vlmdet.data.records import load_image, load_records
 from vlmdet.demo import shipped_stage1
+from vlmdet.errors import UsageError
 from vlmdet.evaluate.rollout import HFRollout, RolloutBackend, make_backend
 from vlmdet.evaluate.vllm_rollout import VLLMRollout, request_seed
 from vlmdet.model.chat import encode_example
 
 PROMPT = {"system": "You detect objects.", "user": "List every object in the image as CoordJSON."}
-#: small KV cache (CPU), full-vocabulary log-probs so the coordinate mass is exact
-ROLLOUT = {"max_new_tokens": 96, "batch_size": 8, "vllm_kv_cache_gib": 0.25, "vllm_logprobs": -1,
-           "vllm_max_model_len": 1024}
+#: a small KV cache (CPU) and sequence cap
+ROLLOUT = {"max_new_tokens": 96, "batch_size": 8, "vllm_kv_cache_gib": 0.25, "vllm_max_model_len": 1024}
 #: observed max |vLLM - HF| over these tests: ~1e-5 (float32, different kernels and summation order)
 LOGPROB_ATOL = 1e-4
 
@@ -76,21 +76,9 @@ def test_vllm_greedy_equals_hf_generate(vllm_backend, hf_greedy, records):
         np.testing.assert_allclose(vl.coord_mass, hf.coord_mass, atol=LOGPROB_ATOL)
         n_stopped += vl.stopped
     assert n_stopped == len(records)  # the trained checkpoint closes its answers
+    coord = set(vllm_backend.loaded.coord_ids)
+    assert any(m > 0.5 for r in out for t, m in zip(r.token_ids, r.coord_mass) if t in coord)
     assert any("bbox_2d" in r.text for r in out)  # real detections, not empty answers
-
-
-def test_vllm_topk_coord_mass_is_a_lower_bound(loaded, records, hf_greedy):
-    """With the top-20 log-probs only, the chosen tokens' log-probs are unchanged and the coordinate
-    mass is at most the exact one (and close to it where the model writes a coordinate)."""
-    be = VLLMRollout(loaded, {**ROLLOUT, "vllm_logprobs": 20}, PROMPT)
-    out = be.generate(records[:4])
-    for hf, vl in zip(hf_greedy, out):
-        assert vl.token_ids == hf.token_ids
-        np.testing.assert_allclose(vl.logprobs, hf.logprobs, atol=LOGPROB_ATOL)
-        assert all(v <= h + LOGPROB_ATOL for v, h in zip(vl.coord_mass, hf.coord_mass))
-        coord_steps = [t for t, tid in enumerate(vl.token_ids) if tid in set(loaded.coord_ids)]
-        assert coord_steps
-        assert max(hf.coord_mass[t] - vl.coord_mass[t] for t in coord_steps) < 0.05
 
 
 def test_vllm_max_new_tokens(loaded, records, hf_greedy):
@@ -102,7 +90,7 @@ def test_vllm_max_new_tokens(loaded, records, hf_greedy):
 
 
 def test_vllm_sampling_is_seeded_per_call(loaded, records):
-    be = VLLMRollout(loaded, {**ROLLOUT, "do_sample": True, "temperature": 3.0, "max_new_tokens": 12}, PROMPT)
+    be = VLLMRollout(loaded, {**ROLLOUT, "do_sample": True, "temperature": 2.0, "max_new_tokens": 12}, PROMPT)
     a = be.generate(records[:4], seed=7)
     b = be.generate(records[:4], seed=7)
     c = be.generate(records[:4], seed=8)
@@ -111,6 +99,8 @@ def test_vllm_sampling_is_seeded_per_call(loaded, records):
     # the statistics stay those of the unprocessed distribution: temperature does not enter them
     assert all(lp < 0 for r in a for lp in r.logprobs)
     assert request_seed(7, 0) != request_seed(7, 1) != request_seed(8, 0)
+    with pytest.raises(UsageError, match="rollout.temperature: 3.0 must be in"):
+        VLLMRollout(loaded, {**ROLLOUT, "do_sample": True, "temperature": 3.0}, PROMPT)
 
 
 def test_vllm_repetition_penalty_matches_hf(loaded, records):
@@ -118,8 +108,13 @@ def test_vllm_repetition_penalty_matches_hf(loaded, records):
     hf = HFRollout(loaded, cfg, PROMPT, progress=False).generate(records[:4])
     vl = VLLMRollout(loaded, cfg, PROMPT).generate(records[:4])
     plain = HFRollout(loaded, {**cfg, "repetition_penalty": 1.0}, PROMPT, progress=False).generate(records[:4])
-    assert [r.token_ids for r in vl] == [r.token_ids for r in hf]
     assert [r.token_ids for r in hf] != [r.token_ids for r in plain]  # the penalty changed the answers
+    for h, v in zip(hf, vl):
+        assert v.token_ids == h.token_ids
+        # statistics before the penalty on both backends (HF's recorder runs first; vLLM's raw
+        # log-probs and the mass recorder run before penalties)
+        np.testing.assert_allclose(v.logprobs, h.logprobs, atol=LOGPROB_ATOL)
+        np.testing.assert_allclose(v.coord_mass, h.coord_mass, atol=LOGPROB_ATOL)
 
 
 def test_vllm_eval_metrics_equal_hf(loaded, records):

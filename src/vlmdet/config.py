@@ -130,7 +130,6 @@ class RolloutConfig:
     vllm_gpu_memory_utilization: float = 0.3
     vllm_kv_cache_gib: Optional[float] = None
     vllm_max_model_len: int = 4096
-    vllm_logprobs: int = 20
 
 
 @dataclass
@@ -205,7 +204,6 @@ RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "rollout.vllm_gpu_memory_utilization": (lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
     "rollout.vllm_kv_cache_gib": (lambda v: v is None or v > 0, "> 0"),
     "rollout.vllm_max_model_len": (lambda v: v >= 1, ">= 1"),
-    "rollout.vllm_logprobs": (lambda v: v == -1 or v >= 1, "-1 (the whole vocabulary) or >= 1"),
 }
 
 _DATA_PATH_KEYS = ("train", "val")

@@ -20,18 +20,17 @@ Seeds: `generate(records, seed)` gives record i the vLLM request seed
 (the same `seed` the HF backend gets: `cfg.seed + step` for eval, `rollout_seed(seed, step)` in
 Channel-B); the samples themselves differ from HF's (another random stream). `seed=None`: unseeded.
 
-Per-token statistics: `Rollout.logprobs[t]` is vLLM's raw log-probability of the chosen token
-(`logprobs_mode="raw_logprobs"`: before penalties, temperature and top-p, i.e. the model's
-unprocessed distribution, like HF's recorder). `Rollout.coord_mass[t]` is the probability mass of the
-coordinate tokens among the `rollout.vllm_logprobs` most likely tokens of step t (vLLM returns the
-top-k, not the full distribution): a lower bound of the true mass, exact with `vllm_logprobs: -1`
-(the whole vocabulary; slow on a large vocabulary).
+Per-token statistics, both from the model's unprocessed distribution, as on HF: `Rollout.logprobs[t]`
+is vLLM's raw log-probability of the chosen token (`logprobs_mode="raw_logprobs"`: before penalties,
+temperature and top-p); `Rollout.coord_mass[t]` is recorded by a logits processor installed in the
+engine (`coord_mass_processor`): vLLM returns only top-k log-probs, too few to sum 1000 coordinate
+tokens, so the mass is computed from the whole logits row inside the engine.
 
 Weight sync (`WeightSync`): before each `generate`, the engine's weights are made equal to
 `loaded.model`'s. A push happens only when a parameter changed since the last push (torch's
 per-tensor version counter, which every in-place update — optimizer steps included — increments, or
 a different model object), and hands every parameter to vLLM's in-place `reload_weights` (its
-HF-name mapping and post-load processing), then resets vLLM's prefix cache. `last_sync` holds the cost of the last call: {"pushed", "seconds",
+HF-name mapping and post-load processing), then resets vLLM's prefix and encoder caches. `last_sync` holds the cost of the last call: {"pushed", "seconds",
 "bytes"}. Under DDP every rank holds the full weights and the eval rank pushes its own; sharded
 parameters (FSDP, DeepSpeed ZeRO-3) are not gathered here and are refused.
 
@@ -47,6 +46,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from typing import Any, Sequence
 
 from vlmdet.errors import UsageError
@@ -54,6 +54,61 @@ from vlmdet.evaluate.rollout import Rollout, _cfg
 
 #: engines of this process: settings key -> vllm.LLM
 _ENGINES: dict[tuple, Any] = {}
+#: per request being generated: extra_args["vlmdet_mass"] -> {step: coordinate mass}
+_MASS_SINKS: dict[str, dict[int, float]] = {}
+
+
+def coord_mass_processor(coord_ids: Sequence[int]) -> type:
+    """A vLLM (v1) logits-processor class that records, for every request that carries
+    `extra_args["vlmdet_mass"]`, the coordinate-vocabulary mass of each step's distribution into
+    `_MASS_SINKS[key][step]` (step = tokens generated so far) and leaves the logits unchanged.
+
+    vLLM applies such processors to the model's float32 logits before penalties, temperature and
+    top-p (only `allowed_token_ids` / `bad_words`, which vlmdet never sets, come earlier), so the mass
+    is that of the unprocessed distribution. A step computed twice (chunked prefill, preemption) is
+    overwritten by its last computation."""
+    import torch
+    from vllm.v1.sample.logits_processor import LogitsProcessor, MoveDirectionality
+
+    ids = [int(i) for i in coord_ids]
+
+    class CoordMassRecorder(LogitsProcessor):
+        def __init__(self, vllm_config, device, is_pin_memory):
+            self.ids = torch.tensor(ids, dtype=torch.long, device=device)
+            self.rows: dict[int, tuple[dict, list]] = {}  # batch row -> (sink, the request's output ids)
+
+        def is_argmax_invariant(self) -> bool:
+            return False  # keeps it on the path greedy requests take too
+
+        def update_state(self, batch_update) -> None:
+            if batch_update is None:
+                return
+            for i in batch_update.removed:
+                self.rows.pop(i, None)
+            for i, params, _prompt, output_ids in batch_update.added:
+                key = (params.extra_args or {}).get("vlmdet_mass")
+                if key in _MASS_SINKS:
+                    self.rows[i] = (_MASS_SINKS[key], output_ids)
+                else:
+                    self.rows.pop(i, None)
+            for a, b, how in batch_update.moved:
+                ra, rb = self.rows.pop(a, None), self.rows.pop(b, None)
+                if ra is not None:
+                    self.rows[b] = ra
+                if how == MoveDirectionality.SWAP and rb is not None:
+                    self.rows[a] = rb
+
+        def apply(self, logits):
+            if self.rows:
+                rows = list(self.rows)
+                sub = logits[rows].float()
+                mass = (torch.logsumexp(sub.index_select(1, self.ids), -1) - torch.logsumexp(sub, -1)).exp()
+                for i, m in zip(rows, mass.tolist()):
+                    sink, output_ids = self.rows[i]
+                    sink[len(output_ids)] = m
+            return logits
+
+    return CoordMassRecorder
 
 
 def _allow_torchvision_without_ops() -> None:
@@ -81,7 +136,7 @@ def engine_key(path, dtype: str, rollout_cfg: Any) -> tuple:
     )
 
 
-def get_engine(path, dtype: str, rollout_cfg: Any, seed: int = 0):
+def get_engine(path, dtype: str, rollout_cfg: Any, coord_ids: Sequence[int], seed: int = 0):
     """The process's `vllm.LLM` for this checkpoint folder and settings (created once)."""
     key = engine_key(path, dtype, rollout_cfg)
     if key in _ENGINES:
@@ -104,7 +159,7 @@ def get_engine(path, dtype: str, rollout_cfg: Any, seed: int = 0):
         dtype=dtype_,
         max_model_len=max_len,
         gpu_memory_utilization=mem,
-        max_logprobs=-1,  # no engine-wide cap: each request asks for `rollout.vllm_logprobs`
+        logits_processors=[coord_mass_processor(coord_ids)],
         logprobs_mode="raw_logprobs",
         generation_config="vllm",
         limit_mm_per_prompt={"image": 1, "video": 0},
@@ -147,10 +202,12 @@ class WeightSync:
                     raise UsageError("rollout.backend vllm: sharded parameters (FSDP / ZeRO-3) are not supported")
                 named.append((name, p.detach()))
             # vLLM's in-place reload (its HF-name mapping, then its own post-load processing), then
-            # drop cached prompt KV computed with the old weights
+            # drop what was computed with the old weights: cached prompt KV and image embeddings
+            # (the scheduler's record of them too, or it would skip the vision encoder)
             self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(named),
                                                               "is_checkpoint_format": True})
             self.llm.reset_prefix_cache()
+            self.llm.llm_engine.reset_encoder_cache()
             self.state = state
             self.pushes += 1
             nbytes = sum(t.numel() * t.element_size() for _, t in named)
@@ -186,13 +243,13 @@ class VLLMRollout:
         self.temperature = float(_cfg(rollout_cfg, "temperature", 1.0))
         self.top_p = float(_cfg(rollout_cfg, "top_p", 1.0))
         self.repetition_penalty = float(_cfg(rollout_cfg, "repetition_penalty", 1.0))
-        self.n_logprobs = int(_cfg(rollout_cfg, "vllm_logprobs", 20))
+        if self.do_sample and not 0.0 < self.temperature <= 2.0:
+            raise UsageError(f"rollout.temperature: {self.temperature} must be in (0, 2] with rollout.backend vllm")
         self.sync_weights = sync
         self.progress = progress
         key = engine_key(loaded.path, dtype, rollout_cfg)
-        self.llm = get_engine(loaded.path, dtype, rollout_cfg, seed)
+        self.llm = get_engine(loaded.path, dtype, rollout_cfg, loaded.coord_ids, seed)
         self.sync = _SYNCS.setdefault(key, WeightSync(self.llm))
-        self._coord_set = frozenset(int(i) for i in loaded.coord_ids)
 
     @property
     def last_sync(self) -> dict:
@@ -213,7 +270,7 @@ class VLLMRollout:
         text = render_prompt(system_prompt(self.prompt_cfg), user_prompt(self.prompt_cfg), 1)
         return {"prompt": text, "multi_modal_data": {"image": image}}
 
-    def _params(self, seed: int | None, index: int):
+    def _params(self, seed: int | None, index: int, mass_key: str | None = None):
         from vllm import SamplingParams
 
         sampling = {"temperature": self.temperature, "top_p": self.top_p} if self.do_sample else {"temperature": 0.0}
@@ -223,15 +280,14 @@ class VLLMRollout:
             repetition_penalty=self.repetition_penalty,
             stop_token_ids=[self.loaded.eot_id],
             ignore_eos=True,
-            logprobs=self.n_logprobs,
+            logprobs=0,  # the chosen token's log-prob only
             seed=None if seed is None else request_seed(seed, index),
+            extra_args=None if mass_key is None else {"vlmdet_mass": mass_key},
             detokenize=False,
             skip_special_tokens=False,
         )
 
-    def _rollout(self, completion) -> Rollout:
-        import math
-
+    def _rollout(self, completion, mass_by_step: dict[int, float]) -> Rollout:
         from vlmdet.model.load import token_pieces
 
         eot = self.loaded.eot_id
@@ -241,8 +297,7 @@ class VLLMRollout:
         ids = ids[:n]
         steps = list(completion.logprobs or [])[:n]
         logprobs = [float(step[t].logprob) for step, t in zip(steps, ids)]
-        coord = self._coord_set
-        mass = [sum(math.exp(lp.logprob) for tid, lp in step.items() if tid in coord) for step in steps]
+        mass = [float(mass_by_step.get(t, float("nan"))) for t in range(n)]
         pieces = token_pieces(self.loaded.tokenizer, ids)
         text = "".join(pieces[: n - 1] if stopped else pieces)
         return Rollout(token_ids=ids, logprobs=logprobs, coord_mass=mass, stopped=stopped,
@@ -256,6 +311,13 @@ class VLLMRollout:
         if not records:
             return []
         prompts = [self._prompt(r) for r in records]
-        params = [self._params(seed, i) for i in range(len(records))]
-        outs = self.llm.generate(prompts, params, use_tqdm=self.progress)
-        return [self._rollout(o.outputs[0]) for o in outs]
+        keys = [uuid.uuid4().hex for _ in records]
+        for k in keys:
+            _MASS_SINKS[k] = {}
+        try:
+            params = [self._params(seed, i, k) for i, k in enumerate(keys)]
+            outs = self.llm.generate(prompts, params, use_tqdm=self.progress)
+            return [self._rollout(o.outputs[0], _MASS_SINKS[k]) for o, k in zip(outs, keys)]
+        finally:
+            for k in keys:
+                _MASS_SINKS.pop(k, None)
