@@ -178,3 +178,11 @@ def test_vllm_weight_sync_after_optimizer_step(loaded, records, hf_greedy):
     # back to the original policy: pushed again (another model object), old answers again
     back = VLLMRollout(loaded, ROLLOUT, PROMPT).generate(records)
     assert [r.token_ids for r in back] == [r.token_ids for r in hf_greedy]
+
+    # writes through `.data` (DeepSpeed's) keep the version counter; the fingerprint still sees them
+    fp = be.sync.fingerprint(policy)
+    p = next(policy.parameters())
+    version = p._version
+    p.data.add_(1e-3)
+    assert p._version == version
+    assert be.sync.fingerprint(policy) != fp

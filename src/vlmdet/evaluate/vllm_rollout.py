@@ -27,10 +27,12 @@ engine (`coord_mass_processor`): vLLM returns only top-k log-probs, too few to s
 tokens, so the mass is computed from the whole logits row inside the engine.
 
 Weight sync (`WeightSync`): before each `generate`, the engine's weights are made equal to
-`loaded.model`'s. A push happens only when a parameter changed since the last push (torch's
-per-tensor version counter, which every in-place update — optimizer steps included — increments, or
-a different model object), and hands every parameter to vLLM's in-place `reload_weights` (its
-HF-name mapping and post-load processing), then resets vLLM's prefix and encoder caches. `last_sync` holds the cost of the last call: {"pushed", "seconds",
+`loaded.model`'s. A push happens only when a parameter changed since the last push (`WeightSync.fingerprint`:
+torch's per-tensor version counters, which every in-place update — optimizer steps included —
+increments, plus sums of a strided sample of each parameter, which also catch writes through
+`.data`; or a different model object), and hands every parameter to vLLM's in-place `reload_weights` (its
+HF-name mapping and post-load processing), repacks the CPU backend's copy of a tied output head
+(`repack_cpu_embeddings`), then resets vLLM's prefix and encoder caches. `last_sync` holds the cost of the last call: {"pushed", "seconds",
 "bytes"}. Under DDP every rank holds the full weights and the eval rank pushes its own; sharded
 parameters (FSDP, DeepSpeed ZeRO-3) are not gathered here and are refused.
 
@@ -188,13 +190,21 @@ class WeightSync:
         self.pushes = 0
 
     @staticmethod
-    def _versions(model) -> tuple:
-        return tuple(p._version for p in model.parameters())
+    def fingerprint(model) -> tuple:
+        """(model object, per-parameter version counters, per-parameter sums of <= 256 strided
+        values as float64 bytes). Version counters see every in-place update of a parameter; the
+        sampled sums also see writes through `.data` (which keep the counter), as DeepSpeed's."""
+        import torch
+
+        params = list(model.parameters())
+        with torch.no_grad():
+            sums = torch.stack([p.detach().reshape(-1)[:: max(1, p.numel() // 256)].double().sum() for p in params])
+        return id(model), tuple(p._version for p in params), sums.cpu().numpy().tobytes()
 
     def push(self, model, force: bool = False) -> dict:
         """Copy `model`'s parameters into the engine if they changed; returns `last_sync`."""
-        state = (id(model), self._versions(model))
         t0 = time.perf_counter()
+        state = self.fingerprint(model)
         if force or state != self.state:
             named = []
             for name, p in model.named_parameters():
@@ -206,6 +216,7 @@ class WeightSync:
             # (the scheduler's record of them too, or it would skip the vision encoder)
             self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(named),
                                                               "is_checkpoint_format": True})
+            self.llm.apply_model(repack_cpu_embeddings)
             self.llm.reset_prefix_cache()
             self.llm.llm_engine.reset_encoder_cache()
             self.state = state
@@ -215,6 +226,18 @@ class WeightSync:
         else:
             self.last_sync = {"pushed": 0.0, "seconds": time.perf_counter() - t0, "bytes": 0.0}
         return self.last_sync
+
+
+def repack_cpu_embeddings(model) -> None:
+    """On vLLM's CPU backend, embedding-type layers (the input embedding and the output head) also
+    keep a packed copy of their weight for the logits matmul. The in-place reload skips a tied output
+    head (its weight is the embedding's, updated in place), so its packed copy would keep the old
+    weights: repack every such layer from its current weight. A no-op elsewhere."""
+    from vllm.model_executor.layers.vocab_parallel_embedding import VocabParallelEmbedding
+
+    for module in model.modules():
+        if isinstance(module, VocabParallelEmbedding) and hasattr(module, "cpu_linear"):
+            module.quant_method.process_weights_after_loading(module)
 
 
 #: engine key -> its WeightSync (one per engine, shared by every VLLMRollout on it)
