@@ -23,14 +23,14 @@ import tempfile
 import time
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--max-new-tokens", type=int, default=96)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--checkpoint", default=None, help="checkpoint folder (default: the shipped demo Stage-1)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
@@ -51,8 +51,7 @@ def main() -> None:
     records = load_records(os.path.join(tmp, "val.jsonl"))
     loaded = load_model(ckpt)
     prompt = {"system": "You detect objects.", "user": "List every object in the image as CoordJSON."}
-    base = {"max_new_tokens": args.max_new_tokens, "vllm_kv_cache_gib": 1,
-            "vllm_max_model_len": 1024}
+    base = {"max_new_tokens": args.max_new_tokens, "vllm_kv_cache_gib": 0.25, "vllm_max_model_len": 1024}
 
     t0 = time.perf_counter()
     vl = VLLMRollout(loaded, base, prompt)

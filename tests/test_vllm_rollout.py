@@ -186,3 +186,19 @@ def test_vllm_weight_sync_after_optimizer_step(loaded, records, hf_greedy):
     p.data.add_(1e-3)
     assert p._version == version
     assert be.sync.fingerprint(policy) != fp
+
+
+def test_vllm_bench_rollout_script_runs(capsys):
+    """benchmarks/bench_rollout.py (docs/BENCHMARKS.md) with tiny numbers, in this process (same engine)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_rollout.py"
+    spec = importlib.util.spec_from_file_location("bench_rollout", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.main(["--batches", "1", "2", "--repeats", "1", "--max-new-tokens", "8"])
+    out = capsys.readouterr().out
+    assert "weight push:" in out
+    assert "| 1 |" in out and "| 2 |" in out
+    assert "(2/2 answers token-identical)" in out
