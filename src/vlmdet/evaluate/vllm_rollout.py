@@ -121,6 +121,8 @@ def _allow_torchvision_without_ops() -> None:
     registrations then fail the import. `scripts/setup.sh vllm` guards those two registrations."""
     try:
         import torchvision  # noqa: F401
+    except ImportError:  # not installed: vllm's own import says what is missing
+        return
     except RuntimeError as err:
         raise UsageError(
             f"rollout.backend vllm: torchvision cannot be imported ({err}); "
