@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
+    from vlmdet.config import PromptConfig
     from vlmdet.data.records import load_records
     from vlmdet.data.synth import make_synth
     from vlmdet.demo import shipped_stage1
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     make_synth(tmp, n_train=1, n_val=max(args.batches), seed=3)
     records = load_records(os.path.join(tmp, "val.jsonl"))
     loaded = load_model(ckpt)
-    prompt = {"system": "You detect objects.", "user": "List every object in the image as CoordJSON."}
+    prompt = PromptConfig(system="You detect objects.", user="List every object in the image as CoordJSON.")
     base = {"max_new_tokens": args.max_new_tokens, "vllm_kv_cache_gib": 0.25, "vllm_max_model_len": 1024}
 
     t0 = time.perf_counter()

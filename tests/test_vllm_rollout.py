@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from vlmdet.config import config_from_dict
+from vlmdet.config import PromptConfig, config_from_dict
 from vlmdet.data.records import load_image, load_records
 from vlmdet.demo import shipped_stage1
 from vlmdet.errors import UsageError
@@ -22,7 +22,8 @@ from vlmdet.evaluate.rollout import HFRollout, RolloutBackend, make_backend
 from vlmdet.evaluate.vllm_rollout import VLLMRollout, request_seed
 from vlmdet.model.chat import encode_example
 
-PROMPT = {"system": "You detect objects.", "user": "List every object in the image as CoordJSON."}
+PROMPT_TEXT = {"system": "You detect objects.", "user": "List every object in the image as CoordJSON."}
+PROMPT = PromptConfig(**PROMPT_TEXT)
 #: a small KV cache (CPU) and sequence cap
 ROLLOUT = {"max_new_tokens": 96, "batch_size": 8, "vllm_kv_cache_gib": 0.25, "vllm_max_model_len": 1024}
 #: observed max |vLLM - HF| over these tests: ~1e-5 (float32, different kernels and summation order)
@@ -120,7 +121,7 @@ def test_vllm_repetition_penalty_matches_hf(loaded, records):
 def test_vllm_eval_metrics_equal_hf(loaded, records):
     from vlmdet.evaluate.runner import run_rollout_eval
 
-    cfg = config_from_dict({"prompt": PROMPT, "rollout": {**ROLLOUT, "backend": "vllm"},
+    cfg = config_from_dict({"prompt": PROMPT_TEXT, "rollout": {**ROLLOUT, "backend": "vllm"},
                             "eval": {"max_samples": 8}, "monitor": {"enabled": False}})
     backend = make_backend(loaded, cfg)
     assert isinstance(backend, VLLMRollout)

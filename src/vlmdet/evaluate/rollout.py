@@ -37,6 +37,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
+from vlmdet.data.records import load_image
+from vlmdet.errors import UsageError
+from vlmdet.evaluate.constrained import grammar_for, CoordJSONLogitsProcessor
+from vlmdet.model.chat import encode_example
+from vlmdet.model.collate import Collator
+from vlmdet.model.load import token_pieces
+
 
 @dataclass(slots=True)
 class Rollout:
@@ -155,8 +162,6 @@ class HFRollout:
     @property
     def grammar(self):
         if self._grammar is None:
-            from vlmdet.evaluate.constrained import grammar_for
-
             self._grammar = grammar_for(self.loaded, self.field_order)
         return self._grammar
 
@@ -184,8 +189,6 @@ class HFRollout:
             procs.append(RepetitionPenaltyLogitsProcessor(self.repetition_penalty))
         procs += self._extra(records)
         if self.constrained:
-            from vlmdet.evaluate.constrained import CoordJSONLogitsProcessor
-
             procs.append(CoordJSONLogitsProcessor(self.grammar, prompt_len, self.max_new_tokens))
         if self.do_sample and self.temperature != 1.0:
             procs.append(TemperatureLogitsWarper(self.temperature))
@@ -194,10 +197,6 @@ class HFRollout:
         return procs
 
     def _encode(self, records):
-        from vlmdet.data.records import load_image
-        from vlmdet.model.chat import encode_example
-        from vlmdet.model.collate import Collator
-
         keys = ("input_ids", "mm_token_type_ids", "pixel_values", "image_grid_thw")
         examples = []
         for rec in records:
@@ -209,7 +208,6 @@ class HFRollout:
         import torch
         from transformers import LogitsProcessorList
 
-        from vlmdet.model.load import token_pieces
 
         model = self.loaded.model
         batch = self._encode(records)
@@ -297,11 +295,10 @@ def make_backend(loaded, cfg, *, constrained: bool | None = None, **kwargs) -> R
     (`evaluate.vllm_rollout.VLLMRollout`, one cached engine per process). The grammar-constrained
     pass and extra logits processors need a per-step hook that only `HFRollout` has: they always run
     on HF (docs/EVALUATION.md)."""
-    from vlmdet.errors import UsageError
-
     name = cfg.rollout.backend
     use_constraint = bool(cfg.rollout.constrained if constrained is None else constrained)
     if name == "vllm" and not use_constraint and not kwargs.get("extra_processors"):
+        # imported here: vllm_rollout builds on this module (Rollout), and vllm is an optional extra
         from vlmdet.evaluate.vllm_rollout import VLLMRollout
 
         return VLLMRollout(loaded, cfg.rollout, cfg.prompt, dtype=cfg.model.dtype, seed=int(cfg.seed),

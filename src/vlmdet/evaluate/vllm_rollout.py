@@ -51,8 +51,14 @@ import time
 import uuid
 from typing import Any, Sequence
 
+import numpy as np
+import torch
+
+from vlmdet.data.records import load_image
 from vlmdet.errors import UsageError
 from vlmdet.evaluate.rollout import Rollout, _cfg
+from vlmdet.model.chat import render_prompt, system_prompt, user_prompt
+from vlmdet.model.load import token_pieces
 
 #: engines of this process: settings key -> vllm.LLM
 _ENGINES: dict[tuple, Any] = {}
@@ -69,7 +75,6 @@ def coord_mass_processor(coord_ids: Sequence[int]) -> type:
     top-p (only `allowed_token_ids` / `bad_words`, which vlmdet never sets, come earlier), so the mass
     is that of the unprocessed distribution. A step computed twice (chunked prefill, preemption) is
     overwritten by its last computation."""
-    import torch
     from vllm.v1.sample.logits_processor import LogitsProcessor, MoveDirectionality
 
     ids = [int(i) for i in coord_ids]
@@ -177,8 +182,6 @@ def get_engine(path, dtype: str, rollout_cfg: Any, coord_ids: Sequence[int], see
 
 def request_seed(seed: int, index: int) -> int:
     """vLLM request seed of record `index` in a call seeded with `seed` (module docstring)."""
-    import numpy as np
-
     return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1)[0])
 
 
@@ -196,8 +199,6 @@ class WeightSync:
         """(model object, per-parameter version counters, per-parameter sums of <= 256 strided
         values as float64 bytes). Version counters see every in-place update of a parameter; the
         sampled sums also see writes through `.data` (which keep the counter), as DeepSpeed's."""
-        import torch
-
         params = list(model.parameters())
         with torch.no_grad():
             sums = torch.stack([p.detach().reshape(-1)[:: max(1, p.numel() // 256)].double().sum() for p in params])
@@ -281,8 +282,6 @@ class VLLMRollout:
         return self.sync.last_sync
 
     def _prompt(self, record) -> dict:
-        from vlmdet.data.records import load_image
-        from vlmdet.model.chat import render_prompt, system_prompt, user_prompt
 
         image = load_image(record)
         proc = self.loaded.processor
@@ -313,7 +312,6 @@ class VLLMRollout:
         )
 
     def _rollout(self, completion, mass_by_step: dict[int, float]) -> Rollout:
-        from vlmdet.model.load import token_pieces
 
         eot = self.loaded.eot_id
         ids = [int(t) for t in completion.token_ids]
