@@ -217,7 +217,7 @@ class Stage2Config:
 @dataclass
 class RolloutConfig:
     backend: str = "hf"
-    """generation backend: hf"""
+    """generation backend: hf or vllm (docs/EVALUATION.md)"""
     max_new_tokens: int = 256
     """generation length limit"""
     batch_size: int = 16
@@ -232,6 +232,12 @@ class RolloutConfig:
     """transformers repetition penalty (1.0 = off)"""
     constrained: bool = False
     """grammar-constrained decoding of CoordJSON"""
+    vllm_gpu_memory_utilization: float = 0.3
+    """backend vllm: the engine's share of GPU memory (weights + KV cache)"""
+    vllm_kv_cache_gib: Optional[float] = None
+    """backend vllm: explicit KV-cache size in GiB (set it on CPU; null: from the memory share)"""
+    vllm_max_model_len: int = 4096
+    """backend vllm: prompt + answer tokens per sequence"""
 
 
 @dataclass
@@ -315,7 +321,7 @@ CHOICES: dict[str, tuple] = {
     "stage2.softctx_grad_mode": ("unroll", "em_detach"),
     "stage2.ctx_embed_mode": ("soft", "st", "hard"),
     "eval.score_source": ("coord_logprob", "constant"),
-    "rollout.backend": ("hf",),
+    "rollout.backend": ("hf", "vllm"),
 }
 
 #: dotted path -> (check, rule text) for numeric ranges.
@@ -333,6 +339,9 @@ RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "eval.eval_steps": (lambda v: v >= 0, ">= 0"),
     "rollout.max_new_tokens": (lambda v: v >= 1, ">= 1"),
     "rollout.batch_size": (lambda v: v >= 1, ">= 1"),
+    "rollout.vllm_gpu_memory_utilization": (lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
+    "rollout.vllm_kv_cache_gib": (lambda v: v is None or v > 0, "> 0"),
+    "rollout.vllm_max_model_len": (lambda v: v >= 1, ">= 1"),
 }
 
 _DATA_PATH_KEYS = ("train", "val")

@@ -31,7 +31,8 @@ uses 1.0). Metrics:
   coord_vocab_mass_gen (mean coordinate-vocabulary mass at those slots, whatever was emitted there);
 - generation: hit_max_new_tokens_rate, stopped_rate, gen_tokens_mean, coord_vocab_mass_gen_emitted
   (mean coordinate-vocabulary mass at the steps that emitted a coordinate token, anywhere);
-- eval_time/{generate_s, total_s, tokens_per_s, samples_per_s}.
+- eval_time/{generate_s, total_s, tokens_per_s, samples_per_s} (+ weight_sync_s with the vLLM backend:
+  the part of generate_s spent copying the policy's weights into the engine, 0 when unchanged).
 All prefixed `eval_rollout/` (or `eval_rollout_constrained/` for the constrained pass) except eval_time/*
 (`eval_time_constrained/*` for the constrained pass).
 """
@@ -249,6 +250,9 @@ def evaluate_pass(loaded, records, cfg, backend, seed: int | None = None):
         "tokens_per_s": tokens / gen_s if gen_s > 0 else 0.0,
         "samples_per_s": len(records) / gen_s if gen_s > 0 else 0.0,
     }
+    sync = getattr(backend, "last_sync", None)  # a backend that copies the policy's weights (vLLM)
+    if sync is not None:
+        timing["weight_sync_s"] = float(sync["seconds"])
     return samples, metrics, timing, score_source
 
 
