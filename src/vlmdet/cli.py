@@ -4,7 +4,12 @@ Each command module defines `add_arguments(parser: argparse.ArgumentParser) -> N
 `run(args: argparse.Namespace) -> int` (the exit status). Only the chosen command's module is
 imported, so light commands (`vlmdet parse`) start without importing torch.
 
-Exit status: 0 success, 1 the job ran but failed a check, 2 bad input (with a `file:line` message).
+Exit status: 0 success, 1 the job ran but failed a check, 2 bad input or an expected failure,
+with one line on stderr: `vlmdet <command>: error: file[:line]: rule` or `... option: rule`, no
+traceback. Expected failures: `UsageError` (bad files, flags, config values; every module raises it
+with the place and the rule), an `OSError` (a path that cannot be read or written: the path and the
+reason), `MemoryError`, and Ctrl-C (exit 130). `--debug` (before or after the command name) or
+`VLMDET_DEBUG=1` shows the traceback instead. Any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import importlib
+import os
 import sys
 
 from vlmdet.errors import UsageError
@@ -39,8 +45,21 @@ def _top_help() -> str:
     return "\n".join(lines)
 
 
+def _one_line(err: BaseException) -> str:
+    """The message of an expected failure, on one line."""
+    if isinstance(err, OSError) and err.strerror:
+        where = err.filename if err.filename is not None else ""
+        return f"{where}: {err.strerror}" if where else err.strerror
+    if isinstance(err, MemoryError):
+        return "out of memory"
+    text = " ".join(str(err).split())
+    return text or type(err).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = os.environ.get("VLMDET_DEBUG", "") not in ("", "0") or "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     if not argv or argv[0] in ("-h", "--help"):
         print(_top_help())
         return 0
@@ -58,11 +77,20 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[name][0])
     parser = argparse.ArgumentParser(prog=f"vlmdet {name}", description=COMMANDS[name][1])
     module.add_arguments(parser)
-    args = parser.parse_args(argv[1:])
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (or VLMDET_DEBUG=1)")
+    parse = parser.parse_intermixed_args if getattr(module, "INTERMIXED_ARGS", False) else parser.parse_args
+    args = parse(argv[1:])
     try:
         return int(module.run(args) or 0)
-    except UsageError as err:
-        print(f"vlmdet {name}: error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"vlmdet {name}: interrupted", file=sys.stderr)
+        return 130
+    except (UsageError, OSError, MemoryError) as err:
+        if debug:
+            raise
+        print(f"vlmdet {name}: error: {_one_line(err)}", file=sys.stderr)
         return 2
 
 

@@ -3,8 +3,9 @@
 - `RunLogCallback(run)`: every Trainer log event (`on_log`: training logs with `loss/*`,
   `coord_diag/*`, `learning_rate`, ...; the end-of-training summary; eval metrics) is appended to the
   run's `logging.jsonl` via `RunDir.log`, stamped with the optimizer step, on the main process only.
-- `SaveProcessorCallback(loaded)`: after each checkpoint save, writes the tokenizer and the image
-  processor into `checkpoint-<step>/` (main process), so a checkpoint loads with `model/load.load_model`.
+- `save_processor(loaded, folder)`: the tokenizer and the image processor, written into every
+  checkpoint by `DetTrainer._save_checkpoint` before the checkpoint is sealed (train/checkpoint.py),
+  so a checkpoint loads with `model/load.load_model`.
 - `RolloutEvalCallback(cfg, run, loaded, records)`: rollout eval (generate -> parse -> match ->
   metrics, DESIGN §3) at every `eval.eval_steps` optimizer steps (0 = off) and at each step listed in
   `eval.steps`. The work is done by `vlmdet.evaluate.runner.run_rollout_eval` (imported lazily; if
@@ -54,21 +55,6 @@ def save_processor(loaded, folder) -> None:
     """Write the tokenizer and image processor of `loaded` into `folder`."""
     loaded.tokenizer.save_pretrained(str(folder))
     loaded.processor.save_pretrained(str(folder))
-
-
-class SaveProcessorCallback(TrainerCallback):
-    """Add tokenizer + image processor files to every `checkpoint-<step>/` (main process)."""
-
-    def __init__(self, loaded):
-        self.loaded = loaded
-
-    def on_save(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
-            from pathlib import Path
-
-            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            if folder.is_dir():
-                save_processor(self.loaded, folder)
 
 
 def eval_due(step: int, eval_cfg) -> bool:

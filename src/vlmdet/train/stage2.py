@@ -28,8 +28,8 @@ from vlmdet.train.schedule import is_channel_b, schedule_metrics
 def find_loaded(trainer, model):
     """The `model.load.Loaded` of the run, with `.model` the unwrapped training model.
 
-    Looks for `trainer.loaded`, then for a callback holding `.loaded` (the train CLI registers
-    `SaveProcessorCallback(loaded)` / `RolloutEvalCallback(..., loaded, ...)`)."""
+    Looks for `trainer.loaded` (the train CLI sets it), then for a callback holding `.loaded`
+    (`RolloutEvalCallback(..., loaded, ...)`)."""
     from vlmdet.train.forward import unwrap
 
     loaded = getattr(trainer, "loaded", None)

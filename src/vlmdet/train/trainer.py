@@ -14,6 +14,10 @@ where `loss` is the scalar to back-propagate and `logs` a dict of floats (`loss/
   (the Stage-2 AB channel dispatch; it may use `trainer.cfg`, `trainer.coord_ids`,
   `trainer.state.global_step`, and the helpers in `train/forward.py` and `train/objective.py`).
 
+Checkpoints: `_save_checkpoint` wraps the stock one with `train/checkpoint.save_trainer_checkpoint`
+(staged write + completion record + rename: a checkpoint-<step> folder only ever appears complete)
+and adds the tokenizer and image processor (`trainer.loaded`) before the rename.
+
 Logging: `compute_loss` adds each training micro-batch's `logs` to a `MetricWindow`; `log` (called by
 the Trainer on every rank at each `logging_steps`) merges the window means, combined across ranks,
 into the Trainer's own training log (`loss`, `grad_norm`, `learning_rate`, ...), from where
@@ -102,6 +106,8 @@ class DetTrainer(Trainer):
     """
 
     loss_is_scaled_for_ga = False
+    _staging: str | None = None  # set by checkpoint.save_trainer_checkpoint while a save runs
+    loaded = None  # model/load.Loaded: its tokenizer + image processor go into every checkpoint
 
     def __init__(self, *args, vlm_cfg, coord_ids, **kwargs):
         super().__init__(*args, **kwargs)
@@ -114,6 +120,16 @@ class DetTrainer(Trainer):
         if model.training:
             self.metric_window.add(logs)
         return (loss, {"loss": loss}) if return_outputs else loss
+
+    def _get_output_dir(self, trial) -> str:
+        return self._staging if self._staging is not None else super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        from vlmdet.train.callbacks import save_processor
+        from vlmdet.train.checkpoint import save_trainer_checkpoint
+
+        extra = (lambda folder: save_processor(self.loaded, folder)) if self.loaded is not None else None
+        save_trainer_checkpoint(self, super()._save_checkpoint, model, trial, extra)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:  # a training log (eval logs carry eval_* keys, the end-of-train summary train_*)
