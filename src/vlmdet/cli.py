@@ -37,6 +37,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """`argparse` whose errors are one line (`vlmdet <command>: error: option: rule`) and exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (--help for usage)\n")
+
+
 def _top_help() -> str:
     width = max(len(c) for c in COMMANDS)
     lines = ["usage: vlmdet <command> [options]", "", "commands:"]
@@ -75,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vlmdet: unknown command {name!r}{hint}\n\n{_top_help()}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[name][0])
-    parser = argparse.ArgumentParser(prog=f"vlmdet {name}", description=COMMANDS[name][1])
+    parser = OneLineParser(prog=f"vlmdet {name}", description=COMMANDS[name][1])
     module.add_arguments(parser)
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error (or VLMDET_DEBUG=1)")
     parse = parser.parse_intermixed_args if getattr(module, "INTERMIXED_ARGS", False) else parser.parse_args

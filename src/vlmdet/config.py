@@ -264,13 +264,15 @@ def _check_yaml_size(data: Any) -> None:
             stack.extend((c, depth + 1) for c in items)
 
 
-def _yaml_error_text(err: Exception) -> str:
-    """One line from a PyYAML error: `line N: problem (context)`, no source excerpt."""
+def _yaml_error_text(err: Exception) -> tuple[int | None, str]:
+    """(line number or None, one-line text) of a PyYAML error (no source excerpt, no stream name)."""
     mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
     problem = getattr(err, "problem", None) or str(err).splitlines()[0]
     context = getattr(err, "context", None)
-    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-    return f"{where}{problem}" + (f" ({context})" if context else "")
+    text = problem + (f" ({context})" if context else "")
+    if mark is None:
+        return None, text
+    return mark.line + 1, f"{text}, column {mark.column + 1}"
 
 
 def _safe_load(text: str) -> Any:
@@ -309,9 +311,8 @@ def _read_yaml(path: Path) -> dict:
     try:
         data = _safe_load(text)
     except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        raise UsageError(f"{path}{line}: bad YAML: {_yaml_error_text(err)}") from None
+        line, text = _yaml_error_text(err)
+        raise UsageError(f"{path}{'' if line is None else f':{line}'}: bad YAML: {text}") from None
     except ValueError as err:  # a limit of _safe_load, or an int PyYAML cannot convert
         raise UsageError(f"{path}: config rejected: {err}") from None
     if data is None:
@@ -369,7 +370,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         return parts, _safe_load(value)
     except yaml.YAMLError as err:
-        raise UsageError(f"bad override {text!r}: value is not valid YAML: {_yaml_error_text(err)}") from None
+        raise UsageError(f"bad override {text!r}: value is not valid YAML: {_yaml_error_text(err)[1]}") from None
     except ValueError as err:
         raise UsageError(f"bad override {text!r}: {err}") from None
 

@@ -15,24 +15,26 @@ import json
 import time
 from collections import Counter
 
+from vlmdet.options import bounded
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="data_command", required=True, metavar="{synth,coco,validate}")
 
     p = sub.add_parser("synth", help="write the synthetic coloured-shapes data set")
     p.add_argument("--out", required=True, help="output folder (images/, train.jsonl, val.jsonl, manifest.json)")
-    p.add_argument("--train", type=int, default=2000, help="train images (default 2000)")
-    p.add_argument("--val", type=int, default=100, help="val images (default 100)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", type=int, default=128, help="image side in pixels, a multiple of 32 (default 128)")
-    p.add_argument("--max-objects", type=int, default=4, help="objects per image: 1..N (default 4)")
+    p.add_argument("--train", type=bounded(int, lambda v: v >= 0, ">= 0"), default=2000, help="train images (default 2000)")
+    p.add_argument("--val", type=bounded(int, lambda v: v >= 0, ">= 0"), default=100, help="val images (default 100)")
+    p.add_argument("--seed", type=bounded(int, lambda v: 0 <= v < 2**32, "in [0, 2**32)"), default=0)
+    p.add_argument("--size", type=bounded(int, lambda v: v >= 32 and v % 32 == 0, "a multiple of 32, >= 32"), default=128, help="image side in pixels, a multiple of 32 (default 128)")
+    p.add_argument("--max-objects", type=bounded(int, lambda v: v >= 1, ">= 1"), default=4, help="objects per image: 1..N (default 4)")
 
     p = sub.add_parser("coco", help="convert a COCO instances JSON to vlmdet JSONL")
     p.add_argument("--instances", required=True, help="instances_<split>.json")
     p.add_argument("--images", required=True, help="folder holding the images' file_name paths")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--max-objects", type=int, default=None, help="drop images with more objects than this")
-    p.add_argument("--max-pixels", type=int, default=None, help="pixel budget of the resized images (e.g. 786432)")
+    p.add_argument("--max-objects", type=bounded(int, lambda v: v >= 1, ">= 1"), default=None, help="drop images with more objects than this")
+    p.add_argument("--max-pixels", type=bounded(int, lambda v: v >= 32 * 32, ">= 1024 (32 x 32)"), default=None, help="pixel budget of the resized images (e.g. 786432)")
     p.add_argument("--split", default=None, help="output name (default: from the instances file name)")
 
     p = sub.add_parser("validate", help="check a data JSONL file against the record contract")

@@ -26,6 +26,7 @@ import math
 from pathlib import Path
 
 from vlmdet.errors import DataError
+from vlmdet.options import bounded
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='JSONL of {"image_id", "objects": [{"desc", "bbox_2d" (pixels), "score"?}]}')
     parser.add_argument("--out", type=Path, default=None,
                         help="metrics JSON path (default: <PRED stem>.metrics.json next to PRED)")
-    parser.add_argument("--f1-iou", type=float, default=0.5, help="IoU threshold of the Hungarian F1 (default 0.5)")
+    parser.add_argument("--f1-iou", type=bounded(float, lambda v: 0 < v <= 1, "in (0, 1]"), default=0.5, help="IoU threshold of the Hungarian F1 (default 0.5)")
 
 
 def _number(v) -> bool:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from vlmdet.coords import COORD_TOKENS, NUM_BINS
 from vlmdet.errors import UsageError
+from vlmdet.options import bounded
 
 NOISE_SCALE = 0.1
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".safetensors.index.json", ".bin.index.json")
@@ -57,8 +58,10 @@ def expand_vocab(src, dst, seed: int = 0) -> dict:
     if dst.exists() and any(dst.iterdir()):
         raise UsageError(f"{dst}: already exists and is not empty; choose a new folder")
 
-    tokenizer = AutoTokenizer.from_pretrained(str(src))
-    model = AutoModelForImageTextToText.from_pretrained(str(src), dtype="auto")
+    from vlmdet.model.load import load_part
+
+    tokenizer = load_part(src, "tokenizer", lambda: AutoTokenizer.from_pretrained(str(src)))
+    model = load_part(src, "model", lambda: AutoModelForImageTextToText.from_pretrained(str(src), dtype="auto"))
     vocab = tokenizer.get_vocab()
     n_tok_before = len(tokenizer)
     rows_before = model.get_input_embeddings().weight.shape[0]
@@ -126,7 +129,7 @@ def expand_vocab(src, dst, seed: int = 0) -> dict:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("src", help="source checkpoint folder (left unchanged)")
     parser.add_argument("dst", help="new checkpoint folder to write (must not exist)")
-    parser.add_argument("--seed", type=int, default=0, help="seed for the new embedding rows (default 0)")
+    parser.add_argument("--seed", type=bounded(int, lambda v: 0 <= v < 2**32, "in [0, 2**32)"), default=0, help="seed for the new embedding rows (default 0)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -136,12 +136,26 @@ def token_pieces(tokenizer, ids: Sequence[int]) -> list[str]:
     return pieces
 
 
+def load_part(path: Path, what: str, load):
+    """`load()` (a `from_pretrained` call on a user-given folder); any failure of it (a truncated or
+    garbage safetensors file, corrupt JSON, a missing tokenizer file: transformers, tokenizers and
+    safetensors each raise their own types) becomes a one-line `UsageError` naming the folder and
+    the part."""
+    try:
+        return load()
+    except UsageError:
+        raise
+    except Exception as err:  # noqa: BLE001 (the boundary to third-party loaders; the cause is chained)
+        text = " ".join(str(err).split()) or type(err).__name__
+        raise UsageError(f"{path}: cannot load the {what}: {text[:200]}") from err
+
+
 def load_image_processor(path: Path):
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     if not (path / "preprocessor_config.json").exists():
         raise UsageError(f"{path}: no preprocessor_config.json (not a vision-language checkpoint?)")
-    return Qwen2VLImageProcessorPil.from_pretrained(str(path))
+    return load_part(path, "image processor", lambda: Qwen2VLImageProcessorPil.from_pretrained(str(path)))
 
 
 def load_model(name_or_path: str, dtype: str = "float32", attn_implementation: str = "sdpa") -> Loaded:
@@ -157,12 +171,12 @@ def load_model(name_or_path: str, dtype: str = "float32", attn_implementation: s
     path = tiny_checkpoint_path() if name_or_path == TINY_NAME else Path(name_or_path).expanduser()
     if not (path / "config.json").exists():
         raise UsageError(f"{name_or_path}: not a checkpoint folder (no config.json); use 'tiny' or a local HF checkpoint")
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    tokenizer = load_part(path, "tokenizer", lambda: AutoTokenizer.from_pretrained(str(path)))
     coord_ids = find_coord_ids(tokenizer)
     processor = load_image_processor(path)
-    model = AutoModelForImageTextToText.from_pretrained(
+    model = load_part(path, "model", lambda: AutoModelForImageTextToText.from_pretrained(
         str(path), dtype=getattr(torch, dtype), attn_implementation=attn_implementation
-    )
+    ))
     n_rows = model.get_input_embeddings().weight.shape[0]
     if max(coord_ids) >= n_rows:
         raise UsageError(

@@ -174,6 +174,10 @@ def _remove(folder: Path) -> None:
         shutil.rmtree(trash)
     os.rename(folder, trash)
     shutil.rmtree(trash, ignore_errors=True)
+    try:
+        trash.parent.rmdir()
+    except OSError:
+        pass
 
 
 def rotate(run_root: Path, keep: int | None, protect: Path | None = None) -> None:
@@ -207,6 +211,10 @@ def commit(staged: Path, target: Path) -> None:
     _fsync_path(target.parent, directory=True)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+    try:
+        staged.parent.rmdir()  # the staging folder goes when it is empty
+    except OSError:
+        pass
 
 
 def write_staged(
