@@ -165,6 +165,14 @@ def clear_staging(run_root: Path) -> list[str]:
     return names
 
 
+def _rmdir_if_empty(folder: Path) -> None:
+    """The staging folder goes when nothing is left in it."""
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
+
+
 def _remove(folder: Path) -> None:
     """Delete a checkpoint so that no half-deleted `checkpoint-<step>` is ever visible: rename it into
     the staging folder first."""
@@ -174,10 +182,7 @@ def _remove(folder: Path) -> None:
         shutil.rmtree(trash)
     os.rename(folder, trash)
     shutil.rmtree(trash, ignore_errors=True)
-    try:
-        trash.parent.rmdir()
-    except OSError:
-        pass
+    _rmdir_if_empty(trash.parent)
 
 
 def rotate(run_root: Path, keep: int | None, protect: Path | None = None) -> None:
@@ -211,10 +216,7 @@ def commit(staged: Path, target: Path) -> None:
     _fsync_path(target.parent, directory=True)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-    try:
-        staged.parent.rmdir()  # the staging folder goes when it is empty
-    except OSError:
-        pass
+    _rmdir_if_empty(staged.parent)
 
 
 def write_staged(
@@ -242,6 +244,7 @@ def write_staged(
     except (OSError, RuntimeError) as err:
         if main:
             shutil.rmtree(staged, ignore_errors=True)
+            _rmdir_if_empty(staged.parent)
         previous, _ = newest_complete(target.parent)
         kept = f"{previous.name} is intact" if previous is not None else "no earlier checkpoint exists"
         reason = getattr(err, "strerror", None) or str(err).strip().splitlines()[0][:120]
