@@ -86,7 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     module.add_arguments(parser)
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error (or VLMDET_DEBUG=1)")
     parse = parser.parse_intermixed_args if getattr(module, "INTERMIXED_ARGS", False) else parser.parse_args
-    args = parse(argv[1:])
+    try:
+        args = parse(argv[1:])
+    except SystemExit as stop:  # --help (0) or a bad option (2, one line printed by OneLineParser)
+        return int(stop.code or 0)
     try:
         return int(module.run(args) or 0)
     except KeyboardInterrupt:

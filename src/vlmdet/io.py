@@ -20,7 +20,7 @@ import threading
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from vlmdet.errors import DataError
+from vlmdet.errors import DataError, UsageError
 
 #: the deepest nesting of arrays/objects accepted in an untrusted JSON value
 MAX_DEPTH = 64
@@ -28,6 +28,10 @@ MAX_DEPTH = 64
 MAX_INT_DIGITS = 32
 
 _umask_lock = threading.Lock()
+
+
+class OutputError(UsageError):
+    """An artifact path that cannot be written; the message is `<path>: cannot write: <reason>`."""
 
 
 def _file_mode() -> int:
@@ -41,10 +45,17 @@ def _file_mode() -> int:
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, fsync: bool = True) -> Path:
     """Write `data` to `path` atomically (temp file in the same folder + fsync + rename).
     `fsync=False` skips the flush to disk (still atomic for readers; for bulk files such as the
-    thousands of images of a generated data set, where it is a third of the run time)."""
+    thousands of images of a generated data set, where it is a third of the run time).
+    A path that cannot be written (a folder, under a file, no permission, disk full) raises
+    `OutputError("<path>: cannot write: <reason>")`; the old file, if any, is untouched."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if path.is_dir():
+        raise OutputError(f"{path}: cannot write: it is a folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise OutputError(f"{path}: cannot write: {err.strerror}") from err
     try:
         os.fchmod(fd, _file_mode())  # mkstemp makes 0600 files; an artifact gets the usual umask mode
         with os.fdopen(fd, "wb") as f:
@@ -53,11 +64,13 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, fsync: bool = True)
             if fsync:
                 os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(err, OSError):
+            raise OutputError(f"{path}: cannot write: {err.strerror}") from err
         raise
     return path
 
