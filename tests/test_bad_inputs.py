@@ -103,6 +103,7 @@ CASES = [
     ("synth-negative", {}, ["data", "synth", "--out", "{d}/o", "--train", "-1"], r"argument --train: must be >= 0, got '-1'"),
     ("synth-size", {}, ["data", "synth", "--out", "{d}/o", "--size", "50"], r"argument --size: must be a multiple of 32, >= 32"),
     ("steps-superscript", {}, ["eval", "c.yaml", "--step", "²"], r"argument --step: expected an integer, got '²'"),
+    ("report-steps-superscript", {}, ["report", "{d}", "--steps", "²"], r"--steps: '²' is not a non-negative integer"),
     # output paths
     ("out-is-a-folder", {"g.jsonl": GOOD, "p.jsonl": '{"image_id": "a", "objects": []}\n', "o/x": ""},
      ["eval-preds", "--gt", "{d}/g.jsonl", "--pred", "{d}/p.jsonl", "--out", "{d}/o"], r"{d}/o: cannot write: it is a folder"),

@@ -55,7 +55,9 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, fsync: bool = True)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as err:
-        raise OutputError(f"{path}: cannot write: {err.strerror}") from err
+        blocker = next((a for a in path.parents if a.exists()), None)
+        reason = f"{blocker} is not a folder" if blocker is not None and not blocker.is_dir() else err.strerror
+        raise OutputError(f"{path}: cannot write: {reason}") from err
     try:
         os.fchmod(fd, _file_mode())  # mkstemp makes 0600 files; an artifact gets the usual umask mode
         with os.fdopen(fd, "wb") as f:
@@ -73,6 +75,37 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, fsync: bool = True)
             raise OutputError(f"{path}: cannot write: {err.strerror}") from err
         raise
     return path
+
+
+def staging_folder(target: str | os.PathLike) -> Path:
+    """An empty hidden sibling `.<name>.partial` to fill and then move into place with
+    `replace_folder` (a leftover from a killed writer is deleted first)."""
+    import shutil
+
+    target = Path(target)
+    staged = target.parent / f".{target.name}.partial"
+    if staged.exists():
+        shutil.rmtree(staged)
+    staged.mkdir(parents=True)
+    return staged
+
+
+def replace_folder(staged: str | os.PathLike, target: str | os.PathLike) -> Path:
+    """Move the complete folder `staged` to `target` by rename (an existing `target` is renamed away
+    first and deleted after), so readers see the old folder or the new one, never a mix."""
+    import shutil
+
+    staged, target = Path(staged), Path(target)
+    old = None
+    if target.exists():
+        old = target.parent / f".{target.name}.old"
+        if old.exists():
+            shutil.rmtree(old)
+        os.rename(target, old)
+    os.rename(staged, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return target
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

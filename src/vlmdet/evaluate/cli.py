@@ -74,9 +74,7 @@ def run(args: argparse.Namespace) -> int:
     from vlmdet.rundir import RunDir
 
     cfg = load_config(args.config, args.overrides)
-    if args.max_samples is not None:
-        if args.max_samples < 0:
-            raise UsageError(f"--max-samples must be >= 0, got {args.max_samples}")
+    if args.max_samples is not None:  # >= 0: checked by the option's type
         cfg.eval.max_samples = args.max_samples
     if args.constrained:
         cfg.eval.also_constrained = True
