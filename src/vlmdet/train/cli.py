@@ -113,7 +113,7 @@ def build_trainer(cfg, run, loaded=None):
     try:
         targs = training_arguments(cfg, run.root)
     except (ValueError, TypeError, ImportError, OSError) as err:  # TrainingArguments.__post_init__ checks
-        raise UsageError(f"training: {_first_line(err)}") from None
+        raise UsageError(f"training: {_first_line(err)}") from err  # the cause shows with --debug
     eval_cb = RolloutEvalCallback(cfg, run, loaded, val[: cfg.eval.max_samples] if cfg.eval.max_samples else val)
     try:
         trainer = DetTrainer(
@@ -127,9 +127,9 @@ def build_trainer(cfg, run, loaded=None):
             coord_ids=loaded.coord_ids,
         )
     except (ValueError, ImportError, RuntimeError) as err:  # e.g. a report_to integration that is not installed
-        raise UsageError(f"training: {_first_line(err)}") from None
+        raise UsageError(f"training: {_first_line(err)}") from err
     eval_cb.trainer = trainer
-    trainer.loaded = loaded  # tokenizer / image processor for objectives that generate (Stage-2 Channel-B)
+    trainer.loaded = loaded  # tokenizer + image processor: into every checkpoint, and for Channel-B generation
     return trainer, loaded
 
 
