@@ -16,9 +16,10 @@ seed's original setting (unroll, gate off) as the delta baseline. Output:
 
 What the design measures: Stage-2 token CE excludes coord slots and every coord term is coord-sliced, so
 with the gate off nothing supervises the coordinate-vocabulary mass at coordinate slots; the report's
-`coord mass (train)` (= coord_diag/coord_vocab_mass_mean), `coord mass (gen)`, `loss/coord_gate`
-(logged unweighted even when its weight is 0), parse drops and their reasons answer whether the mass
-leaks and whether the leak breaks parsing.
+`coord mass (train)` (= coord_diag/coord_vocab_mass_mean), `coord mass (gen)` (at every `bbox_2d`
+value position of the rollouts), `slot leak rate` and the leak kinds (what was written at coordinate
+slots instead of a coordinate token), `loss/coord_gate` (logged unweighted even when its weight is 0),
+parse drops and their reasons answer whether the mass leaks and whether the leak breaks parsing.
 """
 
 from __future__ import annotations

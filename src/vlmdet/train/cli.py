@@ -143,6 +143,7 @@ def train(cfg, argv, resume=None, overwrite=False, loaded=None) -> dict:
     complete checkpoint) or a checkpoint path. Nothing is written before every check passed."""
     from contextlib import nullcontext
 
+    from vlmdet.config import config_notes
     from vlmdet.rundir import RunDir, RunLock, check_run_name
     from vlmdet.train.callbacks import save_processor
     from vlmdet.train.checkpoint import clear_staging, write_staged
@@ -179,6 +180,8 @@ def train(cfg, argv, resume=None, overwrite=False, loaded=None) -> dict:
                 print(f"vlmdet train: resuming from {target}", file=sys.stderr)
             for note in notes:
                 print(f"vlmdet train: {note}", file=sys.stderr)
+            for note in config_notes(cfg):
+                print(f"vlmdet train: warning: {note}", file=sys.stderr, flush=True)
         t0 = time.time()
         result = trainer.train(resume_from_checkpoint=target)
         final = run.root / FINAL_CHECKPOINT
