@@ -1,4 +1,4 @@
-"""The run directory `<output_dir>/<run_name>/` (DESIGN §1.5) and its file names.
+"""The run directory `<output_dir>/<run_name>/` (see docs/TRAINING.md) and its file names.
 
 Layout::
 
@@ -40,16 +40,14 @@ import subprocess
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
+from vlmdet import __version__
+from vlmdet.config import Config, dump_config_yaml
 from vlmdet.errors import UsageError
 from vlmdet.io import append_jsonl, atomic_write_json, atomic_write_text
 
 LOCK_NAME = ".lock"
-
-if TYPE_CHECKING:
-    from vlmdet.config import Config
-
 
 def _version(dist: str) -> str | None:
     try:
@@ -183,9 +181,6 @@ class RunDir:
         """Make `<cfg.output_dir>/<cfg.run_name>/` and write config.yaml and run.json (see the module
         docstring for what happens to an existing folder). The caller holds the folder's `RunLock`
         when the folder may be in use."""
-        from vlmdet import __version__
-        from vlmdet.config import dump_config_yaml
-
         check_run_name(cfg.run_name)
         run = cls(Path(cfg.output_dir) / cfg.run_name)
         run.check_reuse(resume=resume, overwrite=overwrite)

@@ -1,4 +1,4 @@
-"""COCO instances JSON -> the vlmdet record contract (DESIGN §1.4). LVIS files have the same shape.
+"""COCO instances JSON -> the vlmdet record contract (see docs/DATA.md). LVIS files have the same shape.
 
 `convert_coco(instances_json, images_dir, out_dir, max_objects, max_pixels)` writes
 `out_dir/<split>.jsonl` (split = the instances file name without `instances_`, e.g. `val2017`),
@@ -32,6 +32,7 @@ image has been checked; if writing one fails, the images written by this call ar
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -68,8 +69,6 @@ def _image_size(path: Path) -> tuple[int, int]:
 
 
 def _resave(src: Path, dst: Path, size: tuple[int, int]) -> None:
-    import io
-
     from PIL import Image
 
     with Image.open(src) as im:

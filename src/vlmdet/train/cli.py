@@ -122,14 +122,14 @@ def build_trainer(cfg, run, loaded=None):
             train_dataset=DetDataset(train, loaded, cfg.prompt, seed=cfg.seed),
             data_collator=make_collator(loaded),
             processing_class=loaded.tokenizer,
-            callbacks=[RunLogCallback(run), eval_cb],
+            callbacks=[RunLogCallback(run), eval_cb],  # tokenizer + image processor: DetTrainer._save_checkpoint
             vlm_cfg=cfg,
-            coord_ids=loaded.coord_ids,
+            loaded=loaded,
+            records=train,
         )
     except (ValueError, ImportError, RuntimeError) as err:  # e.g. a report_to integration that is not installed
         raise UsageError(f"training: {_first_line(err)}") from err
     eval_cb.trainer = trainer
-    trainer.loaded = loaded  # tokenizer + image processor: into every checkpoint, and for Channel-B generation
     return trainer, loaded
 
 
