@@ -63,7 +63,7 @@ def test_eval_tiny_with_constrained_pass(tmp_path, val, capsys):
 @pytest.mark.parametrize(
     "extra,message",
     [
-        (["--max-samples", "-1"], "--max-samples must be >= 0"),
+        (["--max-samples", "-1"], "argument --max-samples: must be >= 0, got '-1'"),
         (["eval.max_sample=3"], "did you mean"),
         (["data.val="], "no data to evaluate"),
     ],

@@ -182,10 +182,10 @@ def test_eval_preds_box_on_image_border_is_allowed(tmp_path, gt):
     assert code == 0 and m["fp"] == 1
 
 
-def test_eval_preds_missing_required_flag():
-    with pytest.raises(SystemExit) as exc:
-        main(["eval-preds", "--gt", "x.jsonl"])
-    assert exc.value.code == 2
+def test_eval_preds_missing_required_flag(capsys):
+    assert main(["eval-preds", "--gt", "x.jsonl"]) == 2
+    assert capsys.readouterr().err == (
+        "vlmdet eval-preds: error: the following arguments are required: --pred (--help for usage)\n")
 
 
 # ---------------------------------------------------------------- baseline answer formats

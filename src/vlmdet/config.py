@@ -27,6 +27,7 @@ import ast
 import dataclasses
 import difflib
 import json
+import math
 import os
 import re
 import types
@@ -38,6 +39,7 @@ from typing import Any, ClassVar, Optional, Union
 import yaml
 
 from vlmdet.errors import UsageError
+from vlmdet.io import decode_utf8
 
 
 @dataclass
@@ -342,6 +344,36 @@ RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "rollout.vllm_gpu_memory_utilization": (lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
     "rollout.vllm_kv_cache_gib": (lambda v: v is None or v > 0, "> 0"),
     "rollout.vllm_max_model_len": (lambda v: v >= 1, ">= 1"),
+    "rollout.temperature": (lambda v: v > 0, "> 0"),
+    "rollout.top_p": (lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
+    "rollout.repetition_penalty": (lambda v: v > 0, "> 0"),
+    "seed": (lambda v: 0 <= v < 2**32, "in [0, 2**32)"),
+    "data.max_train_samples": (lambda v: v is None or v >= 1, ">= 1 or null"),
+    "data.max_val_samples": (lambda v: v is None or v >= 1, ">= 1 or null"),
+    "eval.max_samples": (lambda v: v is None or v >= 0, ">= 0 (0 = all) or null"),
+    "eval.steps": (lambda v: all(s >= 1 for s in v), "a list of steps >= 1"),
+    "monitor.n_samples": (lambda v: v >= 0, ">= 0"),
+    "monitor.max_text_chars": (lambda v: v >= 0, ">= 0"),
+    "match.fp_cost": (lambda v: v >= 0, ">= 0"),
+    "match.fn_cost": (lambda v: v >= 0, ">= 0"),
+    "training.max_steps": (lambda v: v >= 1, ">= 1"),
+    "training.num_train_epochs": (lambda v: v > 0, "> 0"),
+    "training.per_device_train_batch_size": (lambda v: v >= 1, ">= 1"),
+    "training.per_device_eval_batch_size": (lambda v: v >= 1, ">= 1"),
+    "training.gradient_accumulation_steps": (lambda v: v >= 1, ">= 1"),
+    "training.learning_rate": (lambda v: v >= 0, ">= 0"),
+    "training.warmup_steps": (lambda v: v >= 0, ">= 0"),
+    "training.weight_decay": (lambda v: v >= 0, ">= 0"),
+    "training.adam_beta1": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    "training.adam_beta2": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    "training.max_grad_norm": (lambda v: v >= 0, ">= 0 (0 = no clipping)"),
+    "training.logging_steps": (lambda v: v >= 1, ">= 1"),
+    "training.save_steps": (lambda v: v >= 1, ">= 1"),
+    "training.save_total_limit": (lambda v: v is None or v >= 1, ">= 1 or null (keep all)"),
+    "training.dataloader_num_workers": (lambda v: v >= 0, ">= 0"),
+    **{f"losses.{name}": (lambda v: v >= 0, ">= 0") for name in (
+        "token_ce", "desc_ce_weight", "coord_ce", "soft_ce", "w1", "smoothl1", "ciou", "coord_gate", "text_gate",
+        "entropy")},
 }
 
 _DATA_PATH_KEYS = ("train", "val")
@@ -351,27 +383,76 @@ _DATA_PATH_KEYS = ("train", "val")
 # YAML + extends + overrides -> one plain mapping
 
 
+#: limits on a YAML config or override value (untrusted text): values after alias expansion,
+#: nesting depth, and integer size
+YAML_MAX_VALUES = 100_000
+YAML_MAX_DEPTH = 32
+YAML_MAX_INT_BITS = 63
+
+
+def _check_yaml_size(data: Any) -> None:
+    """Count the values of `data` as `yaml.safe_dump` would write them (an alias counts every time it
+    is used) and stop at the first limit broken: more than `YAML_MAX_VALUES` values (a few aliases
+    can expand to millions: a "YAML bomb"), deeper than `YAML_MAX_DEPTH`, an int over 63 bits."""
+    count = 0
+    stack = [(data, 1)]
+    while stack:
+        v, depth = stack.pop()
+        count += 1
+        if count > YAML_MAX_VALUES:
+            raise ValueError(f"more than {YAML_MAX_VALUES} values once aliases are expanded")
+        if isinstance(v, int) and not isinstance(v, bool) and v.bit_length() > YAML_MAX_INT_BITS:
+            raise ValueError(f"integer {str(v)[:12]}... does not fit in {YAML_MAX_INT_BITS} bits")
+        if isinstance(v, (dict, list)):
+            if depth > YAML_MAX_DEPTH:
+                raise ValueError(f"nested deeper than {YAML_MAX_DEPTH} levels")
+            items = [*v.keys(), *v.values()] if isinstance(v, dict) else v
+            stack.extend((c, depth + 1) for c in items)
+
+
+def _yaml_error_text(err: Exception) -> tuple[int | None, str]:
+    """(line number or None, one-line text) of a PyYAML error (no source excerpt, no stream name)."""
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    context = getattr(err, "context", None)
+    text = problem + (f" ({context})" if context else "")
+    if mark is None:
+        return None, text
+    return mark.line + 1, f"{text}, column {mark.column + 1}"
+
+
 def _safe_load(text: str) -> Any:
     """`yaml.safe_load`, except that `1e-3` (exponent without a dot) reads as a float, not a string
-    (PyYAML follows YAML 1.1 there, which surprises everyone writing learning rates)."""
+    (PyYAML follows YAML 1.1 there, which surprises everyone writing learning rates), and the value
+    is checked against the limits of `_check_yaml_size` (raises `ValueError`; YAML syntax errors
+    raise `yaml.YAMLError`)."""
     class Loader(yaml.SafeLoader):
         pass
 
     Loader.add_implicit_resolver(
         "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"), list("-+0123456789")
     )
-    return yaml.load(text, Loader=Loader)  # noqa: S506 (a SafeLoader subclass)
+    try:
+        data = yaml.load(text, Loader=Loader)  # noqa: S506 (a SafeLoader subclass)
+    except RecursionError:
+        raise ValueError(f"nested deeper than {YAML_MAX_DEPTH} levels") from None
+    _check_yaml_size(data)
+    return data
 
 
 def _read_yaml(path: Path) -> dict:
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except OSError as err:
         raise UsageError(f"{path}: cannot read config: {err.strerror}") from None
+    text = decode_utf8(raw, path)
     try:
         data = _safe_load(text)
     except yaml.YAMLError as err:
-        raise UsageError(f"{path}: bad YAML: {err}") from None
+        line, text = _yaml_error_text(err)
+        raise UsageError(f"{path}{'' if line is None else f':{line}'}: bad YAML: {text}") from None
+    except ValueError as err:  # a limit of _safe_load, or an int PyYAML cannot convert
+        raise UsageError(f"{path}: config rejected: {err}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -433,7 +514,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         return parts, _safe_load(value)
     except yaml.YAMLError as err:
-        raise UsageError(f"bad override {text!r}: value is not valid YAML: {err}") from None
+        raise UsageError(f"bad override {text!r}: value is not valid YAML: {_yaml_error_text(err)[1]}") from None
+    except ValueError as err:
+        raise UsageError(f"bad override {text!r}: {err}") from None
 
 
 def apply_override(data: dict, parts: list[str], value: Any) -> None:
@@ -492,6 +575,8 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         raise _type_error(value, tp, where)
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):  # NaN and inf are never a valid setting
+                raise UsageError(f"{where}: expected a finite number, got {value!r}")
             return float(value)
         raise _type_error(value, tp, where)
     if tp is str:

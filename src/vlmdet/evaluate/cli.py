@@ -32,6 +32,8 @@ import re
 import sys
 from pathlib import Path
 
+from vlmdet.options import bounded
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", type=Path, help="YAML config (training config of the checkpoint, or an eval config)")
@@ -39,8 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", default=None, help="checkpoint folder or 'tiny' (default: model.name_or_path)")
     parser.add_argument("--data", type=Path, default=None, help="JSONL to evaluate on (default: data.val)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: <output_dir>/<run_name>-eval)")
-    parser.add_argument("--max-samples", type=int, default=None, help="evaluate the first N records (0 = all)")
-    parser.add_argument("--step", type=int, default=None, help="step number for the output names")
+    parser.add_argument("--max-samples", type=bounded(int, lambda v: v >= 0, ">= 0"), default=None, help="evaluate the first N records (0 = all)")
+    parser.add_argument("--step", type=bounded(int, lambda v: v >= 0, ">= 0"), default=None, help="step number for the output names")
     parser.add_argument("--constrained", action="store_true",
                         help="also run grammar-constrained decoding (eval_rollout_constrained/*)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -86,9 +88,7 @@ def run(args: argparse.Namespace) -> int:
     if args.answer_format is not None:
         overrides.append(f"prompt.answer_format={args.answer_format}")
     cfg = load_config(args.config, overrides)
-    if args.max_samples is not None:
-        if args.max_samples < 0:
-            raise UsageError(f"--max-samples must be >= 0, got {args.max_samples}")
+    if args.max_samples is not None:  # >= 0: checked by the option's type
         cfg.eval.max_samples = args.max_samples
     if args.constrained:
         cfg.eval.also_constrained = True

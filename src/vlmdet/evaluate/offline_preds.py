@@ -35,7 +35,8 @@ from vlmdet.data.records import load_records
 from vlmdet.errors import DataError
 from vlmdet.evaluate.detection import detection_metrics
 from vlmdet.evaluate.offline_parse import format_metrics, input_size
-from vlmdet.io import iter_jsonl, atomic_write_json
+from vlmdet.io import atomic_write_json, iter_jsonl
+from vlmdet.options import bounded
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='JSONL of {"image_id", "objects": [{"desc", "bbox_2d" (pixels), "score"?}]}')
     parser.add_argument("--out", type=Path, default=None,
                         help="metrics JSON path (default: <PRED stem>.metrics.json next to PRED)")
-    parser.add_argument("--f1-iou", type=float, default=0.5, help="IoU threshold of the Hungarian F1 (default 0.5)")
+    parser.add_argument("--f1-iou", type=bounded(float, lambda v: 0 < v <= 1, "in (0, 1]"), default=0.5, help="IoU threshold of the Hungarian F1 (default 0.5)")
     parser.add_argument("--format", dest="answer_format", choices=("coordjson", "qwen3", "qwen25"), default="coordjson",
                         help="unit of bbox_2d: coordjson = pixels of the GT image (what `vlmdet eval` writes; default), "
                              "qwen3 = 0..1000 relative, qwen25 = pixels of the image the model saw "

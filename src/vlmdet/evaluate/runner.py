@@ -9,7 +9,8 @@ definitions: docs/EVALUATION.md) and, with a `run_dir`, writes
     eval/step_XXXXXX/predictions_constrained.jsonl   (with eval.also_constrained)
     monitor_dumps/step_XXXXXX.json (+ PNGs)          (monitor.enabled; unconstrained pass only)
 
-and appends the metrics to logging.jsonl (`RunDir.log`).
+and appends the metrics to logging.jsonl (`RunDir.log`). The eval folder is filled as a hidden
+sibling and renamed into place (`io.replace_folder`): it holds predictions and metrics, or nothing.
 
 Per sample: the backend's tokens are parsed with `parse.parse_rollout` (the one strict parser; coord
 literals must be real coordinate-token ids), valid objects' bins become pixel boxes
@@ -53,7 +54,7 @@ from vlmdet.evaluate.detection import detection_metrics
 from vlmdet.evaluate.health import parse_health
 from vlmdet.evaluate.monitor import write_dump
 from vlmdet.evaluate.rollout import make_backend
-from vlmdet.io import atomic_write_json, atomic_write_jsonl
+from vlmdet.io import atomic_write_json, atomic_write_jsonl, replace_folder, staging_folder
 from vlmdet.match import hungarian_match
 from vlmdet.model.load import token_pieces
 from vlmdet.parse import RolloutParse, parse_rollout
@@ -296,13 +297,15 @@ def run_rollout_eval(loaded, records, cfg, run_dir=None, step: int = 0, backend=
 
     if run_dir is not None:
         folder = run_dir.eval_dir(step)
+        staged = staging_folder(folder)  # the eval folder appears whole: predictions and metrics, or none
         for name, ss in passes:
-            atomic_write_jsonl(folder / name, [prediction_row(s) for s in ss])
+            atomic_write_jsonl(staged / name, [prediction_row(s) for s in ss])
         if cfg.monitor.enabled:
             write_dump(run_dir.dump_path(step), step, [dump_sample(s) for s in samples],
                        n_samples=cfg.monitor.n_samples, max_text_chars=cfg.monitor.max_text_chars,
                        draw_images=cfg.monitor.draw_images)
-        atomic_write_json(folder / "metrics.json", {"step": int(step), "metrics": out, "score_source": score_source})
+        atomic_write_json(staged / "metrics.json", {"step": int(step), "metrics": out, "score_source": score_source})
+        replace_folder(staged, folder)
         if log:
             run_dir.log({"step": int(step), **out})
     return out

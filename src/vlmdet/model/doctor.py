@@ -34,6 +34,7 @@ from vlmdet.model import chat
 from vlmdet.model.chat import COORD, DESC, IGNORE, STRUCT, desc_spans
 from vlmdet.model.load import load_model, token_pieces
 from vlmdet.parse import parse_prediction, parse_rollout
+from vlmdet.options import bounded
 
 CLASS_LETTER = {0: "-", 1: "S", 2: "D", 3: "C"}
 
@@ -219,7 +220,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="checkpoint folder, or 'tiny'")
     parser.add_argument("--data", default=None, help="JSONL records whose answers to check (default: built-in examples)")
     parser.add_argument("--field-order", default="desc_first", choices=("desc_first", "geometry_first"))
-    parser.add_argument("--limit", type=int, default=20, help="at most this many records from --data")
+    parser.add_argument("--limit", type=bounded(int, lambda v: v >= 1, ">= 1"), default=20, help="at most this many records from --data")
 
 
 def run(args: argparse.Namespace) -> int:

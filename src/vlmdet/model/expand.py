@@ -28,6 +28,7 @@ from pathlib import Path
 
 from vlmdet.coords import COORD_TOKENS, NUM_BINS
 from vlmdet.errors import UsageError
+from vlmdet.options import bounded
 
 NOISE_SCALE = 0.1
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".safetensors.index.json", ".bin.index.json")
@@ -53,7 +54,7 @@ def expand_vocab(src, dst, seed: int = 0) -> dict:
     from transformers import AutoModelForImageTextToText, AutoTokenizer
 
     from vlmdet.model.contract import CONTRACT_FILE, make_contract, write_contract
-    from vlmdet.model.load import resolve_checkpoint
+    from vlmdet.model.load import load_part, resolve_checkpoint
 
     source, src = resolve_checkpoint(str(src))
     src, dst = src.resolve(), Path(dst).expanduser().resolve()
@@ -62,8 +63,8 @@ def expand_vocab(src, dst, seed: int = 0) -> dict:
     if dst.exists() and any(dst.iterdir()):
         raise UsageError(f"{dst}: already exists and is not empty; choose a new folder")
 
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    model = AutoModelForImageTextToText.from_pretrained(source, dtype="auto")
+    tokenizer = load_part(src, "tokenizer", lambda: AutoTokenizer.from_pretrained(source))
+    model = load_part(src, "model", lambda: AutoModelForImageTextToText.from_pretrained(source, dtype="auto"))
     vocab = tokenizer.get_vocab()
     n_tok_before = len(tokenizer)
     rows_before = model.get_input_embeddings().weight.shape[0]
@@ -133,7 +134,7 @@ def expand_vocab(src, dst, seed: int = 0) -> dict:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("src", help="source checkpoint folder or hub model id (left unchanged)")
     parser.add_argument("dst", help="new checkpoint folder to write (must not exist)")
-    parser.add_argument("--seed", type=int, default=0, help="seed for the new embedding rows (default 0)")
+    parser.add_argument("--seed", type=bounded(int, lambda v: 0 <= v < 2**32, "in [0, 2**32)"), default=0, help="seed for the new embedding rows (default 0)")
 
 
 def run(args: argparse.Namespace) -> int:

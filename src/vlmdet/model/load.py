@@ -180,12 +180,26 @@ def resolve_checkpoint(name_or_path: str) -> tuple[str, Path]:
     return name_or_path, found.parent
 
 
+def load_part(path: Path, what: str, load):
+    """`load()` (a `from_pretrained` call on a user-given folder); any failure of it (a truncated or
+    garbage safetensors file, corrupt JSON, a missing tokenizer file: transformers, tokenizers and
+    safetensors each raise their own types) becomes a one-line `UsageError` naming the folder and
+    the part."""
+    try:
+        return load()
+    except UsageError:
+        raise
+    except Exception as err:  # noqa: BLE001 (the boundary to third-party loaders; the cause is chained)
+        text = " ".join(str(err).split()) or type(err).__name__
+        raise UsageError(f"{path}: cannot load the {what}: {text[:200]}") from err
+
+
 def load_image_processor(path: Path | str):
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     if checkpoint_file(path, "preprocessor_config.json") is None:
         raise UsageError(f"{path}: no preprocessor_config.json (not a vision-language checkpoint?)")
-    return Qwen2VLImageProcessorPil.from_pretrained(str(path))
+    return load_part(path, "image processor", lambda: Qwen2VLImageProcessorPil.from_pretrained(str(path)))
 
 
 def load_model(name_or_path: str, dtype: str = "float32", attn_implementation: str = "sdpa", *,
@@ -218,7 +232,7 @@ def load_model(name_or_path: str, dtype: str = "float32", attn_implementation: s
                                    contract=contract if contract is not None else loaded.contract)
     contract_file = checkpoint_file(source, CONTRACT_FILE)
     contract = read_contract(contract_file.parent) if contract_file is not None else None
-    tokenizer = AutoTokenizer.from_pretrained(source)
+    tokenizer = load_part(path, "tokenizer", lambda: AutoTokenizer.from_pretrained(source))
     vocab = tokenizer.get_vocab()
     if coord_tokens or COORD_TOKENS[0] in vocab:
         coord_ids = find_coord_ids(tokenizer)
@@ -226,9 +240,9 @@ def load_model(name_or_path: str, dtype: str = "float32", attn_implementation: s
         coord_ids = []
     check_coord_layout(contract, coord_ids, str(path))
     processor = load_image_processor(source)
-    model = AutoModelForImageTextToText.from_pretrained(
+    model = load_part(path, "model", lambda: AutoModelForImageTextToText.from_pretrained(
         source, dtype=getattr(torch, dtype), attn_implementation=attn_implementation
-    )
+    ))
     n_rows = model.get_input_embeddings().weight.shape[0]
     if coord_ids and max(coord_ids) >= n_rows:
         raise UsageError(

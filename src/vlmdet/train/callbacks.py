@@ -4,9 +4,9 @@
   `coord_diag/*`, `learning_rate`, ...; the end-of-training summary; eval metrics) is appended to the
   run's `logging.jsonl` via `RunDir.log`, stamped with the optimizer step, on the main process only.
 - `ConsoleCallback()`: compact console lines instead of the Trainer's printed log dicts (`vlmdet.console`).
-- `SaveProcessorCallback(loaded, prompt_cfg)`: after each checkpoint save, writes the tokenizer, the image
-  processor and the contract `vlmdet.json` into `checkpoint-<step>/` (main process), so a checkpoint
-  loads with `model/load.load_model` and carries its prompt.
+- `save_processor(loaded, folder, prompt_cfg)`: the tokenizer, the image processor and the contract
+  `vlmdet.json`, written into every checkpoint by `DetTrainer._save_checkpoint` before the checkpoint
+  is sealed (train/checkpoint.py), so a checkpoint loads with `model/load.load_model` and carries its prompt.
 - `RolloutEvalCallback(cfg, run, loaded, records)`: rollout eval (generate -> parse -> match ->
   metrics, docs/EVALUATION.md) at every `eval.eval_steps` optimizer steps (0 = off) and at each step listed in
   `eval.steps`. The work is done by `runner` (default `vlmdet.evaluate.runner.run_rollout_eval`).
@@ -19,7 +19,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
@@ -116,21 +115,6 @@ def save_processor(loaded, folder, prompt_cfg=None) -> None:
         from vlmdet.model.contract import make_contract, write_contract
 
         write_contract(folder, make_contract(prompt_cfg, loaded.coord_ids))
-
-
-class SaveProcessorCallback(TrainerCallback):
-    """Add tokenizer + image processor files (and `vlmdet.json` when given the `prompt` section) to
-    every `checkpoint-<step>/` (main process)."""
-
-    def __init__(self, loaded, prompt_cfg=None):
-        self.loaded = loaded
-        self.prompt_cfg = prompt_cfg
-
-    def on_save(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
-            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            if folder.is_dir():
-                save_processor(self.loaded, folder, self.prompt_cfg)
 
 
 def eval_due(step: int, eval_cfg) -> bool:
