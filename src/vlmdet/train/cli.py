@@ -101,10 +101,11 @@ def build_trainer(cfg, run, loaded=None):
 
 def train(cfg, argv, resume=None, overwrite=False, loaded=None) -> dict:
     """Run training; returns a summary dict (also printed by `run`)."""
-    from vlmdet.config import config_notes
+    from vlmdet.config import check_training_precision, config_notes
     from vlmdet.rundir import RunDir
     from vlmdet.train.callbacks import save_processor
 
+    check_training_precision(cfg)
     run = RunDir(Path(cfg.output_dir) / cfg.run_name)
     target = _resume_target(run, resume) if resume is not None else None
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 creates/cleans the run dir
