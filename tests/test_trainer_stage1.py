@@ -236,6 +236,33 @@ def test_train_refuses_bf16_weights_before_writing_anything(tmp_path, capsys):
 # ------------------------------------------------------------------------------------------ callbacks
 
 
+def test_save_processor_carries_the_source_processor_and_chat_template_files(tmp_path):
+    """A source with the files of a real Qwen3-VL checkpoint: each reaches the written checkpoint
+    byte for byte (the ones the tokenizer / image processor write themselves are kept)."""
+    import shutil
+
+    from vlmdet.model.load import load_model, tiny_checkpoint_path
+    from vlmdet.train.callbacks import PROCESSOR_FILES, save_processor
+
+    src = shutil.copytree(tiny_checkpoint_path(), tmp_path / "src")
+    extra = {"processor_config.json": '{"processor_class": "Qwen3VLProcessor"}',
+             "video_preprocessor_config.json": '{"video_processor_type": "Qwen3VLVideoProcessor"}',
+             "chat_template.json": '{"chat_template": "{{ messages }}"}'}
+    for name, text in extra.items():
+        (src / name).write_text(text)
+    loaded = load_model(str(src))
+    out = tmp_path / "ckpt"
+    out.mkdir()
+    save_processor(loaded, out)
+    for name in PROCESSOR_FILES:
+        assert (out / name).is_file(), name
+    for name, text in extra.items():
+        assert (out / name).read_text() == text
+    from transformers import AutoTokenizer
+
+    assert AutoTokenizer.from_pretrained(str(out)).convert_tokens_to_ids("<|coord_7|>") == loaded.coord_ids[7]
+
+
 def test_eval_due_table():
     from vlmdet.config import EvalConfig
     from vlmdet.train.callbacks import eval_due

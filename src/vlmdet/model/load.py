@@ -65,11 +65,12 @@ def tiny_cache_name() -> str:
     import json
 
     from vlmdet.model.tiny import IMAGE_MEAN, IMAGE_STD, TINY_MODEL_CONFIG
-    from vlmdet.model.tokenizer import CHAT_TEMPLATE, PRETOKENIZE_PATTERN, STRUCTURE_PIECES, default_words
+    from vlmdet.model.tokenizer import (CHAT_TEMPLATE, COORD_TOKENS_SPECIAL, PRETOKENIZE_PATTERN, STRUCTURE_PIECES,
+                                        default_words)
 
     blob = json.dumps(
         [TINY_MODEL_CONFIG, sorted(set(default_words())), STRUCTURE_PIECES, PRETOKENIZE_PATTERN, CHAT_TEMPLATE,
-         IMAGE_MEAN, IMAGE_STD],
+         IMAGE_MEAN, IMAGE_STD, COORD_TOKENS_SPECIAL],
         sort_keys=True,
     )
     return f"{TINY_CACHE_NAME}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"

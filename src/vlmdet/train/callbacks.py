@@ -50,10 +50,25 @@ class RunLogCallback(TrainerCallback):
             self.run.log(numeric(logs), step=int(state.global_step))
 
 
+#: processor / chat-template files that `AutoProcessor` and serving engines read, carried over from
+#: the source checkpoint into every checkpoint vlmdet writes (when the source has them).
+PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "video_preprocessor_config.json",
+                   "chat_template.json", "chat_template.jinja")
+
+
 def save_processor(loaded, folder) -> None:
-    """Write the tokenizer and image processor of `loaded` into `folder`."""
+    """Write the tokenizer and image processor of `loaded` into `folder`, then copy each of
+    `PROCESSOR_FILES` that `folder` still lacks from the source checkpoint `loaded.path`."""
+    import shutil
+    from pathlib import Path
+
     loaded.tokenizer.save_pretrained(str(folder))
     loaded.processor.save_pretrained(str(folder))
+    if loaded.path is not None:
+        for name in PROCESSOR_FILES:
+            src, dst = Path(loaded.path) / name, Path(folder) / name
+            if src.is_file() and not dst.exists():
+                shutil.copy2(src, dst)
 
 
 class SaveProcessorCallback(TrainerCallback):
