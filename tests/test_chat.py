@@ -1,5 +1,7 @@
 """Chat rendering + encode_example: labels, slot classes, coord bins, image tokens."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -42,7 +44,11 @@ def test_prompts_follow_config():
     assert "top to bottom" in system_prompt({"ordering": "sorted"})
     assert "top to bottom" not in system_prompt({"ordering": "random"})
     assert "toothbrush" in system_prompt({"variant": "coco_80"}) and "toothbrush" not in d
-    assert all(n in user_prompt({"variant": "coco_80"}) for n in COCO_80_CLASS_NAMES)
+    both = system_prompt({"variant": "coco_80"}) + "\n" + user_prompt({"variant": "coco_80"})
+    listed = re.findall(r"classes: (.*)\.", both)
+    assert len(listed) == 1 and listed[0].split(", ") == list(COCO_80_CLASS_NAMES)  # the list, once
+    for name in ("person", "toothbrush", "teddy bear", "hair drier"):
+        assert both.count(name) == 1, name
     assert "<|coord_N|>" in d and '{"objects": []}' in d
     assert system_prompt({"system": "S"}) == "S" and user_prompt({"user": "U"}) == "U"
     with pytest.raises(UsageError, match="did you mean 'coco_80'"):

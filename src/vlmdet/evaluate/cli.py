@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 from pathlib import Path
 
 
@@ -67,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
     from vlmdet.config import load_config
     from vlmdet.data.records import load_records
     from vlmdet.errors import UsageError
+    from vlmdet.evaluate.budget import rollout_budget_note
     from vlmdet.evaluate.runner import run_rollout_eval
     from vlmdet.model.load import load_model
     from vlmdet.rundir import RunDir
@@ -89,6 +91,9 @@ def run(args: argparse.Namespace) -> int:
     if not records:
         raise UsageError(f"{data}: no records")
     loaded = load_model(checkpoint, dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation)
+    note = rollout_budget_note(records[: cfg.eval.max_samples] if cfg.eval.max_samples else records, loaded, cfg)
+    if note:
+        print(f"vlmdet eval: warning: {note}", file=sys.stderr, flush=True)
     run_dir = RunDir(out)
     metrics = run_rollout_eval(loaded, records, cfg, run_dir=run_dir, step=step, progress=not args.no_progress)
     n = len(records) if not cfg.eval.max_samples else min(len(records), cfg.eval.max_samples)

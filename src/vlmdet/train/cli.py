@@ -61,6 +61,7 @@ def build_trainer(cfg, run, loaded=None):
     """The `DetTrainer` for `cfg` writing into `run` (model loaded unless `loaded` is given);
     returns `(trainer, loaded)`."""
     from vlmdet.config import training_arguments
+    from vlmdet.evaluate.budget import rollout_budget_note
     from vlmdet.model.load import load_model
     from vlmdet.train.callbacks import RolloutEvalCallback, RunLogCallback, SaveProcessorCallback
     from vlmdet.train.dataset import DetDataset, make_collator
@@ -83,7 +84,11 @@ def build_trainer(cfg, run, loaded=None):
         visual.requires_grad_(False)
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(run.tb_dir)  # transformers 5 reads the TB folder from here
     targs = training_arguments(cfg, run.root)
-    eval_cb = RolloutEvalCallback(cfg, run, loaded, val[: cfg.eval.max_samples] if cfg.eval.max_samples else val)
+    eval_records = val[: cfg.eval.max_samples] if cfg.eval.max_samples else val
+    note = rollout_budget_note(eval_records, loaded, cfg)
+    if note and int(os.environ.get("RANK", "0")) == 0:
+        print(f"vlmdet train: warning: {note}", file=sys.stderr, flush=True)
+    eval_cb = RolloutEvalCallback(cfg, run, loaded, eval_records)
     trainer = DetTrainer(
         model=loaded.model,
         args=targs,
