@@ -38,7 +38,7 @@ def test_arms_differ_only_in_grad_mode_gate_and_name():
         assert diff == (expected if name != "a_only_unroll_gate_off" else set()), name
         assert cfg["losses.coord_gate"] == (1.0 if gate == "on" else 0.0)
         assert cfg["stage2.softctx_grad_mode"] == mode
-    # the seed's mechanism: no CE at coord slots, Channel-A only, fixed eval steps, same start
+    # the leakage mechanism: no CE at coord slots, Channel-A only, fixed eval steps, same start
     assert base["losses.ce_on_coord_slots"] is False
     assert base["stage2.b_ratio"] == 0.0 and base["stage"] == 2
     assert base["eval.steps"] == [100, 200, 300] and base["eval.eval_steps"] == 0

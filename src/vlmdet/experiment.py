@@ -1,6 +1,6 @@
 """`vlmdet experiment gate-ablation [--steps 100,200,300] [--out DIR] [--stage1 CKPT] [--smoke]`.
 
-The seed's rerun plan (shared/seed §7) on the embedded default: from ONE Stage-1 checkpoint (default: the
+The gate ablation (docs/results/README.md) on the embedded default: from ONE Stage-1 checkpoint (default: the
 one shipped with the demo), four Stage-2 runs, Channel-A only (`b_ratio: 0`),
 
     {softctx_grad_mode: unroll, em_detach} x {coord_gate: off (0), on (1)}
@@ -8,7 +8,7 @@ one shipped with the demo), four Stage-2 runs, Channel-A only (`b_ratio: 0`),
 with identical seed, data, data order and eval settings (configs/demo/gate_ablation.yaml), each evaluated
 (rollout eval + monitor dumps) at the same fixed steps and at step 0 (the Stage-1 checkpoint itself, with
 the arm's eval settings), then `vlmdet report` of the four runs with the
-seed's original setting (unroll, gate off) as the delta baseline. Output:
+original method's setting (unroll, gate off) as the delta baseline. Output:
 
     OUT/data/                       the demo's synthetic set (reused when it matches)
     OUT/runs/a_only_<mode>_gate_<on|off>/   the four run directories
