@@ -1,4 +1,4 @@
-"""evaluate/budget.py: rollout token budgets from the data; `vlmdet data budget`."""
+"""evaluate/budget.py: rollout token budgets from the data; `vlmdet budget`."""
 
 from __future__ import annotations
 
@@ -77,9 +77,9 @@ def test_data_budget_cli(tmp_path, capsys):
 
     make_synth(tmp_path / "d", n_train=6, n_val=1, seed=0, size=64, max_objects=4)
     path = tmp_path / "d" / "train.jsonl"
-    assert main(["data", "budget", str(path)]) == 0
+    assert main(["budget", str(path)]) == 0
     out = capsys.readouterr().out
     most = max(len(json.loads(line)["objects"]) for line in path.read_text().splitlines())
     assert f"objects: max {most} per image" in out and "rollout.max_new_tokens=" in out
-    assert main(["data", "budget", str(path), "--checkpoint", str(tmp_path)]) == 2
+    assert main(["budget", str(path), "--checkpoint", str(tmp_path)]) == 2
     assert "no tokenizer_config.json" in capsys.readouterr().err

@@ -85,7 +85,7 @@ class _OldTransformersWrapper(torch.nn.Module):
 
 
 def test_gathered_logits_need_no_tensor_logits_to_keep_and_go_through_the_wrapper(loaded, batch, full_logits):
-    sup = F.supervision(batch)
+    sup = _Sup(batch)
     wrapper = _OldTransformersWrapper(loaded.model)
     with torch.no_grad():
         got = F.gathered_logits(wrapper, batch, sup.rows)

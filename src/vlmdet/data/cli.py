@@ -1,14 +1,11 @@
-"""`vlmdet data synth|coco|validate|budget`.
+"""`vlmdet data synth|coco|validate`.
 
     vlmdet data synth --out DIR [--train N --val N --seed S --size 128 --max-objects 4]
     vlmdet data coco --instances F --images DIR --out DIR [--max-objects N --max-pixels P --split NAME]
     vlmdet data validate FILE.jsonl [--no-images]
-    vlmdet data budget FILE.jsonl [--checkpoint tiny] [--field-order desc_first]
 
 `validate` prints a summary (records, objects, classes, bin coverage); the first broken rule exits 2
-with `file:line: rule`. `budget` prints the rollout token budget the file's answers need under a
-checkpoint's tokenizer (`evaluate/budget.py`): objects x tokens per object, the longest answer, and
-the `rollout.max_new_tokens` that fits them all.
+with `file:line: rule`.
 """
 
 from __future__ import annotations
@@ -20,7 +17,7 @@ from collections import Counter
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="data_command", required=True, metavar="{synth,coco,validate,budget}")
+    sub = parser.add_subparsers(dest="data_command", required=True, metavar="{synth,coco,validate}")
 
     p = sub.add_parser("synth", help="write the synthetic coloured-shapes data set")
     p.add_argument("--out", required=True, help="output folder (images/, train.jsonl, val.jsonl, manifest.json)")
@@ -41,11 +38,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("validate", help="check a data JSONL file against the record contract")
     p.add_argument("file", help="data JSONL file")
     p.add_argument("--no-images", action="store_true", help="skip opening the images (size and readability)")
-
-    p = sub.add_parser("budget", help="rollout.max_new_tokens that fits every answer of a data file")
-    p.add_argument("file", help="data JSONL file")
-    p.add_argument("--checkpoint", default="tiny", help="checkpoint folder whose tokenizer counts the tokens (default tiny)")
-    p.add_argument("--field-order", default="desc_first", choices=("desc_first", "geometry_first"))
 
 
 def _synth(args) -> int:
@@ -94,29 +86,5 @@ def _validate(args) -> int:
     return 0
 
 
-def _budget(args) -> int:
-    from pathlib import Path
-
-    from transformers import AutoTokenizer
-
-    from vlmdet.data.records import load_records
-    from vlmdet.errors import UsageError
-    from vlmdet.evaluate.budget import answer_budget
-    from vlmdet.model.load import TINY_NAME, tiny_checkpoint_path
-
-    path = tiny_checkpoint_path() if args.checkpoint == TINY_NAME else Path(args.checkpoint)
-    if not (path / "tokenizer_config.json").is_file():
-        raise UsageError(f"--checkpoint {args.checkpoint}: no tokenizer_config.json (not a checkpoint folder?)")
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
-    b = answer_budget(load_records(args.file, check_images=False), tokenizer, args.field_order)
-    print(f"{args.file}: {b.records} answers under the tokenizer of {args.checkpoint}")
-    print(f"  objects: max {b.max_objects} per image; tokens per object: up to {b.tokens_per_object}; "
-          f"empty answer: {b.overhead} (with end of turn)")
-    print(f"  longest answer: {b.longest_answer} tokens")
-    print(f"  rollout.max_new_tokens={b.max_new_tokens} fits every answer "
-          f"({b.overhead} + {b.max_objects} x {b.tokens_per_object})")
-    return 0
-
-
 def run(args: argparse.Namespace) -> int:
-    return {"synth": _synth, "coco": _coco, "validate": _validate, "budget": _budget}[args.data_command](args)
+    return {"synth": _synth, "coco": _coco, "validate": _validate}[args.data_command](args)

@@ -1,5 +1,9 @@
 """Rollout token budgets sized from the data: how many new tokens the longest answer needs.
 
+    vlmdet budget FILE.jsonl [--checkpoint tiny] [--field-order desc_first]
+
+prints the budget of a data file under a checkpoint's tokenizer (below).
+
 `answer_budget(records, tokenizer, field_order, ordering)` tokenizes the ground-truth CoordJSON answer
 of every record (`format.render_answer` of its objects, + 1 for the end-of-turn token) and returns an
 `AnswerBudget`:
@@ -18,6 +22,7 @@ are counted in eval as `rollout/hit_max_new_tokens_rate`.
 
 from __future__ import annotations
 
+import argparse
 import math
 from dataclasses import dataclass
 from typing import Sequence
@@ -77,3 +82,32 @@ def rollout_budget_note(records: Sequence, loaded, cfg) -> str | None:
         return None
     budget = answer_budget(records, loaded.tokenizer, cfg.prompt.field_order, cfg.prompt.ordering)
     return budget_note(budget, cfg.rollout.max_new_tokens)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", help="data JSONL file")
+    parser.add_argument("--checkpoint", default="tiny", help="checkpoint folder whose tokenizer counts the tokens (default tiny)")
+    parser.add_argument("--field-order", default="desc_first", choices=("desc_first", "geometry_first"))
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    from vlmdet.data.records import load_records
+    from vlmdet.errors import UsageError
+    from vlmdet.model.load import TINY_NAME, tiny_checkpoint_path
+
+    path = tiny_checkpoint_path() if args.checkpoint == TINY_NAME else Path(args.checkpoint)
+    if not (path / "tokenizer_config.json").is_file():
+        raise UsageError(f"--checkpoint {args.checkpoint}: no tokenizer_config.json (not a checkpoint folder?)")
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    b = answer_budget(load_records(args.file, check_images=False), tokenizer, args.field_order)
+    print(f"{args.file}: {b.records} answers under the tokenizer of {args.checkpoint}")
+    print(f"  objects: max {b.max_objects} per image; tokens per object: up to {b.tokens_per_object}; "
+          f"empty answer: {b.overhead} (with end of turn)")
+    print(f"  longest answer: {b.longest_answer} tokens")
+    print(f"  rollout.max_new_tokens={b.max_new_tokens} fits every answer "
+          f"({b.overhead} + {b.max_objects} x {b.tokens_per_object})")
+    return 0
