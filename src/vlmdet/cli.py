@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("vlmdet.data.cli", "data sets: synth, coco, swift, validate"),
     "train": ("vlmdet.train.cli", "train (Stage-1 or Stage-2) from a YAML config"),
     "eval": ("vlmdet.evaluate.cli", "rollout evaluation of a checkpoint on a data set"),
+    "budget": ("vlmdet.evaluate.budget", "rollout.max_new_tokens that fits every answer of a data file"),
     "parse": ("vlmdet.evaluate.offline_parse", "parse health (+ metrics) of raw model answers in a JSONL file"),
     "eval-preds": ("vlmdet.evaluate.offline_preds", "COCO AP + F1 of pixel-box predictions against GT JSONL"),
     "expand-vocab": ("vlmdet.model.expand", "add the 1000 coordinate tokens to a checkpoint"),

@@ -725,6 +725,29 @@ def config_notes(cfg: Config) -> list[str]:
     return notes
 
 
+#: measured by benchmarks/bench_precision.py (docs/BENCHMARKS.md): share of the decoder's weight elements
+#: that one AdamW step at lr 1e-5 changes, fp32 master weights vs bf16 weights.
+UPDATE_FRACTION_FP32, UPDATE_FRACTION_BF16 = 1.00, 0.16
+
+
+def check_training_precision(cfg: Config) -> None:
+    """Refuse half-precision model weights (`model.dtype` bfloat16 / float16) trained by a plain
+    optimizer: AdamW then updates the bf16 weights themselves, and an update smaller than half a bf16
+    step (|w| * 2^-9) is rounded away, so most weights never move. Mixed precision that trains is
+    `model.dtype: float32` + `training.bf16: true` (fp32 master weights, bf16 autocast); half-precision
+    weights are allowed under `training.deepspeed` / `training.fsdp`, which keep fp32 master copies.
+    Raises `UsageError` (one line) before any work starts."""
+    t = cfg.training
+    if cfg.model.dtype == "float32" or t.deepspeed or t.fsdp or t.extra.get("fsdp"):
+        return
+    raise UsageError(
+        f"model.dtype: {cfg.model.dtype} weights trained by a plain optimizer barely move (one AdamW step at lr "
+        f"1e-5 changes {UPDATE_FRACTION_BF16:.0%} of the weights, {UPDATE_FRACTION_FP32:.0%} with fp32 master "
+        "weights); use model.dtype: float32 with training.bf16: true (bf16 autocast), or set training.deepspeed / "
+        "training.fsdp (they keep fp32 master weights)"
+    )
+
+
 def load_config(path: str | os.PathLike, overrides: typing.Sequence[str] = ()) -> Config:
     """Load a YAML config with `extends` and `key.sub=value` overrides into a checked `Config`."""
     data = _load_tree(Path(path), ())

@@ -79,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
     from vlmdet.config import load_config
     from vlmdet.data.records import load_records
     from vlmdet.errors import UsageError
+    from vlmdet.evaluate.budget import rollout_budget_note
     from vlmdet.evaluate.runner import run_rollout_eval
     from vlmdet.model.contract import apply_contract
     from vlmdet.model.load import find_coord_ids, load_model
@@ -110,6 +111,9 @@ def run(args: argparse.Namespace) -> int:
         find_coord_ids(loaded.tokenizer)  # the UsageError that names `vlmdet expand-vocab`
     if cfg.prompt.answer_format != "coordjson" and (cfg.eval.also_constrained or cfg.rollout.constrained):
         raise UsageError(f"--constrained: the grammar constraint is for coordjson answers, not {cfg.prompt.answer_format}")
+    note = rollout_budget_note(records[: cfg.eval.max_samples] if cfg.eval.max_samples else records, loaded, cfg)
+    if note:
+        print(f"vlmdet eval: warning: {note}", file=sys.stderr, flush=True)
     run_dir = RunDir(out)
     metrics = run_rollout_eval(loaded, records, cfg, run_dir=run_dir, step=step, progress=not args.no_progress)
     n = len(records) if not cfg.eval.max_samples else min(len(records), cfg.eval.max_samples)

@@ -105,8 +105,8 @@ def user_prompt(prompt_cfg: PromptConfig | None = None) -> str:
     order = "top to bottom, then left to right" if ordering == "sorted" else "in any order"
     first = "desc" if field_order == "desc_first" else "bbox_2d"
     text = f"List every object in the image {order} as CoordJSON, {first} first."
-    if variant == "coco_80":
-        text += " Restrict desc to this COCO-80 class list: " + _coco_list() + "."
+    if variant == "coco_80":  # the class list is in the system prompt only (once per sample)
+        text += " Use only the listed COCO-80 classes as desc."
     return text
 
 

@@ -1,7 +1,10 @@
 """`vlmdet expand-vocab SRC DST`: add the 1000 coordinate tokens to a checkpoint.
 
-- Adds `<|coord_0|>`..`<|coord_999|>` as special added tokens (one atomic id each); tokens already
-  present are kept, so running it on its own output adds nothing and changes no weight (idempotent).
+- Adds `<|coord_0|>`..`<|coord_999|>` as added tokens that are not special (one atomic id each, and
+  `decode(..., skip_special_tokens=True)`, the default of most serving stacks, keeps them); tokens
+  already present are kept with their ids, so running it on its own output adds nothing and changes
+  no weight (idempotent). Coord tokens that a checkpoint has as *special* tokens are made plain in
+  the written tokenizer files (`plain_coord_tokens`; ids unchanged).
 - Verifies the 1000 ids are distinct (index k = bin k) and below the number of embedding rows.
 - Grows the embedding matrix (and an untied output head) to cover every id. Rows of *newly added*
   tokens are initialized from the statistics of the pre-existing token rows: per-dimension mean plus
@@ -45,6 +48,42 @@ def _init_rows(weight, new_ids: list[int], old_ids: list[int], generator) -> Non
         weight[new_ids] = (mean + NOISE_SCALE * std * noise).to(weight.dtype)
 
 
+def plain_coord_tokens(folder) -> int:
+    """Make the coordinate tokens of the tokenizer files in `folder` plain (not special) added tokens,
+    in place: `"special": false` on their entries of `tokenizer.json` `added_tokens` and of
+    `tokenizer_config.json` `added_tokens_decoder`, and out of its special-token lists. Ids,
+    vocabulary and weights are unchanged. Returns how many tokenizer.json entries changed."""
+    from vlmdet.io import atomic_write_json
+
+    coord = set(COORD_TOKENS)
+    folder = Path(folder)
+    changed = 0
+    path = folder / "tokenizer.json"
+    if path.exists():
+        data = json.loads(path.read_text(encoding="utf-8"))
+        for entry in data.get("added_tokens", []):
+            if entry.get("content") in coord and entry.get("special"):
+                entry["special"] = False
+                changed += 1
+        if changed:
+            atomic_write_json(path, data)
+    path = folder / "tokenizer_config.json"
+    if path.exists():
+        data = json.loads(path.read_text(encoding="utf-8"))
+        edited = False
+        for entry in data.get("added_tokens_decoder", {}).values():
+            if entry.get("content") in coord and entry.get("special"):
+                entry["special"] = False
+                edited = True
+        for key in ("additional_special_tokens", "extra_special_tokens"):
+            if isinstance(data.get(key), list) and coord & set(data[key]):
+                data[key] = [t for t in data[key] if t not in coord]
+                edited = True
+        if edited:
+            atomic_write_json(path, data)
+    return changed
+
+
 def expand_vocab(src, dst, seed: int = 0) -> dict:
     """Add the coordinate tokens to checkpoint folder `src`, write the result to `dst`; return a
     summary dict (`added`, `already_present`, `vocab_size_before/after`, `embedding_rows_before/after`,
@@ -69,7 +108,7 @@ def expand_vocab(src, dst, seed: int = 0) -> dict:
     n_tok_before = len(tokenizer)
     rows_before = model.get_input_embeddings().weight.shape[0]
     missing = [t for t in COORD_TOKENS if t not in vocab]
-    tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in missing], special_tokens=True)
+    tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in missing])
     vocab = tokenizer.get_vocab()
     ids = [vocab[t] for t in COORD_TOKENS]
     if len(set(ids)) != NUM_BINS:
@@ -105,6 +144,7 @@ def expand_vocab(src, dst, seed: int = 0) -> dict:
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        made_plain = plain_coord_tokens(tmp)
         for f in src.iterdir():
             if f.is_file() and not (tmp / f.name).exists() and not f.name.endswith(_WEIGHT_SUFFIXES):
                 shutil.copy2(f, tmp / f.name)
@@ -120,6 +160,7 @@ def expand_vocab(src, dst, seed: int = 0) -> dict:
         "src": str(src),
         "dst": str(dst),
         "added": len(missing),
+        "made_plain": made_plain,
         "already_present": NUM_BINS - len(missing),
         "vocab_size_before": n_tok_before,
         "vocab_size_after": len(tokenizer),

@@ -29,7 +29,8 @@ from typing import Any, Sequence
 from vlmdet.coords import COORD_TOKENS, NUM_BINS
 from vlmdet.errors import UsageError
 from vlmdet.model.tiny import IMAGE_MEAN, IMAGE_STD, TINY_MODEL_CONFIG, build_tiny_checkpoint
-from vlmdet.model.tokenizer import CHAT_TEMPLATE, PRETOKENIZE_PATTERN, STRUCTURE_PIECES, default_words
+from vlmdet.model.tokenizer import (CHAT_TEMPLATE, COORD_TOKENS_SPECIAL, PRETOKENIZE_PATTERN, STRUCTURE_PIECES,
+                                    default_words)
 
 TINY_NAME = "tiny"
 TINY_CACHE_NAME = "tiny-v1"
@@ -74,7 +75,7 @@ def tiny_cache_name() -> str:
     definition builds a fresh cache folder instead of loading a stale one."""
     blob = json.dumps(
         [TINY_MODEL_CONFIG, sorted(set(default_words())), STRUCTURE_PIECES, PRETOKENIZE_PATTERN, CHAT_TEMPLATE,
-         IMAGE_MEAN, IMAGE_STD],
+         IMAGE_MEAN, IMAGE_STD, COORD_TOKENS_SPECIAL],
         sort_keys=True,
     )
     return f"{TINY_CACHE_NAME}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"

@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
@@ -106,11 +107,25 @@ class ConsoleCallback(TrainerCallback):
             self.bar = None
 
 
+#: processor / chat-template files that `AutoProcessor` and serving engines read, carried over from
+#: the source checkpoint into every checkpoint vlmdet writes (when the source has them).
+PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "video_preprocessor_config.json",
+                   "chat_template.json", "chat_template.jinja")
+
+
 def save_processor(loaded, folder, prompt_cfg=None) -> None:
-    """Write the tokenizer and image processor of `loaded` into `folder`, and with `prompt_cfg` (the
-    run's `prompt` section) the checkpoint's contract `vlmdet.json` (model/contract.py)."""
+    """Write the tokenizer and image processor of `loaded` into `folder`, copy each of `PROCESSOR_FILES`
+    that `folder` still lacks from the source checkpoint `loaded.path`, and with `prompt_cfg` (the run's
+    `prompt` section) write the checkpoint's contract `vlmdet.json` (model/contract.py)."""
+    import shutil
+
     loaded.tokenizer.save_pretrained(str(folder))
     loaded.processor.save_pretrained(str(folder))
+    if loaded.path is not None:
+        for name in PROCESSOR_FILES:
+            src, dst = Path(loaded.path) / name, Path(folder) / name
+            if src.is_file() and not dst.exists():
+                shutil.copy2(src, dst)
     if prompt_cfg is not None:
         from vlmdet.model.contract import make_contract, write_contract
 

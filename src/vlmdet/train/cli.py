@@ -119,6 +119,7 @@ def build_trainer(cfg, run, loaded=None, override_prompt: bool = False):
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     from vlmdet.config import training_arguments
+    from vlmdet.evaluate.budget import rollout_budget_note
     from vlmdet.train import tracking
     from vlmdet.train.callbacks import ConsoleCallback, RolloutEvalCallback, RunLogCallback
     from vlmdet.train.dataset import DetDataset, make_collator
@@ -144,7 +145,11 @@ def build_trainer(cfg, run, loaded=None, override_prompt: bool = False):
         targs = training_arguments(cfg, run.root)
     except (ValueError, TypeError, ImportError, OSError) as err:  # TrainingArguments.__post_init__ checks
         raise UsageError(f"training: {_first_line(err)}") from err  # the cause shows with --debug
-    eval_cb = RolloutEvalCallback(cfg, run, loaded, val[: cfg.eval.max_samples] if cfg.eval.max_samples else val)
+    eval_records = val[: cfg.eval.max_samples] if cfg.eval.max_samples else val
+    note = rollout_budget_note(eval_records, loaded, cfg)
+    if note and int(os.environ.get("RANK", "0")) == 0:
+        print(f"vlmdet train: warning: {note}", file=sys.stderr, flush=True)
+    eval_cb = RolloutEvalCallback(cfg, run, loaded, eval_records)
     try:
         trainer = DetTrainer(
             model=loaded.model,
@@ -208,7 +213,7 @@ def train(cfg, argv, resume=None, overwrite=False, loaded=None, override_prompt:
     complete checkpoint) or a checkpoint path. Nothing is written before every check passed."""
     from contextlib import nullcontext
 
-    from vlmdet.config import config_notes
+    from vlmdet.config import check_training_precision, config_notes
     from vlmdet.rundir import RunDir, RunLock, check_run_name
     from vlmdet.model.lora import is_lora, save_final
     from vlmdet.train.callbacks import save_processor
@@ -218,6 +223,7 @@ def train(cfg, argv, resume=None, overwrite=False, loaded=None, override_prompt:
     if resume is not None and overwrite:
         raise UsageError("--overwrite: cannot be combined with --resume / --resume-from")
     check_run_name(cfg.run_name)
+    check_training_precision(cfg)
     run = RunDir(Path(cfg.output_dir) / cfg.run_name)
     run.check_reuse(resume=resume is not None, overwrite=overwrite)
     target, notes = resume_target(run, resume, cfg.training.max_steps)

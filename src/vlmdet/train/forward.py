@@ -7,9 +7,10 @@ Two ways to get logits at chosen rows, both never building a full `[B, L, |V|]` 
 
 - `gathered_logits(model, batch, rows)` (use this in training code): one call of the *top-level*
   model (`model(...)`, so DDP / FSDP / DeepSpeed wrappers see a normal forward and synchronize as
-  usual) with `logits_to_keep=<bool mask [B, L]>`; transformers slices the final hidden states to the
-  masked rows before `lm_head`, so the output head runs on `[N, D]` only. Rows come back in row-major
-  (b, then t) order of the mask.
+  usual); a forward pre-hook on the output head (`lm_head`), in place only for that call, replaces
+  the head's input `[B, L, D]` by its masked rows `[N, D]`, so the head runs on `[N, D]` only. This
+  needs nothing from transformers beyond the standard `lm_head` call (no tensor `logits_to_keep`,
+  which only newer releases accept). Rows come back in row-major (b, then t) order of the mask.
 - `hidden_states(model, batch)` + `head_logits(model, hidden[N, D])`: the inner model's final hidden
   states `[B, L, D]`, then the output head on gathered rows. This calls `model.model(...)` directly,
   which bypasses a DDP/FSDP wrapper's forward (no gradient-sync bookkeeping, no FSDP parameter
@@ -86,8 +87,18 @@ def gathered_logits(model, batch: Mapping[str, Any], rows: torch.Tensor, inputs_
     if rows.dtype != torch.bool:
         raise TypeError(f"rows must be a bool mask [B, L], got {rows.dtype}")
     kwargs = _model_kwargs(model, batch, inputs_embeds, position_ids, cache)
-    out = model(**kwargs, logits_to_keep=rows)
-    logits = out.logits
+
+    def keep_rows(module, args):
+        (hidden,) = args
+        if hidden.shape[:2] != rows.shape:
+            raise RuntimeError(f"output head input {tuple(hidden.shape)} does not match rows {tuple(rows.shape)}")
+        return (hidden[rows],)
+
+    handle = unwrap(model).get_output_embeddings().register_forward_pre_hook(keep_rows)
+    try:
+        logits = model(**kwargs).logits
+    finally:
+        handle.remove()
     return logits.reshape(-1, logits.shape[-1])
 
 
