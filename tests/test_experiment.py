@@ -196,3 +196,42 @@ def test_grid_smoke_resume_and_reeval(tmp_path):
     assert sum("re-evaluated steps [0, 2]" in line for line in lines) == 1
     assert "eval_rollout/parse_dropped_invalid" in _metrics(runs[1], 2)
     assert json.loads((runs[1] / "grid.json").read_text())["eval_code"] == info["eval_code"]
+
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = [ROOT / "README.md", ROOT / "docs" / "results" / "README.md"]
+
+
+def documented_experiment_commands() -> list[list[str]]:
+    """Every `vlmdet experiment ...` command in the bash blocks of README.md and docs/results/README.md
+    (continuation lines joined, comments dropped), as argv without the leading `vlmdet`."""
+    import shlex
+
+    cmds = []
+    for doc in DOCS:
+        for block in doc.read_text().split("```bash")[1:]:
+            text = block.split("```", 1)[0].replace("\\\n", " ")
+            for line in text.splitlines():
+                argv = shlex.split(line, comments=True)
+                if argv[:2] == ["vlmdet", "experiment"]:
+                    cmds.append(argv[1:])
+    return cmds
+
+
+def test_docs_show_experiment_commands():
+    cmds = documented_experiment_commands()
+    assert any(c[1] == "grid" for c in cmds) and any(c[1] == "gate-ablation" for c in cmds)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("argv", documented_experiment_commands(), ids=lambda a: " ".join(a[1:3]))
+def test_documented_experiment_commands_run(argv, tmp_path, monkeypatch):
+    """Each documented command, as written, with `--smoke` and its output in a temporary folder."""
+    monkeypatch.chdir(ROOT)
+    argv = list(argv)
+    if "--out" in argv:
+        argv[argv.index("--out") + 1] = str(tmp_path / "out")
+    else:
+        argv += ["--out", str(tmp_path / "out")]
+    assert main(argv + ["--smoke"]) == 0
+    assert "## bbox_AP50" in (tmp_path / "out" / "grid.md").read_text()

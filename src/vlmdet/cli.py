@@ -27,7 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "expand-vocab": ("vlmdet.model.expand", "add the 1000 coordinate tokens to a checkpoint"),
     "doctor": ("vlmdet.model.doctor", "check a checkpoint for the seed's non-training failure suspects"),
     "report": ("vlmdet.report.cli", "compare run directories: report.md + report.html"),
-    "experiment": ("vlmdet.experiment", "canned experiments: gate-ablation (the seed's rerun plan)"),
+    "experiment": ("vlmdet.experiment", "grids of runs x seeds with seed statistics; preset: gate-ablation"),
 }
 
 

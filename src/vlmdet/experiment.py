@@ -67,6 +67,8 @@ SMOKE_OVERRIDES = ["training.per_device_train_batch_size=2", "training.warmup_st
                    "eval.max_samples=2", "rollout.max_new_tokens=24", "rollout.batch_size=2", "monitor.n_samples=2"]
 SMOKE_STEPS = [2]
 MARKER = "grid.json"
+#: the config sections a re-evaluation reads from a run's config.yaml.
+EVAL_SECTIONS = ("seed", "model", "data", "prompt", "rollout", "match", "eval", "monitor")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -248,10 +250,14 @@ def copy_step0(start: Path, run_root: Path) -> None:
 def reeval_run(run_root: Path, steps: list[int]) -> list[int]:
     """Re-evaluate a finished run at every step in `steps` that has a checkpoint (`checkpoint-<step>`, or
     `checkpoint-final` for the last step) with the installed evaluation code; returns the steps done."""
-    from vlmdet.config import load_config
+    import yaml
+
+    from vlmdet.config import config_from_dict
     from vlmdet.train.cli import FINAL_CHECKPOINT
 
-    cfg = load_config(run_root / "config.yaml")
+    # only the sections evaluation reads: a run made before a training/loss setting was renamed still loads
+    saved = yaml.safe_load((run_root / "config.yaml").read_text(encoding="utf-8"))
+    cfg = config_from_dict({k: saved[k] for k in EVAL_SECTIONS if k in saved})
     done = []
     for step in steps:
         ckpt = run_root / f"checkpoint-{step}"
