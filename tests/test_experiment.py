@@ -173,6 +173,8 @@ def test_grid_smoke_resume_and_reeval(tmp_path):
     assert set(grid["values"]["bbox_AP50"]["coord_gate=1"]) == {"0", "1"}
     assert grid["summary"]["bbox_AP50"]["coord_gate=1"]["per_step"]["2"]["n"] == 2
     assert (tmp_path / "report" / "report.html").stat().st_size > 10_000
+    assert (tmp_path / "plots" / "bbox_AP50.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "![bbox_AP50](plots/bbox_AP50.png)" in md
 
     # the same command again trains nothing; a run without grid.json (killed) is redone, alone
     stamp = {r: (r / "grid.json").stat().st_mtime_ns for r in runs}

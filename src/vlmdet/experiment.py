@@ -59,6 +59,8 @@ from vlmdet.errors import UsageError
 #: eval metrics shown in grid.md, in this order (those a run does not have are left out).
 GRID_METRICS = ("bbox_AP50", "bbox_AP", "f1", "sample_clean_rate", "sample_valid_pred_rate", "coord_slot_leak_rate",
                 "parse_dropped_invalid", "coord_vocab_mass_gen")
+#: metrics drawn as seed-interval plots (OUT/plots/<metric>.png).
+PLOT_METRICS = ("bbox_AP50", "sample_clean_rate", "coord_slot_leak_rate")
 EVAL_PREFIX = "eval_rollout/"
 #: settings the grid itself sets in every run; `--vary` / `--set` may not touch them.
 GRID_KEYS = ("seed", "run_name", "output_dir", "model.name_or_path", "training.max_steps", "eval.steps",
@@ -182,11 +184,17 @@ def run_overrides(arm: Arm, seed: int, steps: list[int], start: str, out: Path, 
 # step 0 and re-evaluation
 
 
+#: package parts that cannot change an eval metric (everything else counts as evaluation code).
+NOT_EVAL_CODE = ("train/", "report/", "experiment.py", "demo.py", "cli.py", "stats.py")
+
+
 def eval_code_hash() -> str:
-    """sha256 (first 12 hex digits) of the modules that turn a checkpoint into eval metrics."""
+    """sha256 (first 12 hex digits) of the package's modules that can change what a checkpoint's eval
+    reports: every module except `NOT_EVAL_CODE` (over-inclusive: a change there re-evaluates, never
+    the reverse)."""
     pkg = Path(__file__).resolve().parent
-    files = sorted(pkg.glob("evaluate/**/*.py")) + sorted(pkg.glob("parse*.py")) + sorted(pkg.glob("parse/**/*.py"))
-    files += [pkg / f"{m}.py" for m in ("match", "coords", "boxes", "format") if (pkg / f"{m}.py").is_file()]
+    files = [f for f in sorted(pkg.rglob("*.py"))
+             if not f.relative_to(pkg).as_posix().startswith(NOT_EVAL_CODE)]
     h = hashlib.sha256()
     for f in files:
         h.update(f.relative_to(pkg).as_posix().encode() + b"\0" + f.read_bytes())
@@ -492,6 +500,17 @@ def write_grid_report(out: Path, config: Path, arms: list[Arm], seeds: list[int]
     lines += ["## Runs", "", "| run | seconds | eval code |", "|---|---|---|"]
     lines += [f"| {run_name(Arm(a, ()), s)} | {info[(a, s)].get('seconds', '–') if (a, s) in info else 'not finished'} "
               f"| {info.get((a, s), {}).get('eval_code', '–')} |" for a in names for s in seeds]
+    from vlmdet.io import atomic_write_bytes
+    from vlmdet.report.plots import interval_plot
+
+    figures = []
+    for m in [m for m in PLOT_METRICS if m in summary]:
+        pts = {a: [(st, *(lambda s: (s["mean"], s["lo"], s["hi"]))(summary[m][a]["per_step"][str(st)]))
+                   for st in steps] for a in names}
+        png = atomic_write_bytes(out / "plots" / f"{m}.png",
+                                 interval_plot(pts, f"{m}: mean over seeds, 95 % t-interval", m))
+        figures.append(f"![{m}](plots/{png.name})")
+    lines[lines.index("## Runs"):lines.index("## Runs")] = ["## Plots", "", *figures, ""] if figures else []
     md = atomic_write_text(out / "grid.md", "\n".join(lines) + "\n")
     js = atomic_write_json(out / "grid.json", {
         "config": str(config), "start": start, "seeds": seeds, "steps": steps,
