@@ -204,13 +204,13 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", ROOT / "docs" / "results" / "README.md"]
 
 
-def documented_experiment_commands() -> list[list[str]]:
+def documented_experiment_commands(docs=DOCS) -> list[list[str]]:
     """Every `vlmdet experiment ...` command in the bash blocks of README.md and docs/results/README.md
     (continuation lines joined, comments dropped), as argv without the leading `vlmdet`."""
     import shlex
 
     cmds = []
-    for doc in DOCS:
+    for doc in docs:
         for block in doc.read_text().split("```bash")[1:]:
             text = block.split("```", 1)[0].replace("\\\n", " ")
             for line in text.splitlines():
@@ -225,15 +225,60 @@ def test_docs_show_experiment_commands():
     assert any(c[1] == "grid" for c in cmds) and any(c[1] == "gate-ablation" for c in cmds)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("argv", documented_experiment_commands(), ids=lambda a: " ".join(a[1:3]))
-def test_documented_experiment_commands_run(argv, tmp_path, monkeypatch):
-    """Each documented command, as written, with `--smoke` and its output in a temporary folder."""
-    monkeypatch.chdir(ROOT)
+def _with_out(argv: list[str], out: Path) -> list[str]:
     argv = list(argv)
     if "--out" in argv:
-        argv[argv.index("--out") + 1] = str(tmp_path / "out")
+        argv[argv.index("--out") + 1] = str(out)
     else:
-        argv += ["--out", str(tmp_path / "out")]
-    assert main(argv + ["--smoke"]) == 0
+        argv += ["--out", str(out)]
+    return argv
+
+
+@pytest.mark.parametrize("argv", documented_experiment_commands(), ids=lambda a: " ".join(a[1:3]))
+def test_documented_experiment_commands_check(argv, tmp_path, monkeypatch, capsys):
+    """Each documented command, as written (output in a temporary folder), with `--dry-run`: every run's
+    config loads and the runs are the documented grid; nothing is written."""
+    monkeypatch.chdir(ROOT)
+    assert main(_with_out(argv, tmp_path / "out") + ["--dry-run"]) == 0
+    out = capsys.readouterr().out
+    seeds = argv[argv.index("--seeds") + 1].split(",") if "--seeds" in argv else ["0", "1", "2"]
+    n_arms = math.prod(len(split_values(v.partition("=")[2])) for i, v in enumerate(argv) if argv[i - 1] == "--vary") \
+        if argv[1] == "grid" else 4
+    assert f"{n_arms * len(seeds)} runs, {n_arms * len(seeds)} to train" in out
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("argv", documented_experiment_commands(DOCS[:1]), ids=lambda a: " ".join(a[1:3]))
+def test_documented_experiment_commands_smoke(argv, tmp_path, monkeypatch):
+    """The README's grid and gate-ablation commands end to end with `--smoke`."""
+    monkeypatch.chdir(ROOT)
+    assert main(_with_out(argv, tmp_path / "out") + ["--smoke"]) == 0
     assert "## bbox_AP50" in (tmp_path / "out" / "grid.md").read_text()
+
+
+def test_grid_report_from_run_folders(tmp_path):
+    """grid.md / grid.json from hand-written run folders: one seed has no interval (JSON null, "(n=1)"),
+    a run without grid.json counts as not finished."""
+    from vlmdet.experiment import write_grid_report
+
+    arms = make_arms(["training.learning_rate=1e-3,1e-4"])
+    ap = {("learning_rate=1e-3", 0): 0.60, ("learning_rate=1e-4", 0): 0.66}
+    for (arm, seed), v in ap.items():
+        run = tmp_path / "runs" / f"{arm},seed={seed}"
+        for step, value in ((0, 0.657), (300, v)):
+            (run / "eval" / f"step_{step:06d}").mkdir(parents=True)
+            (run / "eval" / f"step_{step:06d}" / "metrics.json").write_text(
+                json.dumps({"step": step, "metrics": {"eval_rollout/bbox_AP50": value}}))
+        (run / "grid.json").write_text(json.dumps({"seconds": 100.0, "eval_code": "abc"}))
+    (tmp_path / "runs" / "learning_rate=1e-4,seed=1").mkdir()  # started, never finished
+    paths = write_grid_report(tmp_path, Path("c.yaml"), arms, [0, 1], [0, 300], "tiny", "T")
+    md = paths["md"].read_text()
+    assert "Finished runs: 2 of 4; training + eval wall time 200 s" in md
+    assert "| learning_rate=1e-4 | 0.657 | 0.660 | +0.060 (n=1) | +0.003 (n=1) |" in md
+    assert "| learning_rate=1e-4,seed=1 | not finished | – |" in md
+    grid = json.loads(paths["json"].read_text())
+    s = grid["summary"]["bbox_AP50"]["learning_rate=1e-4"]["vs_baseline"]["300"]
+    assert s["n"] == 1 and s["mean"] == pytest.approx(0.06) and s["std"] is None and s["lo"] is None
+    assert grid["values"]["bbox_AP50"]["learning_rate=1e-3"] == {"0": {"0": 0.657, "300": 0.6}, "1": {}}
+    assert (tmp_path / "plots" / "bbox_AP50.png").is_file()

@@ -29,6 +29,7 @@ Output:
                                    interval excludes zero; per-run wall times
     OUT/report/report.{md,html}    `vlmdet report` of the first seed's runs (curves, drops, examples)
 
+`--dry-run` checks every run's config and lists the runs (finished or to train) without training.
 `--smoke` runs the same grid with tiny numbers (2 steps, 2 images per batch, 2 eval images, the randomly
 initialized tiny model unless `--stage1` is given): plumbing only.
 
@@ -291,14 +292,15 @@ def _start_checkpoint(config: Path, stage1: str | None, smoke: bool) -> str | No
     return "tiny" if smoke else None
 
 
-def _data_overrides(config: Path, out: Path, smoke: bool) -> list[str]:
-    """The demo's synthetic set under OUT/data when the config names no training data."""
+def _data_overrides(config: Path, out: Path, smoke: bool, make: bool = True) -> list[str]:
+    """The demo's synthetic set under OUT/data when the config names no training data (`make=False`:
+    only its paths)."""
     from vlmdet.config import load_config
     from vlmdet.demo import DEMO_DATA, SMOKE_DATA, make_data
 
     if load_config(config).data.train:
         return []
-    data = make_data(out / "data", SMOKE_DATA if smoke else DEMO_DATA, progress=False)
+    data = make_data(out / "data", SMOKE_DATA if smoke else DEMO_DATA, progress=False) if make else out / "data"
     return [f"data.train={(data / 'train.jsonl').resolve()}", f"data.val={(data / 'val.jsonl').resolve()}"]
 
 
@@ -315,9 +317,11 @@ def _headline(metrics: dict) -> str:
 def run_grid(config: str | Path, varies: list[str], seeds: list[int], steps: list[int], out: str | Path, *,
              stage1: str | None = None, sets: list[str] | None = None, smoke: bool = False,
              keep_checkpoints: bool = False, reeval: bool = False, title: str | None = None,
-             argv: list[str] | None = None, say=print) -> dict:
+             argv: list[str] | None = None, dry_run: bool = False, say=print) -> dict:
     """Run (or continue) a grid and write its report (module docstring); returns
-    `{"runs": [...], "grid_md", "grid_json", "report_md", "report_html", "seconds"}`."""
+    `{"runs": [...], "grid_md", "grid_json", "report_md", "report_html", "seconds"}`. `dry_run`: check
+    every run's config, say which runs are finished and which would train, write nothing; returns
+    `{"runs": [...], "to_train": [...], "start"}`."""
     from vlmdet.config import load_config
     from vlmdet.io import atomic_write_json
     from vlmdet.train.cli import train
@@ -342,13 +346,20 @@ def run_grid(config: str | Path, varies: list[str], seeds: list[int], steps: lis
     if start is None:
         start = load_config(config, base).model.name_or_path
     # every run's config is checked before anything runs (bad input fails in a second, not an hour in)
-    base = _data_overrides(config, out, smoke) + base
+    base = _data_overrides(config, out, smoke, make=not dry_run) + base
     jobs = [(arm, seed) for seed in seeds for arm in arms]
     plans = {}
     for arm, seed in jobs:
         overrides = run_overrides(arm, seed, steps, start, out, base, keep_checkpoints)
         plans[(arm.name, seed)] = (overrides, load_config(config, overrides))
     code = eval_code_hash()
+    if dry_run:
+        todo = [run_name(a, s) for a, s in jobs if not (out / "runs" / run_name(a, s) / MARKER).is_file()]
+        for i, (arm, seed) in enumerate(jobs, 1):
+            name = run_name(arm, seed)
+            say(f"[{i}/{len(jobs)}] {name}: {'to train' if name in todo else 'finished'}: "
+                + " ".join(plans[(arm.name, seed)][0]))
+        return {"runs": [str(out / "runs" / run_name(a, s)) for a, s in jobs], "to_train": todo, "start": start}
     say(f"== grid: {len(arms)} arm(s) x {len(seeds)} seed(s) = {len(jobs)} runs of {max(steps)} steps from {start}; "
         f"out {out}")
 
@@ -415,6 +426,11 @@ def _num(x: float, signed: bool = False) -> str:
     if not math.isfinite(x):
         return "–"
     return f"{x:+.3f}" if signed else f"{x:.3f}"
+
+
+def _finite(d: dict) -> dict:
+    """NaN (no spread with one seed) as null: JSON has no NaN."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in d.items()}
 
 
 def _cell(s) -> str:
@@ -484,7 +500,7 @@ def write_grid_report(out: Path, config: Path, arms: list[Arm], seeds: list[int]
     for m in metrics:
         vals = {(a, s, st): v for (mm, a, s, st), v in raw.items() if mm == m}
         table = grid_table(vals, names, seeds, steps)
-        summary[m] = {a: {part: {str(st): asdict(sm) for st, sm in d.items()} for part, d in t.items()}
+        summary[m] = {a: {part: {str(st): _finite(asdict(sm)) for st, sm in d.items()} for part, d in t.items()}
                       for a, t in table.items()}
         lines += [f"## {m}", "", "| arm | " + " | ".join(f"step {st}" for st in steps)
                   + f" | Δ vs {names[0]} at {last} | Δ step {last} − step {first} |",
@@ -505,8 +521,9 @@ def write_grid_report(out: Path, config: Path, arms: list[Arm], seeds: list[int]
 
     figures = []
     for m in [m for m in PLOT_METRICS if m in summary]:
-        pts = {a: [(st, *(lambda s: (s["mean"], s["lo"], s["hi"]))(summary[m][a]["per_step"][str(st)]))
-                   for st in steps] for a in names}
+        nan = float("nan")
+        pts = {a: [(st, *(nan if x is None else x for x in (s["mean"], s["lo"], s["hi"])))
+                   for st, s in ((st, summary[m][a]["per_step"][str(st)]) for st in steps)] for a in names}
         png = atomic_write_bytes(out / "plots" / f"{m}.png",
                                  interval_plot(pts, f"{m}: mean over seeds, 95 % t-interval", m))
         figures.append(f"![{m}](plots/{png.name})")
@@ -557,6 +574,8 @@ def _common_arguments(p: argparse.ArgumentParser, seeds: str | None, steps: str 
     p.add_argument("--reeval", action="store_true",
                    help="re-evaluate finished runs made with other evaluation code, from their checkpoints")
     p.add_argument("--smoke", action="store_true", help="tiny numbers (tests): 2 steps, 2 images per batch, 2 eval images")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check every run's config and list the runs (finished / to train); train nothing")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -591,7 +610,11 @@ def run(args: argparse.Namespace) -> int:
                 raise UsageError(f"{shipped_stage1()}: the shipped Stage-1 checkpoint is missing; pass --stage1 CKPT")
             stage1 = str(shipped_stage1())
     s = run_grid(config, varies, seeds, steps, out, stage1=stage1, sets=args.sets, smoke=args.smoke,
-                 keep_checkpoints=args.keep_checkpoints, reeval=args.reeval, title=title, argv=list(sys.argv))
+                 keep_checkpoints=args.keep_checkpoints, reeval=args.reeval, title=title, argv=list(sys.argv),
+                 dry_run=args.dry_run)
+    if args.dry_run:
+        print(f"\n== {args.experiment} (dry run): {len(s['runs'])} runs, {len(s['to_train'])} to train")
+        return 0
     print(f"\n== {args.experiment}: {len(s['runs'])} runs from {s['start']} in {s['seconds']:.0f} s")
     print(f"grid:   {s['grid_md']}\nreport: {s['report_html']}\n        {s['report_md']}")
     return 0
