@@ -299,3 +299,17 @@ def test_text_gate_uses_final_iteration_text_rows(loaded, batch, monkeypatch):
     final = float(text_gate_loss(seen[(1, 1)][rows.text_rows], loaded.coord_ids).mean())
     a1 = float(text_gate_loss(seen[(0, 1)][rows.text_rows], loaded.coord_ids).mean())
     assert logs["loss/text_gate"] == pytest.approx(final, rel=1e-5) and abs(final - a1) > 1e-6
+
+
+def test_stage2_config_without_ce_on_coord_slots_has_no_ce_row_on_a_coord_token(loaded, batch):
+    from vlmdet.config import config_from_dict
+
+    coord_ids = torch.tensor(loaded.coord_ids)
+    labelled = int((batch["labels"] != -100).sum())
+    default = config_from_dict({"stage": 2, "losses": {"coord_gate": 1.0, "soft_ce": 1.0}})
+    sup = rows_from_batch(batch, default.losses)
+    assert not torch.isin(sup.ce_labels, coord_ids).any()
+    assert sup.ce_labels.numel() == labelled - 12 and sup.coord_t.numel() == 12  # 3 boxes
+    explicit = config_from_dict({"stage": 2, "losses": {"ce_on_coord_slots": True}})
+    sup = rows_from_batch(batch, explicit.losses)
+    assert int(torch.isin(sup.ce_labels, coord_ids).sum()) == 12  # allowed when asked for

@@ -278,3 +278,46 @@ def test_every_shipped_deepspeed_json_parses_with_a_zero_stage(path):
     cfg = json.loads(path.read_text())
     assert cfg["zero_optimization"]["stage"] in (1, 2, 3)
     assert cfg["train_micro_batch_size_per_gpu"] == "auto"  # the Trainer fills batch sizes from the YAML
+
+
+# (name, mapping, ce_on_coord_slots, losses.temperature, stage2.softctx_temperature, warnings expected)
+STAGE_DEFAULTS = [
+    ("stage 1 default", {}, True, 1.0, 1.0, []),
+    ("stage 2 default", {"stage": 2}, False, 1.0, 1.0, []),
+    ("stage 2 explicit true", {"stage": 2, "losses": {"ce_on_coord_slots": True}}, True, 1.0, 1.0, ["ce_on_coord_slots"]),
+    ("stage 1 explicit false", {"losses": {"ce_on_coord_slots": False}}, False, 1.0, 1.0, []),
+    ("coord temperature given", {"stage": 2, "losses": {"temperature": 0.5}}, False, 0.5, 0.5, []),
+    ("soft-context temperature given", {"stage": 2, "stage2": {"softctx_temperature": 2.0}}, False, 2.0, 2.0, []),
+    ("both given, equal", {"stage": 2, "losses": {"temperature": 0.7}, "stage2": {"softctx_temperature": 0.7}},
+     False, 0.7, 0.7, []),
+    ("both given, differ", {"stage": 2, "losses": {"temperature": 0.5}, "stage2": {"softctx_temperature": 2.0}},
+     False, 0.5, 2.0, ["two temperatures"]),
+]
+
+
+@pytest.mark.parametrize("name,data,ce,coord_t,ctx_t,notes", STAGE_DEFAULTS, ids=[r[0] for r in STAGE_DEFAULTS])
+def test_stage_defaults_and_notes(name, data, ce, coord_t, ctx_t, notes):
+    from vlmdet.config import config_notes
+
+    cfg = config_from_dict(data)
+    assert cfg.losses.ce_on_coord_slots is ce
+    assert (cfg.losses.temperature, cfg.stage2.softctx_temperature) == (coord_t, ctx_t)
+    got = config_notes(cfg)
+    assert len(got) == len(notes) and all(n in g for n, g in zip(notes, got))
+    # the resolved config dumps and loads back to itself
+    assert config_from_dict(config_to_dict(cfg)) == cfg
+
+
+def test_train_prints_the_notes(tmp_path, capsys):
+    from vlmdet.cli import main
+    from vlmdet.data.synth import make_synth
+
+    make_synth(tmp_path / "d", n_train=2, n_val=1, seed=0, size=32)
+    smoke = Path(__file__).resolve().parents[1] / "configs" / "smoke" / "tiny_stage1.yaml"
+    assert main(["train", str(smoke), f"data.train={tmp_path / 'd' / 'train.jsonl'}", "data.val=null",
+                 f"output_dir={tmp_path / 'runs'}", "stage=2", "losses.ce_on_coord_slots=true", "losses.temperature=0.5",
+                 "stage2.softctx_temperature=2.0", "training.max_steps=1", "training.per_device_train_batch_size=1",
+                 "eval.eval_steps=0", "training.save_steps=100"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: losses.ce_on_coord_slots is true in Stage 2" in err
+    assert "warning: two temperatures: losses.temperature 0.5" in err

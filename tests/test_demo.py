@@ -35,6 +35,13 @@ def test_make_data_reuses_a_matching_set(tmp_path):
     assert len((tmp_path / "train.jsonl").read_text().splitlines()) == 3
 
 
+def test_targets_name_the_strict_rate():
+    from vlmdet.demo import SUMMARY_KEYS, TARGETS
+
+    assert TARGETS == {"eval_rollout/bbox_AP50": 0.5, "eval_rollout/sample_clean_rate": 0.95}
+    assert {"sample_valid_pred_rate", "sample_clean_rate", "coord_slot_leak_rate"} <= set(SUMMARY_KEYS)
+
+
 def test_bad_arguments(tmp_path, capsys):
     with pytest.raises(UsageError, match="exclude"):
         run_demo(tmp_path, from_scratch=True, stage1=str(tmp_path))
@@ -62,6 +69,8 @@ def test_demo_smoke(tmp_path, capsys):
     s2 = tmp_path / "runs" / "demo_stage2"
     metrics = json.loads((s2 / "eval" / "step_000002" / "metrics.json").read_text())["metrics"]
     assert 0.0 <= metrics["eval_rollout/sample_valid_pred_rate"] <= 1.0
+    assert 0.0 <= metrics["eval_rollout/sample_clean_rate"] <= 1.0
+    assert "sample_clean_rate" in out and "coord_slot_leak_rate" in out
     assert (s2 / "monitor_dumps" / "step_000001.json").is_file()
     assert (s2 / "eval" / "step_000000" / "metrics.json").is_file()  # the Stage-1 checkpoint as step 0
     assert (tmp_path / "runs" / "demo_stage1" / "checkpoint-final" / "config.json").is_file()

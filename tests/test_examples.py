@@ -30,6 +30,8 @@ def test_parse_example_matches_expected(tmp_path, capsys):
     assert got["drop/unexpected_keys"] == 1 and got["drop/non_coord_token"] == 1
     assert got["parse_truncated_rate"] == 0.2 and got["parse_failed_rate"] == 0.2
     assert (got["tp"], got["fp"], got["fn"]) == (4, 0, 3)
+    assert got["sample_valid_pred_rate"] == pytest.approx(3 / 5) and got["sample_clean_rate"] == pytest.approx(1 / 5)
+    assert got["coord_slots"] == 20 and got["leak/digit"] == 1 and got["coord_slot_leak_rate"] == pytest.approx(1 / 20)
     assert "drop histogram" in capsys.readouterr().out
 
 
@@ -52,4 +54,4 @@ def test_parse_default_output_path(tmp_path):
     # without --gt only the parse-health part is written
     assert "bbox_AP" not in got
     _compare(got, {k: v for k, v in expected.items() if k in got})
-    assert len(got) == 19
+    assert len(got) == 27  # 19 parse-health keys + sample_clean_rate + coord_slots, leak rate, 5 leak kinds

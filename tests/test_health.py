@@ -24,7 +24,7 @@ def test_empty_input():
     m = parse_health([])
     assert m["samples"] == 0.0 and m["pred_objects"] == 0.0
     assert all(m[f"drop/{r}"] == 0.0 for r in DROP_REASONS)
-    assert m["sample_valid_pred_rate"] == 0.0 and m["duplicate_rate"] == 0.0
+    assert m["sample_valid_pred_rate"] == 0.0 and m["sample_clean_rate"] == 0.0 and m["duplicate_rate"] == 0.0
 
 
 def test_every_reason_is_reported():
@@ -51,7 +51,8 @@ def test_rates_by_hand():
     assert m["parse_truncated_rate"] == pytest.approx(1 / 6)
     assert m["parse_failed_rate"] == pytest.approx(1 / 6)
     assert m["malformed_container_rate"] == pytest.approx(1 / 6)
-    assert m["sample_valid_pred_rate"] == pytest.approx(2 / 6)
+    assert m["sample_valid_pred_rate"] == pytest.approx(4 / 6)  # >= 1 valid object: 1, 3, 4, 6
+    assert m["sample_clean_rate"] == pytest.approx(2 / 6)  # 1 and the empty answer 2
     assert m["empty_pred_rate"] == pytest.approx(2 / 6)
     assert m["duplicate_rate"] == 0.0
 
@@ -96,6 +97,21 @@ def test_with_the_real_parser():
     assert m["parse_dropped_invalid"] == 2.0
     assert m["parse_truncated_rate"] == pytest.approx(1 / 5)
     assert m["parse_failed_rate"] == pytest.approx(1 / 5)
-    assert m["sample_valid_pred_rate"] == pytest.approx(1 / 5)
+    assert m["sample_valid_pred_rate"] == pytest.approx(2 / 5)  # the clean one and the truncated one
+    assert m["sample_clean_rate"] == pytest.approx(1 / 5)
     assert m["empty_pred_rate"] == pytest.approx(3 / 5)
     assert m["duplicate_rate"] == pytest.approx(1 / 3)
+
+
+def test_always_empty_answers_are_clean_but_never_valid():
+    m = parse_health([parse_prediction('{"objects": []}') for _ in range(4)])
+    assert m["sample_valid_pred_rate"] == 0.0
+    assert m["sample_clean_rate"] == 1.0
+
+
+def test_one_drop_does_not_make_a_sample_invalid():
+    rec = '{"desc": "cat", "bbox_2d": [<|coord_1|>, <|coord_2|>, <|coord_30|>, <|coord_40|>]}'
+    text = '{"objects": [' + ", ".join([rec] * 10 + [rec.replace("<|coord_2|>", "85")]) + "]}"
+    m = parse_health([parse_prediction(text)])
+    assert m["pred_objects"] == 10.0 and m["parse_dropped_invalid"] == 1.0
+    assert m["sample_valid_pred_rate"] == 1.0 and m["sample_clean_rate"] == 0.0

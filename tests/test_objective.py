@@ -126,6 +126,44 @@ def test_coord_diagnostics_hand_values():
     assert O.coord_diagnostics(torch.zeros(0, 1100), torch.zeros(0), coord_ids) == {"coord_diag/coord_tokens": 0.0}
 
 
+def test_coord_diagnostics_reference_keys_by_hand():
+    """acc_top5, p_gt_mean, margin_mean, expected_bin_abs_err_p90 on 4 slots whose coordinate
+    distributions are written out by hand (logit -1e4 = probability 0)."""
+    import math
+
+    coord_ids = list(range(100, 1100))
+    z = torch.full((4, 1100), -1e4)
+    z[:, :100] = -1e4
+    ln3 = math.log(3.0)
+    # slot 0, target 10: p(10) = 3/4, p(14) = 1/4 -> E = 11, error 1, top-1 right, margin 0
+    z[0, 100 + 10], z[0, 100 + 14] = ln3, 0.0
+    # slot 1, target 20: p(20) = 1/4, p(26) = 3/4 -> E = 24.5, error 4.5, top-1 wrong, top-5 right, margin ln 3
+    z[1, 100 + 20], z[1, 100 + 26] = 0.0, ln3
+    # slot 2, target 30: bins 100 (logit 0), 101..104 (logit -1), 30 (logit -2): 30 is 6th -> not in top 5, margin 2
+    z[2, 100 + 100] = 0.0
+    z[2, 100 + 101:100 + 105] = -1.0
+    z[2, 100 + 30] = -2.0
+    # slot 3, target 40: all mass on 40 -> E = 40, error 0
+    z[3, 100 + 40] = 5.0
+    bins = torch.tensor([10, 20, 30, 40])
+    zs = 1 + 4 * math.exp(-1) + math.exp(-2)
+    p30 = math.exp(-2) / zs
+    e2 = (100 + math.exp(-1) * (101 + 102 + 103 + 104) + 30 * math.exp(-2)) / zs
+    errors = sorted([1.0, 4.5, abs(e2 - 30), 0.0])
+    d = O.coord_diagnostics(z, bins, coord_ids, 1.0)
+    assert d["coord_diag/acc_top1"] == pytest.approx(2 / 4)
+    assert d["coord_diag/acc_top5"] == pytest.approx(3 / 4)
+    assert d["coord_diag/p_gt_mean"] == pytest.approx((0.75 + 0.25 + p30 + 1.0) / 4, rel=1e-5)
+    assert d["coord_diag/margin_mean"] == pytest.approx((0 + ln3 + 2 + 0) / 4, rel=1e-5)
+    assert d["coord_diag/expected_bin_mae"] == pytest.approx(sum(errors) / 4, rel=1e-4)
+    # p90 of 4 values: position 0.9 * 3 = 2.7 between the 3rd and 4th smallest
+    assert d["coord_diag/expected_bin_abs_err_p90"] == pytest.approx(errors[2] + 0.7 * (errors[3] - errors[2]), rel=1e-4)
+    # tempered (T = 2) on slot 1 alone: logits halved -> p(20) = 1 / (1 + sqrt 3), margin ln 3 / 2
+    d2 = O.coord_diagnostics(z[1:2], bins[1:2], coord_ids, 2.0)
+    assert d2["coord_diag/p_gt_mean"] == pytest.approx(1 / (1 + math.sqrt(3)), rel=1e-5)
+    assert d2["coord_diag/margin_mean"] == pytest.approx(ln3 / 2, rel=1e-5)
+
+
 # --------------------------------------------------------------------------------------------- metric window
 
 

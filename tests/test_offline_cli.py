@@ -48,7 +48,7 @@ def test_parse_with_gt_bins_to_pixels(tmp_path, gt):
     assert m["bbox_AP50"] == pytest.approx(1.0)
     assert m["score_source"] == "constant"
     assert m["images_without_answer"] == 0
-    assert m["sample_valid_pred_rate"] == 1.0 and m["empty_pred_rate"] == 0.5
+    assert m["sample_valid_pred_rate"] == 0.5 and m["sample_clean_rate"] == 1.0 and m["empty_pred_rate"] == 0.5
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp file left
 
 

@@ -156,6 +156,11 @@ CASES = [
     drop1("non_coord_token", A(R('"cat"', "[<|coord_1|>, [<|coord_2|>], <|coord_3|>, <|coord_4|>]"))),
     drop1("non_coord_token", A(R('"cat"', '"<|coord_1|>, <|coord_2|>"'))),
     drop1("non_coord_token", A(R('"cat"', "[<|coord_1000|>, 85, <|coord_3|>, <|coord_4|>]"))),  # before range
+    # words with spaces inside bbox_2d are one element, a non-coordinate token (not malformed)
+    drop1("non_coord_token", A(R('"cat"', "[<|coord_1|>, red triangle, <|coord_3|>, <|coord_4|>]"))),
+    drop1("non_coord_token", A(R('"cat"', "[<|coord_1|>, <| coord_2 |>, <|coord_3|>, <|coord_4|>]"))),
+    drop1("non_coord_token", A(R('"cat"', "[<|coord_1|>\t<|coord_2|>, <|coord_3|>, <|coord_4|>]"))),
+    drop1("non_coord_token", A('{"desc": "cat", "bbox_2d": [<|coord_1|> <|coord_2|>, <|coord_3|>, <|coord_4|>]}')),
     drop1("coord_out_of_range", A(R('"cat"', C(1, 2, 1000, 4)))),
     drop1("coord_out_of_range", A(R('"cat"', "[<|coord_1|>, <|coord_" + "9" * 5000 + "|>]"))),  # before arity; no int() overflow
     drop1("wrong_arity", A(R('"cat"', C(1, 2, 3)))),
@@ -172,7 +177,9 @@ CASES = [
     drop1("malformed", A(R('"c\tat"', C(1, 2, 3, 4)))),  # raw control character, as json.loads
     drop1("malformed", A('{"desc": "cat", "bbox_2d": [<|coord_1|>, <|coord_2|>, <|coord_3|>, <|coord_4|>}')),
     drop1("malformed", A('{"desc": "cat", "bbox_2d": [<|coord_1|>, <|coord_2|>, <|coord_3|>, <|coord_4|>,]}')),
-    drop1("malformed", A('{"desc": "cat", "bbox_2d": [<|coord_1|> <|coord_2|>, <|coord_3|>, <|coord_4|>]}')),
+    # a line break between two atoms is not a run of words: lexically broken
+    drop1("malformed", A('{"desc": "cat", "bbox_2d": [<|coord_1|>\n<|coord_2|>, <|coord_3|>, <|coord_4|>]}')),
+    drop1("malformed", A('{"desc": red cat, "bbox_2d": ' + C(1, 2, 3, 4) + "}")),  # words outside an array
     drop1("malformed", A('{"desc": "cat",, "bbox_2d": ' + C(1, 2, 3, 4) + "}")),
     drop1("malformed", A('{"desc": "cat", "bbox_3d" ' + C(1, 2, 3, 4) + "}")),  # before unexpected_keys
     drop1("malformed", A('{"desc": "cat" "bbox_2d": ' + C(1, 2, 3, 4) + "}")),

@@ -211,12 +211,16 @@ def test_build_report_writes_md_and_self_contained_html(two_runs, tmp_path):
         assert (out / link).read_bytes().startswith(PNG_MAGIC), link
     # html: one file, every image a decodable PNG data URI, nothing external
     uris = _data_uris(html)
-    assert len(uris) == 1 + len(__import__("vlmdet.report.plots", fromlist=["PLOTS"]).PLOTS) + 2
+    assert len(uris) == 2 + len(__import__("vlmdet.report.plots", fromlist=["PLOTS"]).PLOTS) + 2  # drops, leaks
     for uri in uris:
         assert uri.startswith("data:image/png;base64,")
         assert base64.b64decode(uri.split(",", 1)[1]).startswith(PNG_MAGIC)
     assert not re.search(r'(src|href)="(?!data:)', html)
     assert '<mark title="non_coord_token">' in html
+    # which matching each F1 family uses, with CoordExp's names
+    assert "| gate_precision, gate_recall, gate_f1, gate_matched | class-agnostic Hungarian at box IoU >= match.iou_gate" in md
+    assert "eval_rollout/sample_valid_pred_rate" in md and "![leak kinds](plots/leak_kinds.png)" in md
+    assert "class-aware Hungarian at box IoU &gt;= eval.f1_iou (0.5)" in html
     assert "&lt;|coord_3|&gt;" in html
 
 
@@ -264,3 +268,16 @@ def test_report_from_a_real_short_run(tmp_path):
     assert "### " + run.name + " @ step 2:" in md
     html = paths["html"].read_text()
     assert html.count("data:image/png;base64,") >= len(__import__("vlmdet.report.plots", fromlist=["PLOTS"]).PLOTS) + 2
+
+
+def test_leak_kinds_figure_reads_the_leak_counts(tmp_path):
+    from vlmdet.report import plots
+    from vlmdet.slots import LEAK_KINDS
+
+    a = make_run(tmp_path, "a", {300: {"leak/digit": 3.0, "leak/word": 1.0}}, [])
+    b = make_run(tmp_path, "b", {300: {"leak/digit": 0.0}}, [])
+    runs = load_runs([a, b])
+    drawn = plots.drop_histogram(runs, [300], LEAK_KINDS, prefix="leak/")
+    assert drawn.startswith(PNG_MAGIC)
+    assert drawn != plots.drop_histogram(load_runs([b, b]), [300], LEAK_KINDS, prefix="leak/")
+    assert [runs[0].metric(300, f"leak/{k}") for k in LEAK_KINDS] == [3.0, 1.0, None, None, None]

@@ -19,6 +19,7 @@ from vlmdet.evaluate.monitor import GT_COLOUR
 from vlmdet.evaluate.rollout import HFRollout
 from vlmdet.evaluate.runner import run_rollout_eval
 from vlmdet.rundir import RunDir
+from vlmdet.slots import LEAK_KINDS
 
 # Image 64x64: bin k -> pixel k/999*63, so bins that are multiples of 111 land on multiples of 7 px.
 W = H = 64
@@ -166,7 +167,8 @@ def test_hand_computed_metrics(forced_run):
     assert len([k for k in m if k.startswith("eval_rollout/drop/")]) == 9  # every reason, zeros included
     assert r("parse_truncated_rate") == pytest.approx(1 / 5) and r("parse_incomplete_tail") == 1
     assert r("parse_failed_rate") == 0 and r("malformed_container_rate") == 0
-    assert r("sample_valid_pred_rate") == pytest.approx(2 / 5)  # s1 and the well-formed empty s5
+    assert r("sample_valid_pred_rate") == pytest.approx(3 / 5)  # >= 1 valid object: s1, s2, s4
+    assert r("sample_clean_rate") == pytest.approx(2 / 5)  # s1 and the well-formed empty s5
     assert r("empty_pred_rate") == pytest.approx(2 / 5)  # s3, s5
     assert r("duplicate_rate") == pytest.approx(1 / 6)  # s4's second red circle
     assert r("hit_max_new_tokens_rate") == pytest.approx(1 / 5) and r("stopped_rate") == pytest.approx(4 / 5)
@@ -179,7 +181,12 @@ def test_hand_computed_metrics(forced_run):
     cut = rollouts[3].text.count("<|coord_") - 12
     assert 0 <= cut < 4
     assert len(masses) == 8 + 8 + 3 + 12 + cut
-    assert r("coord_vocab_mass_gen") == pytest.approx(sum(masses) / len(masses), rel=1e-9)
+    assert r("coord_vocab_mass_gen_emitted") == pytest.approx(sum(masses) / len(masses), rel=1e-9)
+    # coordinate slots: s1 8, s2 4 (the bbox_3d record has no bbox_2d), s3 4 (one is "85"), s4 12 + cut
+    # (a budget cut right after "[" or ", " leaves no token there), s5 0
+    assert r("coord_slots") == 8 + 4 + 4 + 12 + cut
+    assert r("leak/digit") == 1 and sum(r(f"leak/{k}") for k in LEAK_KINDS) == 1
+    assert r("coord_slot_leak_rate") == pytest.approx(1 / (28 + cut))
     assert m["eval_time/generate_s"] > 0 and m["eval_time/tokens_per_s"] > 0
     for k, v in m.items():
         assert isinstance(v, float) and math.isfinite(v), k
@@ -275,6 +282,55 @@ def test_max_samples_and_no_run_dir(loaded, val):
     assert m["eval_rollout/pred_objects"] == 3 and m["eval_rollout/drop/unexpected_keys"] == 1
 
 
+class SetMass(Capture):
+    """Capture that replaces each rollout's coordinate-vocabulary masses: token t gets (t + 1) / 100."""
+
+    def generate(self, records, seed=None):
+        rollouts = super().generate(records, seed)
+        for ro in rollouts:
+            ro.coord_mass = [(t + 1) / 100 for t in range(len(ro.token_ids))]
+        return rollouts
+
+
+def test_leaked_slots_by_hand(loaded, val, tmp_path):
+    """A rollout forced to `bbox_2d: [85, <|coord_9|>, red, <|im_end|>`: 4 coordinate slots, at the
+    tokens `85`, `<|coord_9|>`, `red` and the end-of-turn; 3 leaks (digit, word, end_of_turn)."""
+    leak = '{"objects": [{"desc": "red circle", "bbox_2d": [85, <|coord_9|>, red, '
+    cfg = make_cfg(eval={"max_samples": 1})
+    backend = SetMass(forced_backend(loaded, cfg, {"s1_valid": leak}).backend)
+    run = RunDir(tmp_path / "run")
+    m = run_rollout_eval(loaded, load_records(val)[:1], cfg, run_dir=run, step=1, backend=backend)
+    ro = backend.rollouts[0]
+    assert ro.stopped and ro.text == leak and ro.token_ids[-1] == loaded.eot_id
+    # the tokens: {"objects": [ | {"desc": " | red | circle | ", "bbox_2d": [ | 85 | , | <|coord_9|> | , | red | , | <|im_end|>
+    assert ro.pieces[5:] == ["85", ", ", "<|coord_9|>", ", ", "red", ", ", "<|im_end|>"]
+    slot_tokens = [5, 7, 9, 11]
+    r = lambda k: m[f"eval_rollout/{k}"]  # noqa: E731
+    assert r("coord_slots") == 4 and r("coord_slot_leak_rate") == pytest.approx(3 / 4)
+    assert (r("leak/digit"), r("leak/word"), r("leak/end_of_turn"), r("leak/structure"), r("leak/other")) == (1, 1, 1, 0, 0)
+    # mass at the slots: tokens 5, 7, 9, 11 -> (0.06 + 0.08 + 0.10 + 0.12) / 4; the old number saw token 7 only
+    assert r("coord_vocab_mass_gen") == pytest.approx(0.09, rel=1e-12)
+    assert r("coord_vocab_mass_gen_emitted") == pytest.approx(0.08, rel=1e-12)
+    # the monitor dump marks the 3 leaked slots
+    dump = json.loads(run.dump_path(1).read_text())["samples"][0]
+    assert dump["coord_slots"] == 4
+    assert [(d["kind"], d["token"], d["offset"]) for d in dump["leaked_slots"]] == [
+        ("digit", slot_tokens[0], leak.index("85")), ("word", slot_tokens[2], leak.index("red, ")),
+        ("end_of_turn", slot_tokens[3], len(leak))]
+    assert dump["leaked_slots"][2]["text"] == "<|im_end|>"
+    assert [d["mass"] for d in dump["leaked_slots"]] == pytest.approx([0.06, 0.10, 0.12], rel=1e-12)
+
+
+def test_a_model_that_always_answers_empty(loaded, val):
+    cfg = make_cfg(monitor={"enabled": False})
+    backend = forced_backend(loaded, cfg, {k: answer() for k in GT})
+    m = run_rollout_eval(loaded, load_records(val), cfg, backend=backend)
+    assert all(ro.text == '{"objects": []}' and ro.stopped for ro in backend.rollouts)
+    assert m["eval_rollout/sample_valid_pred_rate"] == 0.0
+    assert m["eval_rollout/sample_clean_rate"] == 1.0
+    assert m["eval_rollout/coord_slots"] == 0 and m["eval_rollout/coord_slot_leak_rate"] == 0.0
+
+
 @pytest.mark.slow
 def test_constrained_decoding_repairs_a_leaking_model(loaded, val, tmp_path):
     """The 'leaking model': at every step a large bonus on the token of a digit-leaked answer (digits
@@ -293,6 +349,8 @@ def test_constrained_decoding_repairs_a_leaking_model(loaded, val, tmp_path):
     c = lambda k: m[f"eval_rollout_constrained/{k}"]  # noqa: E731
     assert c("parse_dropped_invalid") == 0 and c("parse_truncated_rate") == 0 and c("parse_failed_rate") == 0
     assert c("sample_valid_pred_rate") == 1.0 and c("pred_objects") == 10 and c("stopped_rate") == 1.0
+    assert m["eval_rollout/coord_slot_leak_rate"] == 1.0 and m["eval_rollout/leak/digit"] == 40
+    assert c("coord_slot_leak_rate") == 0.0 and c("coord_slots") == 40
     for ro in c_backend.rollouts:
         # same structure, same descs; coordinate tokens where the digits were
         assert ro.text.count("<|coord_") == 8 and "85" not in ro.text

@@ -16,7 +16,8 @@ from vlmdet.train.objective import TERMS
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CFG = REPO / "configs" / "stage1" / "tiny.yaml"
-DIAG_KEYS = ("coord_diag/coord_vocab_mass_mean", "coord_diag/acc_top1", "coord_diag/expected_bin_mae")
+DIAG_KEYS = ("coord_diag/coord_vocab_mass_mean", "coord_diag/acc_top1", "coord_diag/expected_bin_mae",
+             "coord_diag/acc_top5", "coord_diag/p_gt_mean", "coord_diag/margin_mean", "coord_diag/expected_bin_abs_err_p90")
 
 
 @pytest.fixture(scope="module")

@@ -398,8 +398,49 @@ def _build(cls: type, data: Any, where: str) -> Any:
 
 
 def config_from_dict(data: dict) -> Config:
-    """Typed `Config` from a plain mapping (no `extends`, no path resolution); raises `UsageError`."""
-    return _build(Config, data, "")
+    """Typed `Config` from a plain mapping (no `extends`, no path resolution); raises `UsageError`.
+    Defaults that depend on other keys are then filled in (`stage_defaults`)."""
+    return stage_defaults(_build(Config, data, ""), data)
+
+
+def _given(data: dict, section: str, key: str) -> bool:
+    sec = data.get(section)
+    return isinstance(sec, dict) and key in sec
+
+
+def stage_defaults(cfg: Config, data: dict) -> Config:
+    """Fill in the defaults that depend on other keys; `data` is the mapping `cfg` was built from (it
+    says which keys were given). In place; returns `cfg`.
+
+    - `losses.ce_on_coord_slots` not given: true in Stage 1, false in Stage 2 (Stage-2 coordinate slots
+      are trained by the coordinate terms only; an explicit true is allowed and `config_notes` names it).
+    - One temperature: `losses.temperature` (coordinate terms, gate, diagnostics) and
+      `stage2.softctx_temperature` (the soft context) take the value of whichever is given; when both
+      are given and differ each keeps its own and `config_notes` warns; neither given: 1.0.
+    """
+    if not _given(data, "losses", "ce_on_coord_slots"):
+        cfg.losses.ce_on_coord_slots = cfg.stage == 1
+    coord_t, ctx_t = _given(data, "losses", "temperature"), _given(data, "stage2", "softctx_temperature")
+    if coord_t and not ctx_t:
+        cfg.stage2.softctx_temperature = cfg.losses.temperature
+    elif ctx_t and not coord_t:
+        cfg.losses.temperature = cfg.stage2.softctx_temperature
+    return cfg
+
+
+def config_notes(cfg: Config) -> list[str]:
+    """Warnings about a resolved Stage-2 config that are allowed but unusual (printed when training starts)."""
+    if cfg.stage != 2:
+        return []
+    notes = []
+    if cfg.losses.ce_on_coord_slots:
+        notes.append("losses.ce_on_coord_slots is true in Stage 2: full-vocabulary token CE also at coordinate "
+                     "slots (the Stage-2 default is false)")
+    if cfg.losses.temperature != cfg.stage2.softctx_temperature:
+        notes.append(f"two temperatures: losses.temperature {cfg.losses.temperature} for the coordinate terms, "
+                     f"stage2.softctx_temperature {cfg.stage2.softctx_temperature} for the soft context "
+                     "(set one of them to use one temperature for both)")
+    return notes
 
 
 def load_config(path: str | os.PathLike, overrides: typing.Sequence[str] = ()) -> Config:

@@ -37,7 +37,11 @@ Presets (`PRESETS`): `gate-ablation` = `grid configs/demo/gate_ablation.yaml --v
 stage2.softctx_grad_mode=unroll,em_detach --vary losses.coord_gate=0,1` from the shipped Stage-1
 checkpoint, seeds 0,1,2, steps 100,200,300. Channel-A only; token CE excludes coord slots and every coord
 term is coord-sliced, so with the gate off nothing supervises the coordinate-vocabulary mass at
-coordinate slots (docs/results/README.md has what it shows).
+coordinate slots. What the gate-ablation grid reads: the rollout metrics `coord_slot_leak_rate` (share of
+`bbox_2d` value positions whose emitted token is not a coordinate token) and `leak/<kind>`,
+`coord_vocab_mass_gen` (at every such position), `sample_clean_rate` and `sample_valid_pred_rate`, parse
+drops and their reasons, and in the training log `coord_diag/coord_vocab_mass_mean` and `loss/coord_gate`
+(logged unweighted even when its weight is 0); docs/results/README.md has what it shows.
 """
 
 from __future__ import annotations

@@ -23,7 +23,9 @@ Records (each complete record is either a `ParsedObject` or exactly one `Dropped
 - Lexically a record is `{` members `}` where a member is `"key": value` and a value is a JSON string
   (escapes decoded exactly like `json.loads`: an invalid escape or a raw control character is
   `malformed`), an array `[v, ...]`, a nested object `{...}`, or a bare atom: a run of characters other
-  than JSON whitespace and `,:[]{}"` (so `85`, `三`, `true`, `<|coord_5|>` are atoms). Anything else
+  than JSON whitespace and `,:[]{}"` (so `85`, `三`, `true`, `<|coord_5|>` are atoms); an array
+  element may also be several atoms separated by spaces or tabs (`red triangle`, `<| coord_2 |>`),
+  which is one element (in `bbox_2d`: a `non_coord_token`, not `malformed`). Anything else
   (missing colon or comma, unbalanced brackets, trailing comma, nesting deeper than 64) -> `malformed`.
 - Then the first failing rule, in `DROP_REASONS` order, names the drop:
   `unexpected_keys` (a key other than `desc` / `bbox_2d`, or a key given twice), `missing_desc` (no
@@ -189,6 +191,9 @@ _WS_RE = re.compile(r"[ \t\n\r]*")
 _CONTAINER_RE = re.compile(r'\{[ \t\n\r]*"objects"[ \t\n\r]*:[ \t\n\r]*\[')
 _CANONICAL_OPEN = '{"objects": ['
 _ATOM_RE = re.compile(r'[^ \t\n\r,:\[\]{}"]+')
+# Inside an array an element may be a run of atoms separated by spaces or tabs (`red triangle`,
+# `<| coord_2 |>`): one element, which `bbox_2d` then calls `non_coord_token` (not `malformed`).
+_WORDS_RE = re.compile(r'[^ \t\n\r,:\[\]{}"]+(?:[ \t]+[^ \t\n\r,:\[\]{}"]+)*')
 _COORD_ATOM_RE = re.compile(r"<\|coord_(0|[1-9][0-9]*)\|>")
 # A JSON string body for brace matching: any char but quote/backslash, or a backslash + any char.
 _STRING_TAIL_RE = re.compile(rf'[^"\\]*{_P}(?:\\.[^"\\]*{_P})*{_P}"', re.DOTALL)
@@ -251,7 +256,7 @@ def _record_end(text: str, start: int) -> int:
 # "l" (list of values), "o" (list of (key, value) members). `None` means lexically malformed.
 
 
-def _lex_value(text: str, pos: int, end: int, depth: int):
+def _lex_value(text: str, pos: int, end: int, depth: int, in_array: bool = False):
     if pos >= end:
         return None
     c = text[pos]
@@ -269,7 +274,7 @@ def _lex_value(text: str, pos: int, end: int, depth: int):
         if p < end and text[p] == "]":
             return ("l", items, pos, p + 1)
         while True:
-            v = _lex_value(text, p, end, depth + 1)
+            v = _lex_value(text, p, end, depth + 1, True)
             if v is None:
                 return None
             items.append(v)
@@ -289,7 +294,7 @@ def _lex_value(text: str, pos: int, end: int, depth: int):
         if members is None:
             return None
         return ("o", members[0], pos, members[1])
-    m = _ATOM_RE.match(text, pos, end)
+    m = (_WORDS_RE if in_array else _ATOM_RE).match(text, pos, end)
     if m is None:
         return None
     return ("a", m.group(), pos, m.end())

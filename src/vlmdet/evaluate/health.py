@@ -13,7 +13,8 @@ carry no `eval_rollout/` prefix; the rollout evaluator adds it.
 | `parse_truncated_rate` | fraction of samples whose container never closed (`truncated`) |
 | `parse_failed_rate` | fraction of samples with no `{"objects": [` container at all (`failed`) |
 | `malformed_container_rate` | fraction of samples where a broken separator stopped parsing |
-| `sample_valid_pred_rate` | fraction of *clean* samples: not failed, not truncated, no malformed container and no dropped record. An empty but well-formed answer `{"objects": []}` is clean. |
+| `sample_valid_pred_rate` | fraction of samples with **at least one valid object** (the CoordExp meaning of the name). An empty answer `{"objects": []}` scores 0 here; a sample with 10 valid objects and a dropped record scores 1. |
+| `sample_clean_rate` | fraction of *clean* samples: not failed, not truncated, no malformed container and no dropped record. An empty but well-formed answer `{"objects": []}` is clean. |
 | `empty_pred_rate` | fraction of samples with no valid object (failed samples included) |
 | `duplicate_rate` | fraction of valid objects that duplicate an earlier valid object of the same sample: identical `desc` string and IoU >= 0.95 of the bin boxes. The first of a group is not a duplicate, so 3 copies give 2 duplicates. 0 when there are no valid objects. |
 
@@ -68,7 +69,8 @@ def parse_health(results: Sequence[ParseResult]) -> dict[str, float]:
         "parse_truncated_rate": rate(sum(r.truncated for r in results)),
         "parse_failed_rate": rate(sum(r.failed for r in results)),
         "malformed_container_rate": rate(sum(r.malformed_container for r in results)),
-        "sample_valid_pred_rate": rate(clean),
+        "sample_valid_pred_rate": rate(sum(bool(r.objects) for r in results)),
+        "sample_clean_rate": rate(clean),
         "empty_pred_rate": rate(sum(not r.objects for r in results)),
         "duplicate_rate": duplicates / pred_objects if pred_objects else 0.0,
     }

@@ -13,7 +13,11 @@ Each sample is a dict in the ARCHITECTURE.md format, built by `evaluate/runner.p
      "objects": [{"index", "desc", "bins": [4 ints], "bbox_2d": [4 px floats], "score"}],
      "drops": [{"reason", "index", "span": [a, b], "text": "{...}"}],
      "gt": [{"desc", "bbox_2d": [4 px floats]}],
-     "matches": [{"pred": i, "gt": j, "iou": f}]}   # pred = position in "objects", gt = position in "gt"
+     "matches": [{"pred": i, "gt": j, "iou": f}],   # pred = position in "objects", gt = position in "gt"
+     "coord_slots": n,   # bbox_2d value positions in the rollout (vlmdet.slots), dropped records included
+     "leaked_slots": [{"offset": char offset in raw_text (== its length for an end-of-turn slot),
+                       "token": response token index, "kind": digit|word|structure|end_of_turn|other,
+                       "text": the token's decoded text, "mass": coordinate-vocabulary mass there or null}]}
 
 Selection (`select_samples`): samples with a drop or any flag other than `empty_pred` set come
 first, then the rest; within each group the lowest per-sample F1 first (F1 = 2·matches / (preds + GT),
@@ -44,9 +48,11 @@ def sample_f1(sample: dict) -> float:
 
 
 def has_problem(sample: dict) -> bool:
-    """A drop, or a failed / truncated / malformed / max-tokens rollout (an empty answer alone is not)."""
+    """A drop, a leaked coordinate slot, or a failed / truncated / malformed / max-tokens rollout (an empty
+    answer alone is not)."""
     flags = sample["flags"]
-    return bool(sample["drops"]) or any(v for k, v in flags.items() if k != "empty_pred")
+    return bool(sample["drops"]) or bool(sample.get("leaked_slots")) or any(
+        v for k, v in flags.items() if k != "empty_pred")
 
 
 def select_samples(samples: Sequence[dict], n: int) -> list[dict]:

@@ -3,7 +3,10 @@
 RAW.jsonl holds one line per image: `{"image_id": "...", "text": "<the model's raw answer>"}`
 (`image_id` a non-empty string, unique; `text` a string, possibly empty). Each text goes through the
 strict parser (`parse.parse_prediction`, `--field-order`), and the per-sample results are
-aggregated by `evaluate.health.parse_health` (drop histogram, truncation/failure rates, ...).
+aggregated by `evaluate.health.parse_health` (drop histogram, truncation/failure rates, ...) and
+`slots.leak_metrics` over `slots.text_slots` (coord_slots, coord_slot_leak_rate, leak/<kind>: every
+`bbox_2d` element of every lexically complete record is one coordinate slot; raw text has no token
+ids and no probabilities, so there is no coord_vocab_mass_gen here).
 
 With `--gt GT.jsonl` (the data contract of DESIGN §1.4; image files are NOT needed or opened), each
 valid object's bins are mapped to pixels with its GT image's size (`coords.bins_to_pixel_box`) and
@@ -89,10 +92,13 @@ def run(args: argparse.Namespace) -> int:
     from vlmdet.evaluate.health import parse_health
     from vlmdet.io import atomic_write_json
     from vlmdet.parse import parse_prediction
+    from vlmdet.slots import leak_metrics, text_slots
 
     rows = read_raw(args.raw)
     results = [parse_prediction(text, args.field_order) for _, _, text in rows]
     metrics: dict = dict(parse_health(results))
+    metrics.update(leak_metrics(sl.kind for (_, _, text), res in zip(rows, results)
+                                for sl in text_slots(text, res)))
     report = [format_metrics({k: v for k, v in metrics.items() if not k.startswith("drop/")},
                              f"parse health of {len(rows)} answers ({args.raw})"), drop_histogram(metrics)]
 

@@ -26,7 +26,11 @@ uses 1.0). Metrics:
 - rollout matching (class-agnostic Hungarian with `match.iou_gate`, `match.fp_cost`, `match.fn_cost`,
   the matching Channel-B uses; the dumps' `matches`): gate_matched, gate_precision, gate_recall,
   gate_f1, gate_iou_mean;
-- generation: hit_max_new_tokens_rate, stopped_rate, gen_tokens_mean, coord_vocab_mass_gen;
+- coordinate slots (`slots.rollout_slots`: every value position of every `bbox_2d`, dropped records
+  included): coord_slots, coord_slot_leak_rate, leak/<kind> (digit, word, structure, end_of_turn, other),
+  coord_vocab_mass_gen (mean coordinate-vocabulary mass at those slots, whatever was emitted there);
+- generation: hit_max_new_tokens_rate, stopped_rate, gen_tokens_mean, coord_vocab_mass_gen_emitted
+  (mean coordinate-vocabulary mass at the steps that emitted a coordinate token, anywhere);
 - eval_time/{generate_s, total_s, tokens_per_s, samples_per_s}.
 All prefixed `eval_rollout/` (or `eval_rollout_constrained/` for the constrained pass) except eval_time/*
 (`eval_time_constrained/*` for the constrained pass).
@@ -59,6 +63,7 @@ class SampleEval:
     scores: list[float | None]  # per valid object (None: constant scoring)
     match: Any  # match.MatchResult of valid objects vs GT (iou_gate, class-agnostic)
     coord_token_positions: list[int]  # positions (before end-of-turn) of every generated coord-token id
+    slots: list  # slots.Slot per bbox_2d value position (token level)
 
 
 def box_score(rollout, positions: Sequence[int]) -> float | None:
@@ -75,6 +80,7 @@ def evaluate_sample(record, rollout, cfg, loaded) -> SampleEval:
     from vlmdet.match import hungarian_match
     from vlmdet.model.load import token_pieces
     from vlmdet.parse import parse_rollout
+    from vlmdet.slots import rollout_slots
 
     coord_bin_of_id = loaded.coord_bin_of_id
     pieces = rollout.pieces
@@ -91,7 +97,14 @@ def evaluate_sample(record, rollout, cfg, loaded) -> SampleEval:
     m = hungarian_match(boxes, gt_boxes, iou_gate=cfg.match.iou_gate, fp_cost=cfg.match.fp_cost,
                         fn_cost=cfg.match.fn_cost)
     coord_pos = [i for i, t in enumerate(rollout.token_ids[: rp.n_tokens]) if t in coord_bin_of_id]
-    return SampleEval(record, rollout, rp, boxes, scores, m, coord_pos)
+    slots = rollout_slots(rollout.token_ids, pieces, rp.n_tokens, rp.stopped, coord_bin_of_id)
+    return SampleEval(record, rollout, rp, boxes, scores, m, coord_pos, slots)
+
+
+def slot_mass(s: SampleEval, slot) -> float | None:
+    """Coordinate-vocabulary mass at a slot's token (None when the backend gave no statistics there)."""
+    mass = s.rollout.coord_mass
+    return float(mass[slot.token]) if slot.token < len(mass) else None
 
 
 def prediction_row(s: SampleEval) -> dict:
@@ -131,13 +144,26 @@ def dump_sample(s: SampleEval) -> dict:
                   for d in res.dropped],
         "gt": [{"desc": o.desc, "bbox_2d": [float(v) for v in o.bbox]} for o in rec.objects],
         "matches": [{"pred": p, "gt": g, "iou": float(iou)} for (p, g), iou in zip(s.match.pairs, s.match.ious)],
+        "coord_slots": len(s.slots),
+        "leaked_slots": [
+            {"offset": sl.offset, "token": sl.token, "kind": sl.kind,
+             "text": _piece(s, sl.token), "mass": slot_mass(s, sl)}
+            for sl in s.slots if sl.leaked
+        ],
     }
+
+
+def _piece(s: SampleEval, i: int) -> str:
+    """The decoded text of response token i ("" when the backend gave no pieces)."""
+    pieces = s.rollout.pieces
+    return pieces[i] if len(pieces) == len(s.rollout.token_ids) and i < len(pieces) else ""
 
 
 def sample_metrics(samples: Sequence[SampleEval], records, cfg) -> tuple[dict[str, float], str]:
     """Metric name (unprefixed) -> value over all samples, and the score source of the boxes."""
     from vlmdet.evaluate.detection import detection_metrics
     from vlmdet.evaluate.health import parse_health
+    from vlmdet.slots import leak_metrics
 
     n = len(samples)
     out: dict[str, float] = dict(parse_health([s.parse.result for s in samples]))
@@ -168,9 +194,12 @@ def sample_metrics(samples: Sequence[SampleEval], records, cfg) -> tuple[dict[st
     out["hit_max_new_tokens_rate"] = rate(sum(bool(s.rollout.hit_max) for s in samples))
     out["stopped_rate"] = rate(sum(bool(s.rollout.stopped) for s in samples))
     out["gen_tokens_mean"] = rate(sum(len(s.rollout.token_ids) for s in samples))
+    out.update(leak_metrics(sl.kind for s in samples for sl in s.slots))
+    slot_masses = [m for s in samples for sl in s.slots if (m := slot_mass(s, sl)) is not None]
+    out["coord_vocab_mass_gen"] = sum(slot_masses) / len(slot_masses) if slot_masses else 0.0
     masses = [s.rollout.coord_mass[i] for s in samples for i in s.coord_token_positions
               if i < len(s.rollout.coord_mass)]
-    out["coord_vocab_mass_gen"] = sum(masses) / len(masses) if masses else 0.0
+    out["coord_vocab_mass_gen_emitted"] = sum(masses) / len(masses) if masses else 0.0
     return out, score_source
 
 

@@ -12,6 +12,7 @@ from typing import Sequence
 
 from vlmdet.report import plots, tables
 from vlmdet.report.runs import RunData
+from vlmdet.slots import LEAK_KINDS
 
 #: (dotted config key, column label) shown in the runs table.
 RUN_FIELDS: list[tuple[str, str]] = [
@@ -38,7 +39,7 @@ class Example:
 class Content:
     runs: list[RunData]
     steps: list[int]
-    figures: dict[str, bytes] = field(default_factory=dict)   # name -> PNG (drop_reasons + plots.PLOTS)
+    figures: dict[str, bytes] = field(default_factory=dict)   # name -> PNG (drop_reasons, leak_kinds, plots.PLOTS)
     examples: list[Example] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -66,6 +67,9 @@ def gather(runs: Sequence[RunData], steps: Sequence[int] | None = None, n_exampl
     steps = tables.report_steps(runs, steps)
     content = Content(runs, steps)
     content.figures["drop_reasons"] = plots.drop_histogram(runs, steps, tables.drop_reasons(runs))
+    content.figures["leak_kinds"] = plots.drop_histogram(
+        runs, steps[-1:], LEAK_KINDS, prefix="leak/", ylabel="coordinate slots",
+        title="What stood at leaked coordinate slots (eval, last step), per run")
     for name in plots.PLOTS:
         content.figures[name] = plots.line_plot(runs, name, marks=steps)
     for run in runs:

@@ -94,13 +94,17 @@ def render_html(c: Content, title: str = "vlmdet report") -> str:
                     + "".join(_cell(key, cell) for (key, _), cell in zip(tables.HEADLINE, cells)) + "</tr>")
     h.append(_table(["step", "run"] + [label for _, label in tables.HEADLINE], rows, left=2))
 
+    h.append("<p>Which matching each metric family uses, and CoordExp's name for the same number:</p>")
+    h.append(_table(["metrics", "matching", "CoordExp name"],
+                    ["<tr>" + "".join(_td(v, True) for v in row) + "</tr>" for row in tables.METRIC_NOTES], left=3))
     h.append("<h2>Drop reasons (eval, records dropped by the strict parser)</h2>")
     drops = tables.drop_rows(runs, c.steps)
     keys = [(r.name, s) for r in runs for s in c.steps]
     rows = ["<tr>" + _td(name, True) + _td(step, True) + "".join(_cell("drop/x", tables.Cell(vals[j])) for _, vals in drops)
             + "</tr>" for j, (name, step) in enumerate(keys)]
     h.append(_table(["run", "step"] + [reason for reason, _ in drops], rows, left=2))
-    h.append('<div class="figs">' + _img(c.figures.get("drop_reasons"), "drop reasons") + "</div>")
+    h.append('<div class="figs">' + _img(c.figures.get("drop_reasons"), "drop reasons")
+             + _img(c.figures.get("leak_kinds"), "leak kinds") + "</div>")
 
     h.append('<h2>Over steps</h2><div class="figs">')
     h += [_img(c.figures.get(name), name) for name in plots.PLOTS]

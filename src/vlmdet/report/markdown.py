@@ -52,13 +52,15 @@ def render_markdown(c: Content, title: str = "vlmdet report") -> str:
                  [[str(step), name] + [tables.fmt_cell(key, cell) for (key, _), cell in zip(tables.HEADLINE, cells)]
                   for step, name, cells in tables.headline_rows(runs, c.steps)])
 
+    md += ["", "Which matching each metric family uses, and CoordExp's name for the same number:", ""]
+    md += _table(["metrics", "matching", "CoordExp name"], [list(row) for row in tables.METRIC_NOTES])
     md += ["", "## Drop reasons (eval, records dropped by the strict parser)", ""]
     drops = tables.drop_rows(runs, c.steps)
     keys = [(r.name, s) for r in runs for s in c.steps]
     md += _table(["run", "step"] + [reason for reason, _ in drops],
                  [[name, str(step)] + [tables.fmt_value("drop/x", vals[j]) for _, vals in drops]
                   for j, (name, step) in enumerate(keys)])
-    md += ["", "![drop reasons](plots/drop_reasons.png)", ""]
+    md += ["", "![drop reasons](plots/drop_reasons.png)", "", "![leak kinds](plots/leak_kinds.png)", ""]
 
     md += ["## Over steps", ""]
     for name in plots.PLOTS:

@@ -18,11 +18,14 @@ from vlmdet.report.runs import RunData
 PLOTS: dict[str, tuple[str, str, list[tuple[tuple[str, ...], str, str]]]] = {
     "parse_dropped_invalid": ("Invalid records dropped by the strict parser (eval)", "records",
                               [(("eval_rollout/parse_dropped_invalid",), "-o", "")]),
-    "sample_valid_pred_rate": ("Clean answers: sample_valid_pred_rate (eval)", "rate",
-                               [(("eval_rollout/sample_valid_pred_rate",), "-o", "")]),
+    "sample_valid_pred_rate": ("sample_valid_pred_rate (>= 1 valid object) and sample_clean_rate (eval)", "rate",
+                               [(("eval_rollout/sample_valid_pred_rate",), "-o", " (>= 1 valid)"),
+                                (("eval_rollout/sample_clean_rate",), "--o", " (clean)")]),
+    "coord_slot_leak_rate": ("Coordinate slots not holding a coordinate token (eval)", "rate",
+                             [(("eval_rollout/coord_slot_leak_rate",), "-o", "")]),
     "coord_vocab_mass": ("Coordinate-vocabulary mass at coord slots", "mass",
                          [(("coord_diag/coord_vocab_mass_mean",), "-", " (train, GT slots)"),
-                          (("eval_rollout/coord_vocab_mass_gen",), "--o", " (eval, generated slots)")]),
+                          (("eval_rollout/coord_vocab_mass_gen",), "--o", " (eval, every bbox_2d slot)")]),
     "loss_coord_gate": ("loss/coord_gate (unweighted)", "loss", [(("loss/coord_gate",), "-", "")]),
     "loss_ce": ("Token CE (loss/token_ce)", "loss", [(("loss/token_ce", "loss/ce"), "-", "")]),
     "bbox_AP50": ("COCO AP50 (eval)", "AP50", [(("eval_rollout/bbox_AP50",), "-o", "")]),
@@ -83,15 +86,17 @@ def line_plot(runs: Sequence[RunData], name: str, marks: Sequence[int] = ()) -> 
     return _png(fig)
 
 
-def drop_histogram(runs: Sequence[RunData], steps: Sequence[int], reasons: Sequence[str]) -> bytes:
-    """Grouped bars: x = drop reason, one bar per (run, step) with counts `eval_rollout/drop/<reason>`.
-    Missing metrics are drawn as 0-height bars and the legend marks the (run, step) as missing."""
+def drop_histogram(runs: Sequence[RunData], steps: Sequence[int], reasons: Sequence[str], prefix: str = "drop/",
+                   ylabel: str = "dropped records", title: str = "Drop reasons (eval), per run and step") -> bytes:
+    """Grouped bars: x = drop reason, one bar per (run, step) with counts `eval_rollout/<prefix><reason>`
+    (`prefix="leak/"` with `slots.LEAK_KINDS` draws the leak kinds). Missing metrics are drawn as 0-height
+    bars and the legend marks the (run, step) as missing."""
     fig = _figure(7.2, 3.6)
     ax = fig.subplots()
     groups = [(r, s) for r in runs for s in steps]
     width = 0.8 / max(1, len(groups))
     for j, (run, step) in enumerate(groups):
-        vals = [run.metric(step, f"drop/{reason}") for reason in reasons]
+        vals = [run.metric(step, f"{prefix}{reason}") for reason in reasons]
         missing = all(v is None for v in vals)
         xs = [i - 0.4 + width * (j + 0.5) for i in range(len(reasons))]
         label = f"{run.name} @ {step}" + (" (missing)" if missing else "")
@@ -99,8 +104,8 @@ def drop_histogram(runs: Sequence[RunData], steps: Sequence[int], reasons: Seque
         ax.bar(xs, [v or 0.0 for v in vals], width=width, color=f"C{runs.index(run) % 10}", alpha=alpha, label=label)
     ax.set_xticks(range(len(reasons)))
     ax.set_xticklabels(reasons, rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel("dropped records")
-    ax.set_title("Drop reasons (eval), per run and step", fontsize=10)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
     ax.grid(True, axis="y", alpha=0.3)
     if groups:
         ax.legend(fontsize=6, ncol=max(1, len(runs)))

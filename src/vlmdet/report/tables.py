@@ -27,7 +27,9 @@ HEADLINE: list[tuple[str, str]] = [
     ("eval_rollout/f1", "F1@0.5"),
     ("eval_rollout/precision", "P"),
     ("eval_rollout/recall", "R"),
-    ("eval_rollout/sample_valid_pred_rate", "valid-pred rate"),
+    ("eval_rollout/sample_valid_pred_rate", ">=1 valid rate"),
+    ("eval_rollout/sample_clean_rate", "clean rate"),
+    ("eval_rollout/coord_slot_leak_rate", "slot leak rate"),
     ("eval_rollout/parse_dropped_invalid", "dropped"),
     ("eval_rollout/empty_pred_rate", "empty rate"),
     ("eval_rollout/parse_truncated_rate", "truncated rate"),
@@ -37,7 +39,23 @@ HEADLINE: list[tuple[str, str]] = [
 ]
 
 _COUNT_NAMES = {"pred_objects", "gt_objects", "matched", "fp", "fn", "tp", "parse_dropped_invalid",
-                "tp_agnostic", "fp_agnostic", "fn_agnostic"}
+                "tp_agnostic", "fp_agnostic", "fn_agnostic", "gate_matched", "coord_slots"}
+
+#: (metric family, how predictions are matched to GT, CoordExp's name of the same number or "—").
+#: Shown by the report next to the tables and documented in docs/EVALUATION.md.
+METRIC_NOTES: list[tuple[str, str, str]] = [
+    ("precision, recall, f1, matched (= tp), fp, fn",
+     "class-aware Hungarian at box IoU >= eval.f1_iou (0.5), pixel boxes", "— (offline f1ish@0.50 *_full_micro is closest)"),
+    ("*_agnostic", "class-agnostic Hungarian at box IoU >= eval.f1_iou (0.5)", "— (offline f1ish@0.50 *_loc_micro is closest)"),
+    ("gate_precision, gate_recall, gate_f1, gate_matched",
+     "class-agnostic Hungarian at box IoU >= match.iou_gate (0.3), the Channel-B matcher",
+     "eval_rollout/precision, recall, f1, matched (there: maskIoU >= 0.3, which equals box IoU for boxes)"),
+    ("bbox_AP, bbox_AP50, ...", "COCOeval (faster-coco-eval), class-aware", "eval_rollout/bbox_AP, bbox_AP50, ..."),
+    ("sample_valid_pred_rate", "samples with >= 1 valid object", "eval_rollout/sample_valid_pred_rate"),
+    ("sample_clean_rate", "samples with no drop, not truncated, not failed", "—"),
+    ("parse_dropped_invalid, parse_truncated_rate", "strict parser", "eval_rollout/parse_dropped_invalid, parse_truncated_rate"),
+    ("coord_vocab_mass_gen, coord_slot_leak_rate, leak/<kind>", "every bbox_2d value position of the rollout", "—"),
+]
 
 
 @dataclass(frozen=True)
@@ -50,7 +68,7 @@ class Cell:
 
 def is_count(key: str) -> bool:
     name = key.removeprefix(EVAL_PREFIX)
-    return name in _COUNT_NAMES or name.startswith("drop/")
+    return name in _COUNT_NAMES or name.startswith(("drop/", "leak/"))
 
 
 def fmt_value(key: str, v: float | None) -> str:

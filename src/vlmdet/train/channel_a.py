@@ -17,7 +17,7 @@ Per batch, N = `stage2.n_softctx_iter` >= 1 full forwards over the same GT seque
 
 Which logits feed which term:
 - `token_ce`: A1 logits (structure + desc tokens; desc weighted `losses.desc_ce_weight`; coord slots
-  excluded when `losses.ce_on_coord_slots` is false, as the Stage-2 configs set);
+  excluded when `losses.ce_on_coord_slots` is false, its Stage-2 default);
 - every coord term (`coord_ce`, `soft_ce`, `w1`, `smoothl1`, `ciou` on expected boxes, `coord_gate`,
   `entropy`), `text_gate` and `coord_diag/*`: the final iteration's logits;
 - optional A1 anchors `stage2.a1_anchor` {coord term: weight}: the same coord terms on A1 logits,
@@ -78,7 +78,7 @@ def rows_from_batch(batch: Mapping[str, torch.Tensor], losses_cfg: Any) -> Rows:
 
     Built on `forward.supervision`: CE on every labelled token (`labels != -100`) with weight 1 for
     structure, `losses_cfg.desc_ce_weight` for desc tokens, and for coord slots 1 only when
-    `losses_cfg.ce_on_coord_slots` (the Stage-2 configs set it false); coord targets at every labelled
+    `losses_cfg.ce_on_coord_slots` (false by default in Stage 2); coord targets at every labelled
     coord slot (bin from `coord_bins`). Channel-B feeds its rebuilt targets through the same function
     (unsupervised tokens carry label -100).
     """

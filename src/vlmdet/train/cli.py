@@ -101,6 +101,7 @@ def build_trainer(cfg, run, loaded=None):
 
 def train(cfg, argv, resume=None, overwrite=False, loaded=None) -> dict:
     """Run training; returns a summary dict (also printed by `run`)."""
+    from vlmdet.config import config_notes
     from vlmdet.rundir import RunDir
     from vlmdet.train.callbacks import save_processor
 
@@ -108,6 +109,8 @@ def train(cfg, argv, resume=None, overwrite=False, loaded=None) -> dict:
     target = _resume_target(run, resume) if resume is not None else None
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 creates/cleans the run dir
         run = RunDir.create(cfg, argv, resume=resume is not None, overwrite=overwrite)
+        for note in config_notes(cfg):
+            print(f"vlmdet train: warning: {note}", file=sys.stderr, flush=True)
     trainer, loaded = build_trainer(cfg, run, loaded)
     t0 = time.time()
     result = trainer.train(resume_from_checkpoint=target)

@@ -116,11 +116,18 @@ def coord_terms(coord_rows: torch.Tensor, target_bins: torch.Tensor, coord_ids, 
 
 @torch.no_grad()
 def coord_diagnostics(coord_rows: torch.Tensor, target_bins: torch.Tensor, coord_ids, temperature: float = 1.0) -> dict[str, float]:
-    """`coord_diag/*` floats from full-vocabulary logits at coord slots' predicting rows `[Ns, V]`:
+    """`coord_diag/*` floats from full-vocabulary logits at coord slots' predicting rows `[Ns, V]`.
+    s = the 1000 coordinate logits of a slot, t its target bin, pi = softmax(s / T) over the coordinate
+    vocabulary (T = `temperature`):
 
-    - `coord_vocab_mass_mean`: mean coord-vocabulary probability mass, exp(-gate) (tempered);
+    - `coord_vocab_mass_mean`: mean coord-vocabulary probability mass, exp(-gate) (tempered, full vocabulary);
     - `acc_top1`: fraction of slots whose coord-vocabulary argmax is the target bin;
-    - `expected_bin_mae`: mean |E_pi[k] - t| in bins (tempered pi);
+    - `acc_top5`: fraction of slots whose target bin is among the 5 largest coordinate logits;
+    - `p_gt_mean`: mean pi_t, the tempered probability of the target bin within the coordinate vocabulary;
+    - `margin_mean`: mean (max_k s_k - s_t) / T, the tempered logit gap to the best bin (0 when t is the argmax);
+    - `expected_bin_mae`: mean |E_pi[k] - t| in bins;
+    - `expected_bin_abs_err_p90`: the 90th percentile of |E_pi[k] - t| over the slots (linear
+      interpolation between order statistics, as `torch.quantile`);
     - `coord_tokens`: Ns.
     Only `coord_tokens` (= 0) when there is no slot."""
     from vlmdet import losses as L
@@ -129,12 +136,18 @@ def coord_diagnostics(coord_rows: torch.Tensor, target_bins: torch.Tensor, coord
     if n == 0:
         return {"coord_diag/coord_tokens": 0.0}
     idx = torch.as_tensor(coord_ids, device=coord_rows.device)
-    s = coord_rows.index_select(-1, idx)
-    t = target_bins.to(s.device)
+    s = coord_rows.index_select(-1, idx).float()
+    t = target_bins.to(s.device).long()
+    s_t = s.gather(1, t.view(-1, 1)).squeeze(1)
+    abs_err = (L.expected_bins(s, temperature) - t.float()).abs()
     return {
         "coord_diag/coord_vocab_mass_mean": float(L.coord_vocab_mass(coord_rows, idx, temperature).mean()),
         "coord_diag/acc_top1": float((s.argmax(-1) == t).float().mean()),
-        "coord_diag/expected_bin_mae": float((L.expected_bins(s, temperature) - t.float()).abs().mean()),
+        "coord_diag/acc_top5": float((s.topk(min(5, s.shape[-1]), dim=-1).indices == t.view(-1, 1)).any(-1).float().mean()),
+        "coord_diag/p_gt_mean": float(L.coord_probs(s, temperature).gather(1, t.view(-1, 1)).mean()),
+        "coord_diag/margin_mean": float(((s.max(-1).values - s_t) / temperature).mean()),
+        "coord_diag/expected_bin_mae": float(abs_err.mean()),
+        "coord_diag/expected_bin_abs_err_p90": float(torch.quantile(abs_err, 0.9)),
         "coord_diag/coord_tokens": float(n),
     }
 
