@@ -588,6 +588,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("config", help="YAML config every run starts from")
     g.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2",
                    help="a setting and its values (repeatable; the first values make the baseline arm)")
+    g.add_argument("--title", default=None, help="title of grid.md and the report (default: Grid: <config name>)")
     _common_arguments(g, None, None)
     for name, p in PRESETS.items():
         sp = sub.add_parser(name, help=p["title"])
@@ -604,7 +605,7 @@ def run(args: argparse.Namespace) -> int:
     seeds = parse_seeds(args.seeds)
     out = args.out or f"runs/{args.experiment}"
     if args.experiment == "grid":
-        config, varies, stage1, title = args.config, args.vary, args.stage1, None
+        config, varies, stage1, title = args.config, args.vary, args.stage1, args.title
     else:
         p = PRESETS[args.experiment]
         config, varies, title = p["config"](), p["vary"], p["title"]
