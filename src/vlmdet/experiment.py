@@ -406,6 +406,7 @@ def run_grid(config: str | Path, varies: list[str], seeds: list[int], steps: lis
     from vlmdet.report.cli import build_report
 
     first = [out / "runs" / run_name(a, seeds[0]) for a in arms]
+    shutil.rmtree(out / "report", ignore_errors=True)  # no example PNGs left over from another invocation
     rep = build_report(first, out / "report", [0] + steps,
                        title=f"{title or 'Grid: ' + config.name} (seed {seeds[0]}: one run per arm)")
     say(f"== grid done in {time.time() - t_grid:.0f} s ({len(trained)} trained now); {paths['md']}")
