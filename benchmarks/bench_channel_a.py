@@ -76,10 +76,10 @@ def step(model, batch, cfg, coord_ids, count: SavedBytes | None = None) -> float
     model.zero_grad(set_to_none=True)
     t0 = time.perf_counter()
     if count is None:
-        loss, _ = channel_a_loss(model, batch, cfg, coord_ids)
+        loss, _ = channel_a_loss(model, batch, cfg.losses, coord_ids, cfg.stage2)
     else:
         with torch.autograd.graph.saved_tensors_hooks(count.pack, lambda t: t):
-            loss, _ = channel_a_loss(model, batch, cfg, coord_ids)
+            loss, _ = channel_a_loss(model, batch, cfg.losses, coord_ids, cfg.stage2)
     loss.backward()
     if torch.cuda.is_available():
         torch.cuda.synchronize()

@@ -11,8 +11,8 @@ Each variant runs forward + backward from `hidden` to the loss, in a FRESH subpr
 memory is clean), one after the other in the same run:
 
   full      HF-style: logits = head(hidden) as [1, L, V] float32, shifted CE (ignore -100), mean
-  gathered  vlmdet Stage-1: `forward.supervision` rows, head on the gathered rows only, then
-            `trainer.stage1_terms` (token CE + every coord term + text gate + coord_diag) and
+  gathered  vlmdet Stage-1: `objective.supervised_rows`, head on the gathered rows only, then
+            `channel_a.pass_terms` (token CE + every coord term + text gate + coord_diag) and
             `objective.combine` with configs/stage1/tiny.yaml's weights
 
 Peak memory is the process's peak RSS (`VmHWM` in /proc/self/status, reset through
@@ -89,20 +89,18 @@ def child(a) -> None:
 
     else:
         from vlmdet.config import load_config
-        from vlmdet.train.forward import supervision
-        from vlmdet.train.objective import combine, coord_diagnostics
-        from vlmdet.train.trainer import stage1_terms
+        from vlmdet.train.channel_a import ChannelAOutput, pass_terms
+        from vlmdet.train.objective import combine, supervised_rows, weights
 
         lc = load_config("configs/stage1/tiny.yaml").losses
 
         def step():
-            sup = supervision(batch)
-            logits = head(hidden[sup.rows])  # [N, V]
-            c = sup.coord
-            coord_rows = logits[c]
-            terms = stage1_terms(logits, sup, coord_ids, lc, coord_rows)
-            loss = combine(terms, lc)
-            coord_diagnostics(coord_rows, sup.coord_bins[c], coord_ids, lc.temperature)
+            rows = supervised_rows(batch, lc)
+            ce = head(hidden[rows.ce_b, rows.ce_t])  # [Nc, V]
+            coord = head(hidden[rows.coord_b, rows.coord_t])  # [Ns, V]
+            out = ChannelAOutput(ce, coord, coord, None, 1)
+            terms, _, _ = pass_terms(out, rows, coord_ids, lc, {})
+            loss = combine(terms, weights(lc))
             loss.backward()
             return float(loss.detach())
 

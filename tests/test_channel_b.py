@@ -1,4 +1,4 @@
-"""Channel-B target construction on hand-written rollouts (DESIGN §2.5), and one Channel-B step."""
+"""Channel-B target construction on hand-written rollouts (see docs/STAGE2.md), and one Channel-B step."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Golden tests of the coordinate lattice (DESIGN §1.1): hand-computed worked examples."""
+"""Golden tests of the coordinate lattice (see docs/FORMAT.md): hand-computed worked examples."""
 
 import pytest
 

@@ -1,4 +1,4 @@
-"""Exact CoordJSON strings rendered by format.py (DESIGN §1.2)."""
+"""Exact CoordJSON strings rendered by format.py (see docs/FORMAT.md)."""
 
 from types import SimpleNamespace
 

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from vlmdet.format import render_answer
-from vlmdet.model.chat import COORD, DESC, STRUCT, encode_example
+from vlmdet.model.chat import encode_example
 from vlmdet.model.collate import Collator, position_ids
 from vlmdet.model.load import load_model
 from vlmdet.train import forward as F
@@ -42,41 +42,18 @@ def full_logits(loaded, batch):
     return out.logits
 
 
-def test_supervision_rows_are_shifted_labels(loaded, batch):
-    sup = F.supervision(batch)
-    labels, ids = batch["labels"], batch["input_ids"]
-    B, L = labels.shape
-    expect_rows = [(b, p - 1) for b in range(B) for p in range(1, L) if labels[b, p] != -100]
-    got_rows = [tuple(x) for x in sup.rows.nonzero().tolist()]
-    assert got_rows == expect_rows
-    assert sup.target_ids.tolist() == [int(ids[b, t + 1]) for b, t in expect_rows]
-    assert sup.sample.tolist() == [b for b, _ in expect_rows]
-    # 3 boxes -> 12 coord rows, bins in document order
-    assert int(sup.coord.sum()) == 12
-    assert sup.coord_bins[sup.coord].tolist()[:4] == [10, 20, 300, 400]
-    assert (sup.coord_bins[~sup.coord] == -1).all()
-    # the last supervised row of each sample predicts <|im_end|>, a STRUCT token
-    for b in range(B):
-        last = max(i for i, s in enumerate(sup.sample.tolist()) if s == b)
-        assert sup.target_ids[last] == loaded.eot_id and sup.slot_class[last] == STRUCT
-    w = sup.ce_weights(desc_ce_weight=0.25, ce_on_coord_slots=False)
-    assert (w[sup.slot_class == DESC] == 0.25).all() and (w[sup.slot_class == COORD] == 0).all()
-    assert (w[sup.slot_class == STRUCT] == 1).all() and int((sup.slot_class == DESC).sum()) > 0
-    assert (sup.ce_weights()[sup.coord] == 1).all()
+class _Sup:
+    """Reference supervised rows of a batch: predicting row t = p - 1 of every labelled position p."""
 
-
-def test_supervision_rejects_partial_boxes(batch):
-    bad = dict(batch)
-    slot = batch["slot_class"].clone()
-    first_coord = (slot[0] == COORD).nonzero()[0, 0]
-    slot[0, first_coord] = STRUCT
-    bad["slot_class"] = slot
-    with pytest.raises(ValueError, match="multiple of 4"):
-        F.supervision(bad)
+    def __init__(self, batch):
+        labels = batch["labels"]
+        self.rows = torch.zeros_like(labels, dtype=torch.bool)
+        self.rows[:, :-1] = labels[:, 1:] != -100
+        self.target_ids = labels[:, 1:][labels[:, 1:] != -100]
 
 
 def test_gathered_logits_equal_full_logits_at_rows_and_head_sees_only_rows(loaded, batch, full_logits):
-    sup = F.supervision(batch)
+    sup = _Sup(batch)
     shapes = []
     hook = loaded.model.get_output_embeddings().register_forward_hook(lambda m, i, o: shapes.append(tuple(o.shape)))
     try:
@@ -92,7 +69,7 @@ def test_gathered_logits_equal_full_logits_at_rows_and_head_sees_only_rows(loade
 
 
 def test_hidden_states_head_logits_and_inputs_embeds_paths_agree(loaded, batch, full_logits):
-    sup = F.supervision(batch)
+    sup = _Sup(batch)
     b, t = sup.rows.nonzero(as_tuple=True)
     pos = position_ids(loaded.model, batch)
     with torch.no_grad():
@@ -115,7 +92,7 @@ def test_logits_at_several_overlapping_row_sets(loaded, batch, full_logits):
 
 def test_gathered_logits_gradients_match_full_logits_loss(loaded, batch):
     """Same scalar loss through the gathered path and the full-logits path -> same parameter grads."""
-    sup = F.supervision(batch)
+    sup = _Sup(batch)
     model = loaded.model
     head = model.get_output_embeddings().weight
 

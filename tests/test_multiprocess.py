@@ -20,14 +20,14 @@ import json, sys
 import torch
 import torch.distributed as dist
 import vlmdet.train.channel_b as cb
-import vlmdet.train.stage2 as s2
+import vlmdet.train.trainer as tr
 from vlmdet.config import load_config
 from vlmdet.train.cli import train
 from vlmdet.train.forward import unwrap
 
 out_path, config, overrides = sys.argv[1], sys.argv[2], sys.argv[3:]
 local = {"logs": [], "groups": {}, "model": None}
-real_loss, real_b = s2.stage2_loss, cb.channel_b_loss
+real_loss, real_b = tr.OBJECTIVES[2], tr.channel_b_loss
 
 def stage2_loss(trainer, model, batch):
     step = int(trainer.state.global_step)
@@ -41,7 +41,7 @@ def channel_b_loss(model, loaded, records, cfg, step, backend=None):
     local["groups"][step] = groups
     return total, logs, groups
 
-s2.stage2_loss, cb.channel_b_loss = stage2_loss, channel_b_loss
+tr.OBJECTIVES[2], tr.channel_b_loss = stage2_loss, channel_b_loss
 summary = train(load_config(config, overrides), ["test_multiprocess"])
 net = unwrap(local["model"])
 flat = torch.cat([p.detach().flatten() for p in net.parameters()])

@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from vlmdet.config import LossesConfig
+from vlmdet.model.chat import COORD, DESC, IGNORE, STRUCT
 from vlmdet.train import objective as O
+from vlmdet.train.trainer import MetricWindow
 
 
 def _t(v, grad=False):
@@ -34,7 +36,7 @@ def test_combine_weights_active_terms_only(weights, expect):
 def test_combine_with_losses_config_and_gradient_flows_only_to_active_terms():
     cfg = LossesConfig(token_ce=1.0, coord_gate=0.5, soft_ce=0.0)
     a, b, c = _t(1.0, True), _t(2.0, True), _t(3.0, True)
-    total = O.combine({"token_ce": a, "coord_gate": b, "soft_ce": c}, cfg)
+    total = O.combine({"token_ce": a, "coord_gate": b, "soft_ce": c}, O.weights(cfg))
     assert total.item() == pytest.approx(2.0)
     total.backward()
     assert a.grad.item() == 1.0 and b.grad.item() == 0.5 and c.grad is None
@@ -55,6 +57,14 @@ def test_log_terms_unweighted_with_total():
 # --------------------------------------------------------------------------------------------- coord terms
 
 
+def coord_terms(coord_rows, bins, coord_ids, cfg):
+    """The coord terms of the loss table at coord rows only (no CE / text rows)."""
+    none = coord_rows[:0]
+    x = O.Logits(ce=none, ce_labels=bins[:0], ce_weights=bins[:0].float(), text=none, text_rows=bins[:0].bool(),
+                 coord=coord_rows, coord_bins=bins, coord_ids=torch.as_tensor(coord_ids))
+    return O.loss_terms(x, O.hyper(cfg), O.active(O.weights(cfg)), names=O.COORD_TERMS)
+
+
 def _peaked_rows(bins, V=1100, coord_offset=100, peak=30.0, text_logit=None):
     """Full-vocab rows with coord ids 100..1099 and a sharp peak at each target bin."""
     z = torch.zeros(len(bins), V)
@@ -70,7 +80,7 @@ def test_coord_terms_perfect_prediction_is_near_zero_and_keys_complete():
     bins = [10, 20, 500, 600, 0, 0, 999, 999]
     z = _peaked_rows(bins)
     cfg = LossesConfig(coord_ce=1.0, smoothl1=1.0, ciou=1.0, coord_gate=1.0)
-    terms = O.coord_terms(z, torch.tensor(bins), coord_ids, cfg)
+    terms = coord_terms(z, torch.tensor(bins), coord_ids, cfg)
     assert set(terms) == set(O.COORD_TERMS)
     for k in ("coord_ce", "smoothl1", "ciou", "coord_gate", "entropy"):
         assert terms[k].item() == pytest.approx(0.0, abs=1e-4), k
@@ -85,7 +95,7 @@ def test_coord_terms_gate_sees_text_mass_and_inactive_terms_keep_no_graph():
     # each of the 100 text tokens at logit 30 + ln(1) -> text mass = 100/(100+1) per row
     z = _peaked_rows(bins, text_logit=30.0).requires_grad_(True)
     cfg = LossesConfig(token_ce=1.0, coord_gate=1.0, coord_ce=0.0)
-    terms = O.coord_terms(z, torch.tensor(bins), coord_ids, cfg)
+    terms = coord_terms(z, torch.tensor(bins), coord_ids, cfg)
     assert terms["coord_gate"].item() == pytest.approx(math.log(101 + 999 * math.exp(-30)), rel=1e-5)
     assert terms["coord_ce"].item() == pytest.approx(0.0, abs=1e-4)  # blind: coord-sliced CE is perfect
     assert terms["coord_gate"].requires_grad
@@ -100,17 +110,17 @@ def test_coord_terms_boxes_use_expected_bins():
     z[:, 1099] = 0.0
     gt = torch.tensor([0, 0, 999, 999])
     cfg = LossesConfig(smoothl1=1.0, smoothl1_beta=1.0)
-    terms = O.coord_terms(z, gt, coord_ids, cfg)
+    terms = coord_terms(z, gt, coord_ids, cfg)
     # pred box [.5,.5,.5,.5] vs gt [0,0,1,1]: every |diff| = 0.5 -> 0.5 * 0.25 = 0.125
     assert terms["smoothl1"].item() == pytest.approx(0.125, rel=1e-5)
 
 
 def test_coord_terms_empty_and_partial_box():
     z = torch.zeros(0, 1100, requires_grad=True)
-    terms = O.coord_terms(z, torch.zeros(0, dtype=torch.long), list(range(100, 1100)), LossesConfig())
+    terms = coord_terms(z, torch.zeros(0, dtype=torch.long), list(range(100, 1100)), LossesConfig())
     assert all(v.item() == 0.0 for v in terms.values())
     with pytest.raises(ValueError, match="groups of 4"):
-        O.coord_terms(torch.zeros(3, 1100), torch.zeros(3, dtype=torch.long), list(range(100, 1100)), LossesConfig())
+        coord_terms(torch.zeros(3, 1100), torch.zeros(3, dtype=torch.long), list(range(100, 1100)), LossesConfig())
 
 
 def test_coord_diagnostics_hand_values():
@@ -168,7 +178,7 @@ def test_coord_diagnostics_reference_keys_by_hand():
 
 
 def test_metric_window_means_per_key_and_resets():
-    w = O.MetricWindow()
+    w = MetricWindow()
     w.add({"loss/a": 1.0, "loss/b": 10.0})
     w.add({"loss/a": 3.0})
     w.add({"loss/a": 5.0, "loss/b": 20.0})
@@ -184,7 +194,7 @@ def _window_worker(rank, world, port, out):
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
-        w = O.MetricWindow()
+        w = MetricWindow()
         if rank == 0:
             w.add({"loss/a": 1.0})
             w.add({"loss/a": 3.0, "only0": 7.0})
@@ -215,3 +225,53 @@ def test_metric_window_all_reduces_across_ranks():
     # global mean over the 3 micro-batches of both ranks; a key seen on one rank only still appears
     expect = {"loss/a": (1.0 + 3.0 + 8.0) / 3, "only0": 7.0}
     assert results[0] == pytest.approx(expect) and results[1] == pytest.approx(expect)
+
+
+# --------------------------------------------------------------------------------------------- rows and table
+
+
+def _batch(desc_first=True):
+    """One sample by hand: prompt (ignored), then struct, desc, 4 coord slots, struct (<|im_end|>)."""
+    slot = [IGNORE, IGNORE, STRUCT, DESC, COORD, COORD, COORD, COORD, STRUCT]
+    labels = [-100, -100, 11, 12, 1010, 1020, 1030, 1040, 13]
+    bins = [-1, -1, -1, -1, 10, 20, 30, 40, -1]
+    t = lambda v: torch.tensor([v])
+    return {"labels": t(labels), "slot_class": t(slot), "coord_bins": t(bins)}
+
+
+@pytest.mark.parametrize(
+    "desc_w, on_coord, ce_t, ce_w",
+    [
+        (1.0, True, [1, 2, 3, 4, 5, 6, 7], [1, 1, 1, 1, 1, 1, 1]),
+        (0.25, False, [1, 2, 7], [1, 0.25, 1]),
+        (0.0, False, [1, 2, 7], [1, 0, 1]),  # desc rows stay CE rows (weight 0): the text gate reads them
+    ],
+)
+def test_supervised_rows_by_hand(desc_w, on_coord, ce_t, ce_w):
+    rows = O.supervised_rows(_batch(), LossesConfig(desc_ce_weight=desc_w, ce_on_coord_slots=on_coord))
+    assert rows.ce_t.tolist() == ce_t and rows.ce_b.tolist() == [0] * len(ce_t)
+    assert rows.ce_weights.tolist() == pytest.approx(ce_w)
+    assert rows.ce_labels.tolist() == [_batch()["labels"][0, t + 1].item() for t in ce_t]
+    assert rows.coord_t.tolist() == [3, 4, 5, 6] and rows.coord_bins.tolist() == [10, 20, 30, 40]
+    assert rows.text_rows.tolist() == [t + 1 not in (4, 5, 6, 7) for t in ce_t]
+    assert rows.n_boxes == 1
+
+
+def test_supervised_rows_rejects_partial_boxes():
+    b = _batch()
+    b["labels"][0, 7] = -100
+    with pytest.raises(ValueError, match="multiple of 4"):
+        O.supervised_rows(b, LossesConfig())
+
+
+def test_loss_table_is_the_config_and_log_schema():
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(LossesConfig)}
+    assert set(O.LOSSES) <= fields and set(O.HYPER) == {"sigma", "temperature", "smoothl1_beta"}
+    # every LossesConfig field is a term weight, a hyper-parameter or a token-CE row weight
+    assert fields == set(O.LOSSES) | set(O.HYPER) | {"desc_ce_weight", "ce_on_coord_slots"}
+    assert O.COORD_TERMS == LossesConfig.COORD_TERMS
+    assert [n for n, loss in O.LOSSES.items() if loss.signed] == ["entropy"]
+    terms = {n: _t(1.0) for n in O.LOSSES}
+    assert set(O.log_terms(terms)) == {f"loss/{n}" for n in O.LOSSES}

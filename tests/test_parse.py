@@ -1,4 +1,4 @@
-"""The strict CoordJSON parser (DESIGN §1.3): hand-written malformed outputs, truncation at every
+"""The strict CoordJSON parser (see docs/FORMAT.md): hand-written malformed outputs, truncation at every
 character, fuzzing with invariants, the render -> parse round trip, and the token-level wrapper."""
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ def test_load_valid_file_resolves_paths_and_bins(tmp_path):
     a, b, c = recs
     assert a.image_path == tmp_path / "img/a.png"
     assert a.objects == (GtObject("red circle", (1.5, 2.0, 30.25, 20.0)),)
-    # DESIGN §1.1 golden example; ints in the file become floats
+    # docs/FORMAT.md golden example; ints in the file become floats
     assert b.bins() == [("person", (156, 104, 470, 418))]
     assert b.objects[0].bbox == (100.0, 50.0, 300.0, 200.0)
     assert c.objects == () and c.bins() == []

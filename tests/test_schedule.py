@@ -1,4 +1,4 @@
-"""Channel schedule (DESIGN §2.6): Bresenham on the global step."""
+"""Channel schedule (see docs/STAGE2.md): Bresenham on the global step."""
 
 from fractions import Fraction
 

@@ -1,4 +1,4 @@
-"""Stage-2 end to end on the tiny model: `vlmdet train configs/stage2/...` (DESIGN §2.4-§2.6)."""
+"""Stage-2 end to end on the tiny model: `vlmdet train configs/stage2/...` (see docs/STAGE2.md)."""
 
 from __future__ import annotations
 

@@ -4,6 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from vlmdet.config import PromptConfig
 from vlmdet.coords import COORD_TOKENS
 from vlmdet.data.synth import CLASS_NAMES
 from vlmdet.format import render_answer
@@ -109,7 +110,7 @@ def test_rendered_answers_round_trip(tok, objs, field_order):
 @pytest.mark.parametrize("variant", ["default", "coco_80"])
 @pytest.mark.parametrize("field_order", ["desc_first", "geometry_first"])
 def test_prompts_round_trip_without_unknown_or_byte_tokens(tok, variant, field_order):
-    cfg = {"variant": variant, "field_order": field_order}
+    cfg = PromptConfig(variant=variant, field_order=field_order)
     for text in (system_prompt(cfg), user_prompt(cfg)):
         decoded, ids = _roundtrip(tok, text)
         assert decoded == text

@@ -16,19 +16,24 @@ Every failure is a `UsageError`, raised before any work starts.
 
 Free-form mappings (no key checking): `training.lr_scheduler_kwargs`, `training.extra` (checked later
 against `TrainingArguments` by `training_arguments`), `training.deepspeed`/`fsdp_config` when given
-as mappings, and `stage2.a1_anchor` (loss name -> weight).
+as mappings. `stage2.a1_anchor` (coord term -> weight) is checked by `_check_a1_anchor`.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
+import json
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, ClassVar, Optional, Union
+
+import yaml
 
 from vlmdet.errors import UsageError
 
@@ -36,139 +41,243 @@ from vlmdet.errors import UsageError
 @dataclass
 class ModelConfig:
     name_or_path: str = "tiny"
+    """`tiny` (built locally) or a checkpoint folder"""
     dtype: str = "float32"
+    """parameter dtype: float32 | bfloat16 | float16"""
     attn_implementation: str = "sdpa"
+    """transformers attention implementation (sdpa, eager, flash_attention_2)"""
     freeze_vision: bool = False
+    """freeze the vision tower (no gradients)"""
 
 
 @dataclass
 class DataConfig:
     train: Optional[str] = None
+    """training records, JSONL (docs/DATA.md); relative to the config file's folder"""
     val: Optional[str] = None
+    """rollout-eval records, JSONL; null = no rollout eval"""
     max_train_samples: Optional[int] = None
+    """use only the first N training records"""
     max_val_samples: Optional[int] = None
+    """use only the first N val records"""
     check_images: bool = True
+    """open every image when loading records"""
 
 
 @dataclass
 class PromptConfig:
     field_order: str = "desc_first"
+    """record field order: desc_first | geometry_first"""
     ordering: str = "sorted"
+    """object order in answers: sorted (top-to-bottom, left-to-right) | random"""
     variant: str = "default"
+    """prompt text: default | coco_80 (lists the 80 COCO class names)"""
     system: Optional[str] = None
+    """override the system prompt text"""
     user: Optional[str] = None
+    """override the user prompt text"""
 
 
 @dataclass
 class TrainingConfig:
     max_steps: int = 300
+    """optimizer steps"""
     num_train_epochs: float = 1.0
+    """epochs (used when max_steps <= 0)"""
     per_device_train_batch_size: int = 8
+    """training micro-batch per device"""
     per_device_eval_batch_size: int = 16
+    """eval batch per device"""
     gradient_accumulation_steps: int = 1
+    """micro-batches per optimizer step"""
     learning_rate: float = 2.0e-3
+    """peak learning rate"""
     lr_scheduler_type: str = "cosine_with_min_lr"
+    """transformers scheduler name"""
     lr_scheduler_kwargs: dict = field(default_factory=lambda: {"min_lr_rate": 0.1})
+    """scheduler keyword arguments (free-form)"""
     warmup_steps: int = 100
+    """linear warmup steps"""
     weight_decay: float = 0.01
+    """AdamW weight decay"""
     adam_beta1: float = 0.9
+    """AdamW beta1"""
     adam_beta2: float = 0.98
+    """AdamW beta2"""
     max_grad_norm: float = 1.0
+    """gradient clipping norm"""
     logging_steps: int = 10
+    """log every N optimizer steps"""
     save_steps: int = 500
+    """checkpoint every N optimizer steps"""
     save_total_limit: Optional[int] = 2
+    """keep at most N checkpoints (null = all)"""
     bf16: bool = False
+    """bfloat16 mixed precision"""
     gradient_checkpointing: bool = False
+    """activation checkpointing"""
     dataloader_num_workers: int = 0
+    """data loader worker processes"""
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    """logging integrations (tensorboard)"""
     deepspeed: Union[str, dict, None] = None
+    """DeepSpeed config: a JSON path or a mapping"""
     fsdp: str = ""
+    """FSDP options string (TrainingArguments.fsdp)"""
     fsdp_config: Union[str, dict, None] = None
+    """FSDP config: a path or a mapping"""
     ddp_backend: Optional[str] = None
+    """torch.distributed backend (nccl, gloo)"""
     extra: dict = field(default_factory=dict)
+    """any other TrainingArguments field (names checked)"""
 
 
 @dataclass
 class LossesConfig:
+    """Loss weights (one per term of the loss table, `train/objective.LOSSES`; each term is logged
+    unweighted as `loss/<name>` whatever its weight, and adds `weight * term` to the total when its
+    weight is > 0, or != 0 for `entropy`), token-CE row weights and the terms' hyper-parameters.
+    The terms are defined in docs/LOSSES.md."""
+
+    #: the coord terms (computed at coord slots; the names `stage2.a1_anchor` accepts)
+    COORD_TERMS: ClassVar[tuple[str, ...]] = ("coord_ce", "soft_ce", "w1", "smoothl1", "ciou", "coord_gate", "entropy")
+
     token_ce: float = 1.0
+    """weight of the full-vocabulary token CE on assistant tokens"""
     desc_ce_weight: float = 1.0
+    """token-CE row weight of desc (class name) tokens; structure tokens weigh 1"""
     ce_on_coord_slots: bool = True
+    """whether coord slots are token-CE rows (weight 1) or left to the coord terms (weight 0); when not given: true in Stage 1, false in Stage 2"""
     coord_ce: float = 0.0
+    """weight of the hard 1000-way CE over the coord vocabulary"""
     soft_ce: float = 0.0
+    """weight of the CE against a Gaussian (`sigma`) around the target bin"""
     w1: float = 0.0
+    """weight of the 1-D Wasserstein distance to the Gaussian target (`sigma`)"""
     smoothl1: float = 0.0
+    """weight of the smooth-L1 (`smoothl1_beta`) between expected and GT normalized boxes"""
     ciou: float = 0.0
+    """weight of 1 - CIoU between expected and GT normalized boxes"""
     coord_gate: float = 0.0
+    """weight of -log(coord-vocabulary mass) at coord slots"""
     text_gate: float = 0.0
+    """weight of -log(1 - coord-vocabulary mass) at text (structure, desc) rows"""
     entropy: float = 0.0
+    """weight of the coord-distribution entropy (positive sharpens, negative flattens)"""
     sigma: float = 2.0
+    """Gaussian target width in bins (soft_ce, w1)"""
     temperature: float = 1.0
+    """softmax temperature of gates, expected boxes, entropy and coord_diag (one temperature: see stage2.softctx_temperature)"""
     smoothl1_beta: float = 1.0
+    """smooth-L1 transition point (normalized box units)"""
 
 
 @dataclass
 class Stage2Config:
+    """Stage-2 AB: soft self-context (Channel-A) and the A/B channel schedule."""
+
     n_softctx_iter: int = 2
+    """Channel-A forwards per step N (>= 1; 1 = plain teacher forcing)"""
     softctx_temperature: float = 1.0
+    """temperature of the context distribution fed back at coord slots (takes losses.temperature when only that is given)"""
     softctx_grad_mode: str = "unroll"
+    """unroll (gradient through every iteration) or em_detach (context detached)"""
     ctx_embed_mode: str = "soft"
+    """context embedding: soft (expected embedding), st (straight-through), hard (argmax embedding)"""
     b_ratio: float = 0.0
+    """fraction of optimizer steps that run Channel-B, in [0, 1]"""
     a1_anchor: dict[str, float] = field(default_factory=dict)
+    """coord term -> weight of the same term on the first iteration's (A1) logits"""
 
 
 @dataclass
 class RolloutConfig:
     backend: str = "hf"
+    """generation backend: hf"""
     max_new_tokens: int = 256
+    """generation length limit"""
     batch_size: int = 16
+    """rollouts per generate call"""
     do_sample: bool = False
+    """sample instead of greedy decoding"""
     temperature: float = 1.0
+    """sampling temperature"""
     top_p: float = 1.0
+    """nucleus sampling threshold"""
     repetition_penalty: float = 1.0
+    """transformers repetition penalty (1.0 = off)"""
     constrained: bool = False
+    """grammar-constrained decoding of CoordJSON"""
 
 
 @dataclass
 class MatchConfig:
     iou_gate: float = 0.3
+    """minimum IoU of a Hungarian match"""
     fp_cost: float = 1.0
+    """cost of leaving a prediction unmatched"""
     fn_cost: float = 1.0
+    """cost of leaving a GT object unmatched"""
 
 
 @dataclass
 class EvalConfig:
     eval_steps: int = 100
+    """rollout eval every N optimizer steps (0 = off)"""
     steps: list[int] = field(default_factory=list)
+    """extra optimizer steps with a rollout eval"""
     max_samples: Optional[int] = 100
+    """val records per eval (null = all)"""
     score_source: str = "coord_logprob"
+    """box scores for AP: coord_logprob | constant"""
     f1_iou: float = 0.5
+    """IoU threshold of P/R/F1"""
     also_constrained: bool = False
+    """also run a grammar-constrained pass"""
 
 
 @dataclass
 class MonitorConfig:
     enabled: bool = True
+    """write monitor dumps at each eval"""
     n_samples: int = 10
+    """samples per dump"""
     max_text_chars: int = 0
+    """truncate texts in dumps (0 = untruncated)"""
     draw_images: bool = True
+    """draw boxes on dumped images"""
 
 
 @dataclass
 class Config:
     run_name: str = "run"
+    """run folder name under output_dir"""
     output_dir: str = "runs"
+    """parent folder of runs"""
     seed: int = 0
+    """random seed (data order, rollout seeds)"""
     stage: int = 1
+    """1 = Stage-1 teacher forcing, 2 = Stage-2 AB"""
     model: ModelConfig = field(default_factory=ModelConfig)
+    """the model to train or evaluate"""
     data: DataConfig = field(default_factory=DataConfig)
+    """record files"""
     prompt: PromptConfig = field(default_factory=PromptConfig)
+    """prompt and answer format"""
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    """mapped onto transformers.TrainingArguments"""
     losses: LossesConfig = field(default_factory=LossesConfig)
+    """loss weights and hyper-parameters"""
     stage2: Stage2Config = field(default_factory=Stage2Config)
+    """Stage-2 AB settings"""
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    """generation for evaluation and Channel-B"""
     match: MatchConfig = field(default_factory=MatchConfig)
+    """prediction-GT matching"""
     eval: EvalConfig = field(default_factory=EvalConfig)
+    """rollout evaluation"""
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    """monitor dumps"""
 
 
 #: dotted path -> allowed values, checked after typing.
@@ -209,10 +318,6 @@ _DATA_PATH_KEYS = ("train", "val")
 def _safe_load(text: str) -> Any:
     """`yaml.safe_load`, except that `1e-3` (exponent without a dot) reads as a float, not a string
     (PyYAML follows YAML 1.1 there, which surprises everyone writing learning rates)."""
-    import re
-
-    import yaml
-
     class Loader(yaml.SafeLoader):
         pass
 
@@ -223,8 +328,6 @@ def _safe_load(text: str) -> Any:
 
 
 def _read_yaml(path: Path) -> dict:
-    import yaml
-
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as err:
@@ -279,8 +382,6 @@ def _load_tree(path: Path, chain: tuple[Path, ...]) -> dict:
 
 def parse_override(text: str) -> tuple[list[str], Any]:
     """`"a.b.c=value"` -> (["a", "b", "c"], yaml.safe_load(value))."""
-    import yaml
-
     key, sep, value = text.partition("=")
     parts = key.strip().split(".")
     if not sep or not all(parts):
@@ -397,10 +498,22 @@ def _build(cls: type, data: Any, where: str) -> Any:
     return cls(**values)
 
 
+def _check_a1_anchor(a1_anchor: dict[str, float]) -> None:
+    """`stage2.a1_anchor`: coord term names (`LossesConfig.COORD_TERMS`), weights >= 0 (`entropy`: any)."""
+    for name, w in a1_anchor.items():
+        if name not in LossesConfig.COORD_TERMS:
+            raise _unknown_key(str(name), list(LossesConfig.COORD_TERMS), "stage2.a1_anchor.")
+        if w < 0 and name != "entropy":
+            raise UsageError(f"stage2.a1_anchor.{name}: {w!r} must be >= 0")
+
+
 def config_from_dict(data: dict) -> Config:
     """Typed `Config` from a plain mapping (no `extends`, no path resolution); raises `UsageError`.
-    Defaults that depend on other keys are then filled in (`stage_defaults`)."""
-    return stage_defaults(_build(Config, data, ""), data)
+    Every value is checked here, once (types, `CHOICES`, `RANGES`, `stage2.a1_anchor`); defaults that
+    depend on other keys are then filled in (`stage_defaults`)."""
+    cfg = _build(Config, data, "")
+    _check_a1_anchor(cfg.stage2.a1_anchor)
+    return stage_defaults(cfg, data)
 
 
 def _given(data: dict, section: str, key: str) -> bool:
@@ -456,6 +569,38 @@ def load_config(path: str | os.PathLike, overrides: typing.Sequence[str] = ()) -
     return config_from_dict(data)
 
 
+def field_docs(cls: type) -> dict[str, str]:
+    """The attribute docstrings of a config dataclass (the string literal under each field), read
+    from this module's source: `{field: text}`."""
+    tree = ast.parse(Path(__file__).read_text(encoding="utf-8"))
+    node = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls.__name__)
+    docs = {}
+    for stmt, nxt in zip(node.body, node.body[1:]):
+        if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and isinstance(nxt, ast.Expr) \
+                and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str):
+            docs[stmt.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def reference_table() -> str:
+    """Markdown table of every config key (dotted), its type, default and docstring: the "Every key"
+    section of docs/CONFIG.md (a test checks that the page is current)."""
+    rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    defaults = config_to_dict(Config())
+    hints = typing.get_type_hints(Config)
+    top = field_docs(Config)
+    for f in dataclasses.fields(Config):
+        if dataclasses.is_dataclass(hints[f.name]):
+            section = hints[f.name]
+            docs, sub_hints = field_docs(section), typing.get_type_hints(section)
+            for g in dataclasses.fields(section):
+                value = defaults[f.name][g.name]
+                rows.append(f"| `{f.name}.{g.name}` | {_type_name(sub_hints[g.name])} | `{json.dumps(value)}` | {docs.get(g.name, '').replace('|', chr(92) + '|')} |")
+        else:
+            rows.append(f"| `{f.name}` | {_type_name(hints[f.name])} | `{json.dumps(defaults[f.name])}` | {top.get(f.name, '').replace('|', chr(92) + '|')} |")
+    return "\n".join(rows) + "\n"
+
+
 def config_to_dict(cfg: Config) -> dict:
     """The fully resolved config as a plain mapping (every field, defaults included)."""
     return dataclasses.asdict(cfg)
@@ -463,8 +608,6 @@ def config_to_dict(cfg: Config) -> dict:
 
 def dump_config_yaml(cfg: Config) -> str:
     """The fully resolved config as YAML text (loads back to an equal `Config`)."""
-    import yaml
-
     return yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True, default_flow_style=False)
 
 
@@ -479,6 +622,7 @@ def training_arguments(cfg: Config, output_dir: str | os.PathLike):
     has that newer name. TensorBoard: transformers 5 has no `logging_dir` argument; the tensorboard
     callback reads the `TENSORBOARD_LOGGING_DIR` environment variable (default `<output_dir>/runs/...`).
     """
+    import torch  # heavy: only here, so that loading a config (every command) stays torch-free
     from transformers import TrainingArguments
 
     t = dataclasses.asdict(cfg.training)
@@ -497,7 +641,6 @@ def training_arguments(cfg: Config, output_dir: str | os.PathLike):
             hint = f" (did you mean '{where}{close[0]}'?)" if close else ""
             raise UsageError(f"training.extra.{key}: not a TrainingArguments field{hint}")
     kwargs = {**t, "remove_unused_columns": False, **extra, **fixed}
-    import torch
 
     if "dataloader_pin_memory" not in extra:
         kwargs["dataloader_pin_memory"] = torch.cuda.is_available()  # pinning needs an accelerator

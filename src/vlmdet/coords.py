@@ -2,7 +2,7 @@
 
 This module is the only home of these constants; everything else imports them.
 
-Lattice (DESIGN §1.1): 1000 bins k in {0..999}. Bin k is the normalized position k/999,
+Lattice (see docs/FORMAT.md): 1000 bins k in {0..999}. Bin k is the normalized position k/999,
 endpoint-aligned: bin 0 is pixel 0 and bin 999 is pixel W-1 (never /1000, never bin centres).
 
 pixel -> bin for a box [x1, y1, x2, y2] (pixels, float) in an image W x H:

@@ -1,4 +1,4 @@
-"""Objects -> CoordJSON answer text (DESIGN §1.2).
+"""Objects -> CoordJSON answer text (see docs/FORMAT.md).
 
 An answer is one line:
 

@@ -1,4 +1,4 @@
-"""The DESIGN §2.2 loss terms, each a small pure function (torch only; no transformers, no I/O).
+"""The loss terms (docs/TRAINING.md), each a small pure function (torch only; no transformers, no I/O).
 
 Notation (per coordinate slot): z = full-vocabulary logits `[V]` at the slot's *predicting*
 position (p-1 for the coord token at p), C = the 1000 coord token ids in bin order, s = z[C]
@@ -16,14 +16,12 @@ Sign conventions:
 - `coord_entropy` returns +H(pi): a positive weight therefore *sharpens* the coord distribution,
   a negative weight flattens it (upstream's code comment had this backwards).
 
-`LOSSES` maps each term's config/log name (`losses.<name>` weight, `loss/<name>` log key) to its function.
+The loss table (term name -> function + hyper-parameters) is `vlmdet.train.objective.LOSSES`.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable
-
 import torch
 import torch.nn.functional as F
 
@@ -223,17 +221,3 @@ def box_ciou(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
     ground-truth argument."""
     loss = 1.0 - pairwise_ciou(canonicalize(pred.float()), canonicalize(gt.float()), eps=CIOU_EPS)
     return torch.nan_to_num(loss, nan=0.0, posinf=0.0, neginf=0.0)
-
-
-#: term name (config weight `losses.<name>`, log key `loss/<name>`) -> function
-LOSSES: dict[str, Callable[..., torch.Tensor]] = {
-    "token_ce": token_ce,
-    "coord_ce": coord_ce,
-    "soft_ce": coord_soft_ce,
-    "w1": coord_w1,
-    "smoothl1": box_smoothl1,
-    "ciou": box_ciou,
-    "coord_gate": coord_gate_loss,
-    "text_gate": text_gate_loss,
-    "entropy": coord_entropy,
-}

@@ -1,7 +1,7 @@
 """CoordJSON text -> ParseResult: the one strict parser for rollouts, evaluation and offline files.
 
 `parse_prediction(text, field_order)` never raises on model output (any `str`). It reads the grammar of
-DESIGN §1.2 with these rules (DESIGN §1.3):
+the CoordJSON grammar with these rules (docs/FORMAT.md):
 
 Container
 - The container is the first match of `{"objects": [` in the text, JSON whitespace (space, tab, LF,

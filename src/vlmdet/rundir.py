@@ -1,4 +1,4 @@
-"""The run directory `<output_dir>/<run_name>/` (DESIGN §1.5) and its file names.
+"""The run directory `<output_dir>/<run_name>/` (see docs/TRAINING.md) and its file names.
 
 Layout::
 
@@ -30,13 +30,12 @@ import subprocess
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
+from vlmdet import __version__
+from vlmdet.config import Config, dump_config_yaml
 from vlmdet.errors import UsageError
 from vlmdet.io import append_jsonl, atomic_write_json, atomic_write_text
-
-if TYPE_CHECKING:
-    from vlmdet.config import Config
 
 
 def _version(dist: str) -> str | None:
@@ -112,9 +111,6 @@ class RunDir:
     def create(cls, cfg: "Config", argv: Sequence[str], *, resume: bool = False, overwrite: bool = False) -> "RunDir":
         """Make `<cfg.output_dir>/<cfg.run_name>/` and write config.yaml and run.json (see the module
         docstring for what happens to an existing folder)."""
-        from vlmdet import __version__
-        from vlmdet.config import dump_config_yaml
-
         name = cfg.run_name
         if not name or name in (".", "..") or "/" in name or os.sep in name:
             raise UsageError(f"run_name must be a plain folder name, got {name!r}")

@@ -1,4 +1,4 @@
-"""COCO instances JSON -> the vlmdet record contract (DESIGN §1.4). LVIS files have the same shape.
+"""COCO instances JSON -> the vlmdet record contract (see docs/DATA.md). LVIS files have the same shape.
 
 `convert_coco(instances_json, images_dir, out_dir, max_objects, max_pixels)` writes
 `out_dir/<split>.jsonl` (split = the instances file name without `instances_`, e.g. `val2017`),
@@ -27,6 +27,7 @@ from the JSON's width/height, an annotation naming an unknown category or image.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -63,8 +64,6 @@ def _image_size(path: Path) -> tuple[int, int]:
 
 
 def _resave(src: Path, dst: Path, size: tuple[int, int]) -> None:
-    import io
-
     from PIL import Image
 
     with Image.open(src) as im:

@@ -1,4 +1,4 @@
-"""The data contract: one JSON record per image (DESIGN §1.4), loading and validation.
+"""The data contract: one JSON record per image (see docs/DATA.md), loading and validation.
 
 A line of a data JSONL file::
 

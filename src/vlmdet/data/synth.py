@@ -1,6 +1,6 @@
 """The embedded default data set: coloured shapes with multi-word class names ("red circle").
 
-`make_synth(out_dir, ...)` writes, in the §1.4 record contract::
+`make_synth(out_dir, ...)` writes, in the record contract of docs/DATA.md::
 
     out_dir/images/{train,val}_XXXXXX.png
     out_dir/train.jsonl, out_dir/val.jsonl     image paths relative to out_dir, unique image_ids
@@ -9,7 +9,7 @@
 Images: `size` x `size` RGB (a multiple of 32), a grey background (per-image level) with mild
 Gaussian noise, 1..`max_objects` shapes drawn anti-aliased at float positions (coverage from a signed
 distance, pixel centres at integer coordinates), so boxes are continuous sub-pixel floats and
-practically all 1000 coordinate bins occur (shared/reference/feasibility-notes.md: integer boxes on
+practically all 1000 coordinate bins occur (integer boxes on
 128 px images cover only 129 bins, and unseen coord tokens derail generation).
 
 Box convention: `[x1, y1, x2, y2]` is the exact extent of the shape in pixel coordinates (pixel i

@@ -1,5 +1,5 @@
 """`vlmdet eval CONFIG --checkpoint DIR [--data VAL.jsonl] [--out DIR] [--max-samples N] [--step N]
-[--constrained] [key=value ...]`: rollout evaluation of a checkpoint (DESIGN §3).
+[--constrained] [key=value ...]`: rollout evaluation of a checkpoint (see docs/EVALUATION.md).
 
 - CONFIG is a training/eval YAML (`config.load_config`); `key=value` overrides any field
   (e.g. `rollout.max_new_tokens=512 eval.score_source=constant`).

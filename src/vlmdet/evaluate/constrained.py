@@ -1,4 +1,4 @@
-"""Grammar-constrained decoding of CoordJSON (DESIGN §3): a `transformers.LogitsProcessor`.
+"""Grammar-constrained decoding of CoordJSON (see docs/EVALUATION.md): a `transformers.LogitsProcessor`.
 
 What it enforces (per batch row, from the tokens that row has generated so far):
 
@@ -49,6 +49,7 @@ import torch
 from transformers import LogitsProcessor
 
 from vlmdet.format import check_field_order
+from vlmdet.model.load import token_pieces
 
 # Node kinds of the automaton.
 _LIT, _CHOICE, _DESC, _COORD, _EOT, _DONE = range(6)
@@ -270,8 +271,6 @@ def grammar_for(loaded, field_order: str = "desc_first", pieces: Sequence[str] |
         return hit[1]
     own_pieces = pieces is None
     if pieces is None:
-        from vlmdet.model.load import token_pieces
-
         pieces = [token_pieces(tok, [i])[0] for i in range(len(tok))]
     special = {int(i) for i, t in tok.added_tokens_decoder.items() if getattr(t, "special", False)}
     special |= {int(i) for i in tok.all_special_ids}

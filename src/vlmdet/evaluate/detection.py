@@ -48,7 +48,7 @@ Box = tuple[float, float, float, float]
 def gt_view(record: Any) -> tuple[str, int, int, list[tuple[str, Box]]]:
     """`(image_id, width, height, [(desc, (x1, y1, x2, y2) pixels), ...])` of a GT record given either
     as a `data.records.Record` (attributes; objects with `.desc`, `.bbox`) or as a plain dict in the
-    DESIGN §1.4 JSON shape (`objects: [{"desc", "bbox_2d"}]`)."""
+    docs/DATA.md JSON shape (`objects: [{"desc", "bbox_2d"}]`)."""
     if isinstance(record, Mapping):
         objects = [(o["desc"], tuple(float(v) for v in o["bbox_2d"])) for o in record["objects"]]
         return record["image_id"], int(record["width"]), int(record["height"]), objects
@@ -124,7 +124,7 @@ def detection_metrics(
 ) -> dict[str, float | str]:
     """COCO AP/AR + class-aware and class-agnostic Hungarian P/R/F1 (see the module docstring).
 
-    `gt_records`: `Record`s or §1.4 dicts (`image_id`, `width`, `height`, `objects` with `desc` and
+    `gt_records`: `Record`s or record dicts (docs/DATA.md) (`image_id`, `width`, `height`, `objects` with `desc` and
     pixel `bbox_2d`); `image_id`s must be unique. `preds_by_image`: image_id -> list of
     `{"desc": str, "bbox_2d": [x1, y1, x2, y2] pixels, "score"?: float}`; an image missing from it has
     no predictions; an image_id not among the GT records raises `UsageError`.

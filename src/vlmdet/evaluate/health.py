@@ -1,4 +1,4 @@
-"""Parse health: what the strict parser saw over a set of model answers (DESIGN §3).
+"""Parse health: what the strict parser saw over a set of model answers (see docs/EVALUATION.md).
 
 `parse_health(results)` aggregates `parse.ParseResult`s (one per sample) into named floats. Names
 carry no `eval_rollout/` prefix; the rollout evaluator adds it.

@@ -1,4 +1,4 @@
-"""Monitor dumps: the raw rollouts behind the eval metrics, failures first (DESIGN §3, seed §6).
+"""Monitor dumps: the raw rollouts behind the eval metrics, failures first (docs/EVALUATION.md).
 
 `write_dump(path, step, samples, n_samples, max_text_chars, draw_images)` writes
 

@@ -8,7 +8,7 @@ aggregated by `evaluate.health.parse_health` (drop histogram, truncation/failure
 `bbox_2d` element of every lexically complete record is one coordinate slot; raw text has no token
 ids and no probabilities, so there is no coord_vocab_mass_gen here).
 
-With `--gt GT.jsonl` (the data contract of DESIGN §1.4; image files are NOT needed or opened), each
+With `--gt GT.jsonl` (the data contract of docs/DATA.md; image files are NOT needed or opened), each
 valid object's bins are mapped to pixels with its GT image's size (`coords.bins_to_pixel_box`) and
 `evaluate.detection.detection_metrics` adds COCO AP/AR and P/R/F1 with constant scores
 (`score_source: "constant"`). Every RAW image_id must be in GT; GT images without a RAW line count
@@ -26,8 +26,15 @@ import difflib
 from pathlib import Path
 from typing import Mapping
 
+from vlmdet.coords import bins_to_pixel_box
+from vlmdet.data.records import load_records
 from vlmdet.errors import DataError
+from vlmdet.evaluate.detection import detection_metrics
+from vlmdet.evaluate.health import parse_health
 from vlmdet.format import FIELD_ORDERS
+from vlmdet.io import iter_jsonl, atomic_write_json
+from vlmdet.parse import parse_prediction
+from vlmdet.slots import leak_metrics, text_slots
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,15 +42,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--field-order", choices=FIELD_ORDERS, default="desc_first",
                         help="field order the model was trained to write (default: desc_first)")
     parser.add_argument("--gt", type=Path, default=None,
-                        help="GT JSONL (DESIGN §1.4): adds COCO AP/AR and P/R/F1 with constant scores")
+                        help="GT JSONL (see docs/DATA.md): adds COCO AP/AR and P/R/F1 with constant scores")
     parser.add_argument("--out", type=Path, default=None,
                         help="metrics JSON path (default: <RAW stem>.parse_health.json next to RAW)")
 
 
 def read_raw(path: Path) -> list[tuple[int, str, str]]:
     """`(line, image_id, text)` per RAW line; DataError `file:line: rule` on a broken line."""
-    from vlmdet.io import iter_jsonl
-
     rows, seen = [], {}
     for lineno, obj in iter_jsonl(path):
         image_id, text = obj.get("image_id"), obj.get("text")
@@ -88,12 +93,6 @@ def drop_histogram(metrics: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vlmdet.coords import bins_to_pixel_box
-    from vlmdet.evaluate.health import parse_health
-    from vlmdet.io import atomic_write_json
-    from vlmdet.parse import parse_prediction
-    from vlmdet.slots import leak_metrics, text_slots
-
     rows = read_raw(args.raw)
     results = [parse_prediction(text, args.field_order) for _, _, text in rows]
     metrics: dict = dict(parse_health(results))
@@ -103,9 +102,6 @@ def run(args: argparse.Namespace) -> int:
                              f"parse health of {len(rows)} answers ({args.raw})"), drop_histogram(metrics)]
 
     if args.gt is not None:
-        from vlmdet.data.records import load_records
-        from vlmdet.evaluate.detection import detection_metrics
-
         records = load_records(args.gt, check_images=False)
         by_id = {r.image_id: r for r in records}
         preds = {}

@@ -25,11 +25,15 @@ import difflib
 import math
 from pathlib import Path
 
+from vlmdet.data.records import load_records
 from vlmdet.errors import DataError
+from vlmdet.evaluate.detection import detection_metrics
+from vlmdet.evaluate.offline_parse import format_metrics
+from vlmdet.io import iter_jsonl, atomic_write_json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--gt", type=Path, required=True, help="GT JSONL (DESIGN §1.4); image files are not opened")
+    parser.add_argument("--gt", type=Path, required=True, help="GT JSONL (see docs/DATA.md); image files are not opened")
     parser.add_argument("--pred", type=Path, required=True,
                         help='JSONL of {"image_id", "objects": [{"desc", "bbox_2d" (pixels), "score"?}]}')
     parser.add_argument("--out", type=Path, default=None,
@@ -43,8 +47,6 @@ def _number(v) -> bool:
 
 def read_predictions(path: Path, records) -> dict[str, list[dict]]:
     """image_id -> prediction objects, validated against the GT `records` (see the module docstring)."""
-    from vlmdet.io import iter_jsonl
-
     by_id = {r.image_id: r for r in records}
     preds: dict[str, list[dict]] = {}
     first_line: dict[str, int] = {}
@@ -91,11 +93,6 @@ def read_predictions(path: Path, records) -> dict[str, list[dict]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vlmdet.data.records import load_records
-    from vlmdet.evaluate.detection import detection_metrics
-    from vlmdet.evaluate.offline_parse import format_metrics
-    from vlmdet.io import atomic_write_json
-
     records = load_records(args.gt, check_images=False)
     preds = read_predictions(args.pred, records)
     metrics = detection_metrics(records, preds, score_source="given", f1_iou=args.f1_iou)

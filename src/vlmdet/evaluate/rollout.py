@@ -37,6 +37,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
+from vlmdet.data.records import load_image
+from vlmdet.errors import UsageError
+from vlmdet.evaluate.constrained import grammar_for, CoordJSONLogitsProcessor
+from vlmdet.model.chat import encode_example
+from vlmdet.model.collate import Collator
+from vlmdet.model.load import token_pieces
+
 
 @dataclass(slots=True)
 class Rollout:
@@ -155,8 +162,6 @@ class HFRollout:
     @property
     def grammar(self):
         if self._grammar is None:
-            from vlmdet.evaluate.constrained import grammar_for
-
             self._grammar = grammar_for(self.loaded, self.field_order)
         return self._grammar
 
@@ -184,8 +189,6 @@ class HFRollout:
             procs.append(RepetitionPenaltyLogitsProcessor(self.repetition_penalty))
         procs += self._extra(records)
         if self.constrained:
-            from vlmdet.evaluate.constrained import CoordJSONLogitsProcessor
-
             procs.append(CoordJSONLogitsProcessor(self.grammar, prompt_len, self.max_new_tokens))
         if self.do_sample and self.temperature != 1.0:
             procs.append(TemperatureLogitsWarper(self.temperature))
@@ -194,10 +197,6 @@ class HFRollout:
         return procs
 
     def _encode(self, records):
-        from vlmdet.data.records import load_image
-        from vlmdet.model.chat import encode_example
-        from vlmdet.model.collate import Collator
-
         keys = ("input_ids", "mm_token_type_ids", "pixel_values", "image_grid_thw")
         examples = []
         for rec in records:
@@ -209,7 +208,6 @@ class HFRollout:
         import torch
         from transformers import LogitsProcessorList
 
-        from vlmdet.model.load import token_pieces
 
         model = self.loaded.model
         batch = self._encode(records)
@@ -294,8 +292,6 @@ class HFRollout:
 
 def make_backend(loaded, cfg, *, constrained: bool | None = None, **kwargs) -> RolloutBackend:
     """The backend named by `cfg.rollout.backend` (only "hf" for now) for a full `Config`."""
-    from vlmdet.errors import UsageError
-
     name = cfg.rollout.backend
     if name != "hf":
         raise UsageError(f"rollout.backend {name!r} is not available (choose 'hf')")

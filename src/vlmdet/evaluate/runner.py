@@ -38,6 +38,7 @@ All prefixed `eval_rollout/` (or `eval_rollout_constrained/` for the constrained
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -46,6 +47,16 @@ from typing import Any, Sequence
 
 from vlmdet.coords import bins_to_pixel_box
 from vlmdet.errors import UsageError
+from vlmdet.evaluate.detection import detection_metrics
+from vlmdet.evaluate.health import parse_health
+from vlmdet.evaluate.monitor import write_dump
+from vlmdet.evaluate.rollout import make_backend
+from vlmdet.io import atomic_write_json, atomic_write_jsonl
+from vlmdet.match import hungarian_match
+from vlmdet.model.load import token_pieces
+from vlmdet.parse import parse_rollout
+from vlmdet.rundir import RunDir
+from vlmdet.slots import leak_metrics, rollout_slots
 
 PREFIX = "eval_rollout"
 PREFIX_CONSTRAINED = "eval_rollout_constrained"
@@ -77,11 +88,6 @@ def box_score(rollout, positions: Sequence[int]) -> float | None:
 
 def evaluate_sample(record, rollout, cfg, loaded) -> SampleEval:
     """Parse one rollout (token level) and match its valid objects to the record's GT."""
-    from vlmdet.match import hungarian_match
-    from vlmdet.model.load import token_pieces
-    from vlmdet.parse import parse_rollout
-    from vlmdet.slots import rollout_slots
-
     coord_bin_of_id = loaded.coord_bin_of_id
     pieces = rollout.pieces
     if len(pieces) != len(rollout.token_ids):  # a backend that did not decode per token
@@ -161,10 +167,6 @@ def _piece(s: SampleEval, i: int) -> str:
 
 def sample_metrics(samples: Sequence[SampleEval], records, cfg) -> tuple[dict[str, float], str]:
     """Metric name (unprefixed) -> value over all samples, and the score source of the boxes."""
-    from vlmdet.evaluate.detection import detection_metrics
-    from vlmdet.evaluate.health import parse_health
-    from vlmdet.slots import leak_metrics
-
     n = len(samples)
     out: dict[str, float] = dict(parse_health([s.parse.result for s in samples]))
     det = detection_metrics(records, {s.record.image_id: prediction_row(s)["objects"] for s in samples},
@@ -238,14 +240,8 @@ def run_rollout_eval(loaded, records, cfg, run_dir=None, step: int = 0, backend=
     `constrained_backend`: the backend of the `eval.also_constrained` pass (default: `HFRollout` with
     the grammar constraint on); `log`: append the metrics to the run's logging.jsonl (a caller that
     logs them itself, e.g. through `Trainer.log`, may pass False). Returns the metrics (floats)."""
-    import dataclasses
-
     if model is not None and model is not loaded.model:
         loaded = dataclasses.replace(loaded, model=model)
-    from vlmdet.evaluate.monitor import write_dump
-    from vlmdet.evaluate.rollout import make_backend
-    from vlmdet.io import atomic_write_json, atomic_write_jsonl
-    from vlmdet.rundir import RunDir
 
     if cfg.eval.score_source not in SCORE_SOURCES:
         raise UsageError(f"eval.score_source must be one of {SCORE_SOURCES}, got {cfg.eval.score_source!r}")

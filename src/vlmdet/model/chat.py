@@ -1,6 +1,6 @@
 """Prompts and chat rendering: one image + prompt (+ answer) -> model-ready tensors.
 
-The conversation is one round (upstream §4.6): system, user = [image, text] (image first),
+The conversation is one round: system, user = [image, text] (image first),
 assistant = the CoordJSON answer. It is rendered in the Qwen chat format
 
     <|im_start|>system\\n{system}<|im_end|>\\n
@@ -17,62 +17,60 @@ patch_size * merge_size (32 for Qwen3-VL); the data converters resize offline.
 
 from __future__ import annotations
 
-import difflib
 import json
 import re
-from typing import Any
 
+import torch
+
+from vlmdet.config import PromptConfig
 from vlmdet.errors import UsageError
 from vlmdet.format import DESC_KEY, FIELD_ORDERS, ORDERINGS
 
+#: slot classes of answer tokens (`slot_class` tensors): not supervised, structure, desc, coord
 IGNORE, STRUCT, DESC, COORD = 0, 1, 2, 3
-SLOT_CLASSES = {"ignore": IGNORE, "struct": STRUCT, "desc": DESC, "coord": COORD}
+
+#: the Qwen chat special tokens (the tiny tokenizer adds them in this order; `PAD_TOKEN` pads)
+PAD_TOKEN = "<|endoftext|>"
+IM_START = "<|im_start|>"
+IM_END = "<|im_end|>"
+VISION_START = "<|vision_start|>"
+VISION_END = "<|vision_end|>"
+IMAGE_PAD = "<|image_pad|>"
+VIDEO_PAD = "<|video_pad|>"
+CHAT_SPECIAL_TOKENS = (PAD_TOKEN, IM_START, IM_END, VISION_START, VISION_END, IMAGE_PAD, VIDEO_PAD)
+
+COCO_80_CLASS_NAMES = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
+    "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog",
+    "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag",
+    "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball", "kite", "baseball bat",
+    "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle", "wine glass", "cup", "fork",
+    "knife", "spoon", "bowl", "banana", "apple", "sandwich", "orange", "broccoli", "carrot", "hot dog",
+    "pizza", "donut", "cake", "chair", "couch", "potted plant", "bed", "dining table", "toilet", "tv",
+    "laptop", "mouse", "remote", "keyboard", "cell phone", "microwave", "oven", "toaster", "sink",
+    "refrigerator", "book", "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush",
+)
 VARIANTS = ("default", "coco_80")
 
 _RECORD_DESC_FIRST = '{"desc": "name", "bbox_2d": [x1, y1, x2, y2]}'
 _RECORD_GEOM_FIRST = '{"bbox_2d": [x1, y1, x2, y2], "desc": "name"}'
 
 
-def _get(cfg: Any, key: str, default: Any) -> Any:
-    if cfg is None:
-        return default
-    if isinstance(cfg, dict):
-        return cfg.get(key, default)
-    return getattr(cfg, key, default)
-
-
-def _check_choice(key: str, value: Any, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        close = difflib.get_close_matches(str(value), choices, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise UsageError(f"prompt.{key} must be one of {choices}, got {value!r}{hint}")
-    return value
-
-
-def _prompt_settings(prompt_cfg: Any) -> tuple[str, str, str]:
-    return (
-        _check_choice("field_order", _get(prompt_cfg, "field_order", "desc_first"), FIELD_ORDERS),
-        _check_choice("ordering", _get(prompt_cfg, "ordering", "sorted"), ORDERINGS),
-        _check_choice("variant", _get(prompt_cfg, "variant", "default"), VARIANTS),
-    )
-
-
 def _coco_list() -> str:
-    from vlmdet.model.tokenizer import COCO_80_CLASS_NAMES
-
     return ", ".join(COCO_80_CLASS_NAMES)
 
 
-def system_prompt(prompt_cfg: Any = None) -> str:
-    """The system prompt text for `prompt_cfg` (`prompt.system` overrides it verbatim).
+def system_prompt(prompt_cfg: PromptConfig | None = None) -> str:
+    """The system prompt text for the `prompt` section (None: the defaults; `prompt.system` overrides
+    the text verbatim; the choices were checked when the config was loaded).
 
     Short on purpose (every prompt token costs compute on each training step); it states the
     upstream rules: one-line CoordJSON only, the field order, bare coordinate tokens 0..999, the
     ordering rule, the empty answer, and for `coco_80` the closed class list."""
-    override = _get(prompt_cfg, "system", None)
-    if override is not None:
-        return override
-    field_order, ordering, variant = _prompt_settings(prompt_cfg)
+    p = prompt_cfg or PromptConfig()
+    if p.system is not None:
+        return p.system
+    field_order, ordering, variant = p.field_order, p.ordering, p.variant
     record = _RECORD_DESC_FIRST if field_order == "desc_first" else _RECORD_GEOM_FIRST
     first = "desc" if field_order == "desc_first" else "bbox_2d"
     sort_rule = (
@@ -91,12 +89,12 @@ def system_prompt(prompt_cfg: Any = None) -> str:
     return "\n".join(lines)
 
 
-def user_prompt(prompt_cfg: Any = None) -> str:
+def user_prompt(prompt_cfg: PromptConfig | None = None) -> str:
     """The user prompt text for `prompt_cfg` (`prompt.user` overrides it verbatim)."""
-    override = _get(prompt_cfg, "user", None)
-    if override is not None:
-        return override
-    field_order, ordering, variant = _prompt_settings(prompt_cfg)
+    p = prompt_cfg or PromptConfig()
+    if p.user is not None:
+        return p.user
+    field_order, ordering, variant = p.field_order, p.ordering, p.variant
     order = "top to bottom, then left to right" if ordering == "sorted" else "in any order"
     first = "desc" if field_order == "desc_first" else "bbox_2d"
     text = f"List every object in the image {order} as CoordJSON, {first} first."
@@ -111,15 +109,13 @@ def prompt_vocabulary() -> list[str]:
     for fo in FIELD_ORDERS:
         for order in ORDERINGS:
             for variant in VARIANTS:
-                cfg = {"field_order": fo, "ordering": order, "variant": variant}
+                cfg = PromptConfig(field_order=fo, ordering=order, variant=variant)
                 out += [system_prompt(cfg), user_prompt(cfg)]
     return out
 
 
 def render_prompt(system: str, user: str, n_image_tokens: int) -> str:
     """Chat text up to and including the generation prompt `<|im_start|>assistant\\n`."""
-    from vlmdet.model.tokenizer import IM_END, IM_START, IMAGE_PAD, VISION_END, VISION_START
-
     return (
         f"{IM_START}system\n{system}{IM_END}\n"
         f"{IM_START}user\n{VISION_START}{IMAGE_PAD * n_image_tokens}{VISION_END}{user}{IM_END}\n"
@@ -169,7 +165,7 @@ def process_image(processor, image):
     return out["pixel_values"], out["image_grid_thw"][0]
 
 
-def encode_example(loaded, image, answer: str | None, prompt_cfg: Any = None) -> dict:
+def encode_example(loaded, image, answer: str | None, prompt_cfg: PromptConfig | None = None) -> dict:
     """One example as 1-D tensors (all length L unless noted):
 
     - `input_ids` [L] long; `labels` [L] long: the input id on the assistant span (answer tokens and the
@@ -182,8 +178,6 @@ def encode_example(loaded, image, answer: str | None, prompt_cfg: Any = None) ->
     With `answer=None` the sequence ends with the generation prompt `<|im_start|>assistant\\n`,
     `labels` are all -100 and `slot_class` all IGNORE (for rollouts).
     """
-    import torch
-
     tok = loaded.tokenizer
     pixel_values, grid = process_image(loaded.processor, image)
     n_img = image_token_count(grid, int(loaded.processor.merge_size))

@@ -1,4 +1,4 @@
-"""`vlmdet doctor CHECKPOINT [--data FILE.jsonl]`: the seed's failure suspects that need no training.
+"""`vlmdet doctor CHECKPOINT [--data FILE.jsonl]`: the failure causes that need no training.
 
 Each check prints one `PASS name: detail` or `FAIL name: detail` line; the exit status is 1 when any
 check fails (0 otherwise; 2 for bad input such as a missing folder).
@@ -26,7 +26,14 @@ import argparse
 from dataclasses import dataclass
 from typing import Callable
 
+from vlmdet.config import PromptConfig
 from vlmdet.coords import COORD_TOKENS, NUM_BINS, token_bin
+from vlmdet.data.records import load_image, load_records
+from vlmdet.format import render_answer
+from vlmdet.model import chat
+from vlmdet.model.chat import COORD, DESC, IGNORE, STRUCT, desc_spans
+from vlmdet.model.load import load_model, token_pieces
+from vlmdet.parse import parse_prediction, parse_rollout
 
 CLASS_LETTER = {0: "-", 1: "S", 2: "D", 3: "C"}
 
@@ -49,8 +56,6 @@ class Check:
 
 
 def _check_coord_ids(loaded) -> Check:
-    from vlmdet.parse import parse_rollout
-
     tok, ids = loaded.tokenizer, loaded.coord_ids
     problems = []
     if len(ids) != NUM_BINS or len(set(ids)) != NUM_BINS:
@@ -63,11 +68,9 @@ def _check_coord_ids(loaded) -> Check:
     if any(loaded.coord_bin_of_id.get(i) != k for k, i in enumerate(ids)):
         problems.append("coord_bin_of_id disagrees with coord_ids")
     # the parser's token-level view of a rendered answer
-    from vlmdet.format import render_answer
 
     answer = render_answer([("x", (3, 4, 997, 998))])
     token_ids = tok(answer, add_special_tokens=False)["input_ids"] + [loaded.eot_id]
-    from vlmdet.model.load import token_pieces
 
     rp = parse_rollout(token_ids, token_pieces(tok, token_ids), loaded.coord_bin_of_id, {loaded.eot_id})
     if [o.bins for o in rp.result.objects] != [(3, 4, 997, 998)] or not rp.stopped:
@@ -116,19 +119,13 @@ def _examples(data, limit: int):
 
     if data is None:
         return [(Image.new("RGB", (64, 64), (128, 128, 128)), objs) for objs in SYNTHETIC_ANSWERS]
-    from vlmdet.data.records import load_image, load_records
 
     records = load_records(data)[:limit]
     return [(load_image(r), r.bins()) for r in records]
 
 
 def _check_supervision(loaded, examples, prompt_cfg, out: Callable[[str], None]) -> tuple[Check, Check]:
-    from vlmdet.format import render_answer
-    from vlmdet.model.chat import COORD, DESC, IGNORE, STRUCT, desc_spans, encode_example
-    from vlmdet.model.load import token_pieces
-    from vlmdet.parse import parse_prediction
-
-    field_order = prompt_cfg["field_order"]
+    field_order = prompt_cfg.field_order
     tok = loaded.tokenizer
     sup_problems: list[str] = []
     rt_problems: list[str] = []
@@ -144,7 +141,7 @@ def _check_supervision(loaded, examples, prompt_cfg, out: Callable[[str], None])
         if got != want or parsed.drops or parsed.failed or parsed.truncated:
             rt_problems.append(f"example {n}: the parser read {got} (drops {parsed.drops})")
         # supervision
-        ex = encode_example(loaded, image, answer, prompt_cfg)
+        ex = chat.encode_example(loaded, image, answer, prompt_cfg)
         labels, slot, bins = ex["labels"], ex["slot_class"].tolist(), ex["coord_bins"].tolist()
         sup = (labels != -100).tolist()
         if True not in sup:
@@ -208,10 +205,8 @@ def _check_stop_token(loaded) -> Check:
 def run_doctor(checkpoint: str, data=None, field_order: str = "desc_first", limit: int = 20,
                out: Callable[[str], None] = print) -> list[Check]:
     """Load `checkpoint` ("tiny" or a folder), run every check, print one line per check, return them."""
-    from vlmdet.model.load import load_model
-
     loaded = load_model(checkpoint)
-    prompt_cfg = {"field_order": field_order, "ordering": "sorted", "variant": "default"}
+    prompt_cfg = PromptConfig(field_order=field_order)
     checks = [_check_coord_ids(loaded), *_check_rows(loaded)]
     checks += list(_check_supervision(loaded, _examples(data, limit), prompt_cfg, out))
     checks.append(_check_stop_token(loaded))

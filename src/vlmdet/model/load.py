@@ -13,6 +13,8 @@ tokenizer is loaded with `AutoTokenizer`. `Loaded.processor` is that image proce
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -22,6 +24,8 @@ from typing import Any, Sequence
 
 from vlmdet.coords import COORD_TOKENS, NUM_BINS
 from vlmdet.errors import UsageError
+from vlmdet.model.tiny import IMAGE_MEAN, IMAGE_STD, TINY_MODEL_CONFIG, build_tiny_checkpoint
+from vlmdet.model.tokenizer import CHAT_TEMPLATE, PRETOKENIZE_PATTERN, STRUCTURE_PIECES, default_words
 
 TINY_NAME = "tiny"
 TINY_CACHE_NAME = "tiny-v1"
@@ -61,12 +65,6 @@ def cache_dir() -> Path:
 def tiny_cache_name() -> str:
     """`tiny-v1-<hash>`: the hash covers the model config and the tokenizer's inputs, so a changed
     definition builds a fresh cache folder instead of loading a stale one."""
-    import hashlib
-    import json
-
-    from vlmdet.model.tiny import IMAGE_MEAN, IMAGE_STD, TINY_MODEL_CONFIG
-    from vlmdet.model.tokenizer import CHAT_TEMPLATE, PRETOKENIZE_PATTERN, STRUCTURE_PIECES, default_words
-
     blob = json.dumps(
         [TINY_MODEL_CONFIG, sorted(set(default_words())), STRUCTURE_PIECES, PRETOKENIZE_PATTERN, CHAT_TEMPLATE,
          IMAGE_MEAN, IMAGE_STD],
@@ -77,8 +75,6 @@ def tiny_cache_name() -> str:
 
 def tiny_checkpoint_path() -> Path:
     """The cached tiny checkpoint folder, built on first use (atomic: temp folder + rename)."""
-    from vlmdet.model.tiny import build_tiny_checkpoint
-
     final = cache_dir() / tiny_cache_name()
     if (final / "config.json").exists():
         return final

@@ -15,6 +15,16 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+from vlmdet.model.tokenizer import (
+    IMAGE_PAD,
+    PAD_TOKEN,
+    VIDEO_PAD,
+    VISION_END,
+    VISION_START,
+    IM_END,
+    build_tiny_tokenizer,
+)
+
 IMAGE_MEAN = (0.5, 0.5, 0.5)
 IMAGE_STD = (0.5, 0.5, 0.5)
 
@@ -54,7 +64,6 @@ def tiny_config(tokenizer):
     which does not fit head_dim 32)."""
     from transformers import Qwen3VLConfig
 
-    from vlmdet.model.tokenizer import IMAGE_PAD, PAD_TOKEN, VIDEO_PAD, VISION_END, VISION_START
 
     kw = copy.deepcopy(TINY_MODEL_CONFIG)
     ids = tokenizer.convert_tokens_to_ids
@@ -93,7 +102,6 @@ def build_tiny_checkpoint(out_dir, seed: int = 0, *, coord_tokens: bool = True) 
     import torch
     from transformers import GenerationConfig, Qwen3VLForConditionalGeneration
 
-    from vlmdet.model.tokenizer import IM_END, build_tiny_tokenizer
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -25,16 +25,24 @@ from __future__ import annotations
 import re
 from typing import Iterable
 
-from vlmdet.coords import COORD_TOKENS
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
 
-PAD_TOKEN = "<|endoftext|>"
-IM_START = "<|im_start|>"
-IM_END = "<|im_end|>"
-VISION_START = "<|vision_start|>"
-VISION_END = "<|vision_end|>"
-IMAGE_PAD = "<|image_pad|>"
-VIDEO_PAD = "<|video_pad|>"
-CHAT_SPECIAL_TOKENS = (PAD_TOKEN, IM_START, IM_END, VISION_START, VISION_END, IMAGE_PAD, VIDEO_PAD)
+from vlmdet.coords import COORD_TOKENS
+from vlmdet.data.synth import CLASS_NAMES
+from vlmdet.model.chat import (
+    CHAT_SPECIAL_TOKENS,
+    COCO_80_CLASS_NAMES,
+    IM_END,
+    IM_START,
+    IMAGE_PAD,
+    PAD_TOKEN,
+    VIDEO_PAD,
+    VISION_END,
+    VISION_START,
+    prompt_vocabulary,
+)
+
 
 #: CoordJSON pieces that become single tokens (both field orders).
 STRUCTURE_PIECES = (
@@ -48,17 +56,6 @@ STRUCTURE_PIECES = (
     ", ",
 )
 
-COCO_80_CLASS_NAMES = (
-    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
-    "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog",
-    "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag",
-    "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball", "kite", "baseball bat",
-    "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle", "wine glass", "cup", "fork",
-    "knife", "spoon", "bowl", "banana", "apple", "sandwich", "orange", "broccoli", "carrot", "hot dog",
-    "pizza", "donut", "cake", "chair", "couch", "potted plant", "bed", "dining table", "toilet", "tv",
-    "laptop", "mouse", "remote", "keyboard", "cell phone", "microwave", "oven", "toaster", "sink",
-    "refrigerator", "book", "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush",
-)
 assert len(COCO_80_CLASS_NAMES) == 80 and len(set(COCO_80_CLASS_NAMES)) == 80
 
 COLOURS = (
@@ -90,15 +87,7 @@ PRETOKENIZE_PATTERN = r" ?\w+|[^\w]"
 
 def default_words() -> list[str]:
     """Words of the tiny vocabulary: prompt words, synthetic + COCO-80 class names, common words."""
-    from vlmdet.model.chat import prompt_vocabulary
-
-    names: list[str] = list(COCO_80_CLASS_NAMES)
-    try:  # the synthetic data generator's class names, when that module is present
-        from vlmdet.data.synth import CLASS_NAMES
-
-        names += list(CLASS_NAMES)
-    except ImportError:  # pragma: no cover - depends on another module's progress
-        pass
+    names = [*COCO_80_CLASS_NAMES, *CLASS_NAMES]
     words: list[str] = []
     for text in [*names, *COLOURS, *SHAPES, *COMMON_WORDS, *prompt_vocabulary()]:
         words += re.findall(r"\w+", text)
@@ -112,9 +101,6 @@ def build_tiny_tokenizer(words: Iterable[str] | None = None, *, coord_tokens: bo
     sorted, so the same inputs always give the same ids. `coord_tokens=False` builds the same
     tokenizer without the 1000 coordinate tokens (to exercise `vlmdet expand-vocab` in tests).
     """
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
     words = default_words() if words is None else list(words)
     pieces: set[str] = set(chr(c) for c in range(32, 127))
     pieces |= set("\t\n")

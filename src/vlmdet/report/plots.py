@@ -14,7 +14,7 @@ from vlmdet.report.runs import RunData
 
 #: plot name -> (title, y label, [(candidate keys, line style, legend suffix)]). For each run and line the
 #: first candidate key with data is drawn. `eval_rollout/*` come from eval metrics, the rest from
-#: logging.jsonl (the Stage-2 CE is `loss/token_ce`; `loss/ce` is the seed's name for it).
+#: logging.jsonl (the Stage-2 CE is `loss/token_ce`; `loss/ce` is an older name for it).
 PLOTS: dict[str, tuple[str, str, list[tuple[tuple[str, ...], str, str]]]] = {
     "parse_dropped_invalid": ("Invalid records dropped by the strict parser (eval)", "records",
                               [(("eval_rollout/parse_dropped_invalid",), "-o", "")]),

@@ -6,10 +6,9 @@
 - `SaveProcessorCallback(loaded)`: after each checkpoint save, writes the tokenizer and the image
   processor into `checkpoint-<step>/` (main process), so a checkpoint loads with `model/load.load_model`.
 - `RolloutEvalCallback(cfg, run, loaded, records)`: rollout eval (generate -> parse -> match ->
-  metrics, DESIGN §3) at every `eval.eval_steps` optimizer steps (0 = off) and at each step listed in
-  `eval.steps`. The work is done by `vlmdet.evaluate.runner.run_rollout_eval` (imported lazily; if
-  that module is missing the callback warns once and does nothing). It runs on the main process with
-  the unwrapped model in eval mode under `no_grad`; other ranks wait at a barrier. The returned
+  metrics, docs/EVALUATION.md) at every `eval.eval_steps` optimizer steps (0 = off) and at each step listed in
+  `eval.steps`. The work is done by `runner` (default `vlmdet.evaluate.runner.run_rollout_eval`).
+  It runs on the main process with the unwrapped model in eval mode under `no_grad`; other ranks wait at a barrier. The returned
   metrics (`eval_rollout/*`) are logged through `trainer.log`, so they reach TensorBoard and
   logging.jsonl like any other log. `trainer` is attached after the Trainer is built
   (`callback.trainer = trainer`).
@@ -18,10 +17,15 @@
 from __future__ import annotations
 
 import math
-import warnings
-from typing import Any, Sequence
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
+import torch
+import torch.distributed as dist
 from transformers import TrainerCallback
+
+from vlmdet.evaluate.runner import run_rollout_eval
+from vlmdet.train.forward import unwrap
 
 
 def numeric(logs: dict) -> dict[str, float]:
@@ -64,8 +68,6 @@ class SaveProcessorCallback(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
-            from pathlib import Path
-
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if folder.is_dir():
                 save_processor(self.loaded, folder)
@@ -80,35 +82,21 @@ def eval_due(step: int, eval_cfg) -> bool:
 class RolloutEvalCallback(TrainerCallback):
     """Rollout eval at the configured steps (module docstring)."""
 
-    def __init__(self, cfg, run, loaded, records: Sequence[Any] | None):
+    def __init__(self, cfg, run, loaded, records: Sequence[Any] | None, runner: Callable[..., dict] | None = None):
         self.cfg = cfg
         self.run = run
         self.loaded = loaded
         self.records = list(records or [])
+        self.runner = runner or run_rollout_eval
         self.trainer = None
-        self._warned = False
-
-    def _runner(self):
-        try:
-            from vlmdet.evaluate.runner import run_rollout_eval
-        except ImportError as err:
-            if not self._warned:
-                warnings.warn(f"rollout eval is off: vlmdet.evaluate.runner is not available ({err})", stacklevel=2)
-                self._warned = True
-            return None
-        return run_rollout_eval
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         step = int(state.global_step)
         if not self.records or not eval_due(step, self.cfg.eval):
             return
-        runner = self._runner()
-        if runner is None:
-            return
         metrics = None
         if state.is_world_process_zero:
-            metrics = self.evaluate(runner, model, step)
-        import torch.distributed as dist
+            metrics = self.evaluate(model, step)
 
         if dist.is_available() and dist.is_initialized():
             dist.barrier()
@@ -120,19 +108,15 @@ class RolloutEvalCallback(TrainerCallback):
             control.should_log = should_log
         return control
 
-    def evaluate(self, runner, model, step: int) -> dict:
+    def evaluate(self, model, step: int) -> dict:
         """Call the runner with the unwrapped model in eval mode; returns its metrics dict."""
-        import torch
-
-        from vlmdet.train.forward import unwrap
-
         net = unwrap(model if model is not None else self.loaded.model)
         was_training = net.training
         net.eval()
         try:
             with torch.no_grad():
                 # THE place where training hands over to evaluation (evaluate/runner.py owns the rest).
-                return runner(
+                return self.runner(
                     model=net, loaded=self.loaded, records=self.records, cfg=self.cfg, run_dir=self.run, step=step,
                     log=False,  # the metrics are logged once, through trainer.log (TensorBoard + logging.jsonl)
                 )

@@ -1,4 +1,4 @@
-"""Stage-2 Channel-A: soft self-context over the GT teacher-forced sequence (DESIGN §2.4).
+"""Stage-2 Channel-A: soft self-context over the GT teacher-forced sequence (see docs/STAGE2.md).
 
 Per batch, N = `stage2.n_softctx_iter` >= 1 full forwards over the same GT sequence:
 
@@ -27,94 +27,36 @@ Which logits feed which term:
 - `unroll`: every iteration records a graph; context embeddings are not detached, so a final coord
   loss back-propagates through them into the A1 forward;
 - `em_detach`: context embeddings are detached; iteration 0 and the last iteration run with grad,
-  middle iterations under `torch.no_grad()` (running A1 under no_grad was the seed's P0 bug: CE,
+  middle iterations under `torch.no_grad()` (running A1 under no_grad is a known bug of the original method: CE,
   anchored on A1 logits, then had no gradient at all).
-N = 1 is plain teacher forcing with the Stage-2 loss mix (A1 logits = final logits).
-
-The `Rows` and `stage2_terms` are shared with Channel-B (`channel_b.py`), which runs one
-teacher-forced forward over its rebuilt target with its own supervision masks.
+N = 1 is plain teacher forcing (A1 logits = final logits): Stage 1 is `channel_a_loss` with N = 1
+(`softctx=None`), and Channel-B (`channel_b.py`) runs `teacher_forced_terms` with N = 1 over its rebuilt
+target. The rows, the loss table and the weighting are `train/objective.py`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from types import SimpleNamespace
-from typing import Any, Mapping
+from typing import Mapping
 
 import torch
 
 from vlmdet import losses as L
-from vlmdet.errors import UsageError
-from vlmdet.train.objective import COORD_TERMS, active, coord_diagnostics, coord_terms
-
-
-@dataclass
-class Rows:
-    """Index sets of a teacher-forced batch `[B, L]` (from `forward.supervision`), all on its device.
-
-    CE rows: `ce_b`, `ce_t` `[Nc]` long, *predicting* rows (t = p - 1 for the supervised token at p),
-    `ce_labels` `[Nc]` token ids, `ce_weights` `[Nc]` float > 0. Coord slots: `coord_b`, `coord_t`
-    `[Ns]` predicting rows of the supervised coord slots (the slot itself is at t + 1), ordered by
-    (b, t); `coord_bins` `[Ns]` target bins 0..999; consecutive groups of 4 are one box
-    `[x1, y1, x2, y2]`. `text_rows` `[Nc]` bool: CE rows whose label is not a coord token (text gate).
-    """
-
-    ce_b: torch.Tensor
-    ce_t: torch.Tensor
-    ce_labels: torch.Tensor
-    ce_weights: torch.Tensor
-    coord_b: torch.Tensor
-    coord_t: torch.Tensor
-    coord_bins: torch.Tensor
-    text_rows: torch.Tensor
-
-    @property
-    def n_boxes(self) -> int:
-        return int(self.coord_t.numel()) // 4
-
-
-def rows_from_batch(batch: Mapping[str, torch.Tensor], losses_cfg: Any) -> Rows:
-    """The Stage-2 rows of a collated batch (`input_ids, labels, slot_class, coord_bins` `[B, L]`).
-
-    Built on `forward.supervision`: CE on every labelled token (`labels != -100`) with weight 1 for
-    structure, `losses_cfg.desc_ce_weight` for desc tokens, and for coord slots 1 only when
-    `losses_cfg.ce_on_coord_slots` (false by default in Stage 2); coord targets at every labelled
-    coord slot (bin from `coord_bins`). Channel-B feeds its rebuilt targets through the same function
-    (unsupervised tokens carry label -100).
-    """
-    from vlmdet.train.forward import supervision
-
-    sup = supervision(batch)
-    b, t = sup.rows.nonzero(as_tuple=True)
-    w = sup.ce_weights(float(losses_cfg.desc_ce_weight), bool(losses_cfg.ce_on_coord_slots))
-    ce = w > 0
-    coord = sup.coord
-    return Rows(
-        ce_b=b[ce], ce_t=t[ce], ce_labels=sup.target_ids[ce], ce_weights=w[ce],
-        coord_b=b[coord], coord_t=t[coord], coord_bins=sup.coord_bins[coord],
-        text_rows=~coord[ce],
-    )
-
-
-# ------------------------------------------------------------------------------------------------
-# loss terms on gathered rows (shared with Channel-B; the term recipes are `objective.coord_terms`)
-
-
-def check_a1_anchor(a1_anchor: Mapping[str, float]) -> dict[str, float]:
-    """Validate `stage2.a1_anchor` (coord term name -> weight >= 0; `entropy` may be negative);
-    unknown names and negative weights are a `UsageError`."""
-    import difflib
-
-    out = {}
-    for name, w in dict(a1_anchor or {}).items():
-        if name not in COORD_TERMS:
-            near = difflib.get_close_matches(str(name), COORD_TERMS, n=1)
-            hint = f" (did you mean {near[0]!r}?)" if near else ""
-            raise UsageError(f"stage2.a1_anchor: unknown coord term {name!r}{hint}; allowed: {', '.join(COORD_TERMS)}")
-        if float(w) < 0 and name != "entropy":
-            raise UsageError(f"stage2.a1_anchor.{name}: weight must be >= 0, got {w}")
-        out[name] = float(w)
-    return out
+from vlmdet.config import LossesConfig, Stage2Config
+from vlmdet.model.collate import position_ids as mrope_position_ids
+from vlmdet.train import forward
+from vlmdet.train.objective import (
+    Logits,
+    Rows,
+    active,
+    combine,
+    coord_diagnostics,
+    hyper,
+    log_terms,
+    loss_terms,
+    supervised_rows,
+    weights,
+)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -137,7 +79,7 @@ def context_embeddings(coord_logits: torch.Tensor, coord_embeds: torch.Tensor, t
     if mode == "st":
         hard = coord_embeds.float()[coord_logits.argmax(-1)]
         return hard + (soft - soft.detach())
-    raise UsageError(f"stage2.ctx_embed_mode must be one of soft, st, hard, got {mode!r}")
+    raise ValueError(f"ctx_embed_mode must be one of soft, st, hard, got {mode!r}")
 
 
 @dataclass
@@ -174,17 +116,11 @@ def soft_context_forwards(
 
     Every forward is one call of the top-level `model` (DDP/FSDP wrappers see a normal forward) through
     `forward.logits_at`, with `inputs_embeds` and explicit `position_ids` `[3, B, L]` (default:
-    `collate.position_ids(model, batch)`, mRoPE from the GT ids). The soft-context slots are the
-    supervised coord slots (`rows.coord_t + 1`).
+    `collate.position_ids(model, batch)`, mRoPE from the GT ids). The soft-context slots are the supervised coord slots
+    (`rows.coord_t + 1`). `n_iter` >= 1, `grad_mode` unroll | em_detach, `ctx_embed_mode` soft | st |
+    hard (checked when the config is loaded).
     """
-    from vlmdet.model.collate import position_ids as mrope_position_ids
-    from vlmdet.train import forward as fwd
-
-    if n_iter < 1:
-        raise UsageError(f"stage2.n_softctx_iter must be >= 1, got {n_iter}")
-    if grad_mode not in ("unroll", "em_detach"):
-        raise UsageError(f"stage2.softctx_grad_mode must be unroll or em_detach, got {grad_mode!r}")
-    inner = fwd.unwrap(model)
+    inner = forward.unwrap(model)
     if position_ids is None:
         position_ids = mrope_position_ids(inner, batch)
     embed = inner.get_input_embeddings()
@@ -209,7 +145,7 @@ def soft_context_forwards(
                 embeds = base.index_put((rows.coord_b, rows.coord_t + 1), ctx.to(base.dtype))
             want_text = m == 0 or (last and need_final_text)
             sets = (coord_rows, ce_rows) if want_text else (coord_rows,)
-            got = fwd.logits_at(model, batch, *sets, inputs_embeds=embeds, position_ids=position_ids)
+            got = forward.logits_at(model, batch, *sets, inputs_embeds=embeds, position_ids=position_ids)
             coord_logits = got[0]
             if m == 0:
                 a1_coord, ce_logits = coord_logits, got[1]
@@ -219,58 +155,59 @@ def soft_context_forwards(
     return ChannelAOutput(ce_logits, a1_coord, prev, final_text, n_iter)
 
 
-def stage2_terms(out: ChannelAOutput, sup: Rows, coord_ids, losses_cfg: Any, a1_anchor: Mapping[str, float]):
-    """Unweighted terms + diagnostics from a Channel-A (or Channel-B, N = 1) pass.
+def pass_terms(out: ChannelAOutput, rows: Rows, coord_ids, losses: LossesConfig, a1_anchor: Mapping[str, float]):
+    """Unweighted terms + diagnostics of a Channel-A pass (Stage 1 and Channel-B: N = 1).
 
-    Returns `(terms, anchor_terms, diag)`: `terms` keyed like `objective.TERMS` (scalars), `anchor_terms`
-    {term: scalar} for the names in `a1_anchor` (on A1 coord logits), `diag` the `coord_diag/*` floats
-    (final logits).
+    Returns `(terms, anchor_terms, diag)`: `terms` keyed like `objective.LOSSES` (scalars; token CE on A1
+    logits, coord terms and `coord_diag/*` on the final iteration's, the text gate on the final
+    iteration's text rows when gathered, else on A1's), `anchor_terms` {term: scalar} for the names in
+    `a1_anchor` (the same coord terms on A1 coord logits), `diag` the `coord_diag/*` floats.
     """
-    grad = torch.is_grad_enabled()
-    with torch.set_grad_enabled(grad and active(losses_cfg, "token_ce")):
-        terms = {"token_ce": L.token_ce(out.ce_logits, sup.ce_labels, sup.ce_weights)}
-    terms.update(coord_terms(out.final_coord_logits, sup.coord_bins, coord_ids, losses_cfg))
-    with torch.set_grad_enabled(grad and active(losses_cfg, "text_gate")):
-        # on the final logits when the term is on; when it is off (no final text rows were gathered)
-        # it is logged from the A1 rows (the same logits when N = 1)
-        text = out.final_text_logits if out.final_text_logits is not None else out.ce_logits
-        if bool(sup.text_rows.any()):
-            terms["text_gate"] = L.text_gate_loss(text[sup.text_rows], coord_ids, float(losses_cfg.temperature)).mean()
-        else:
-            terms["text_gate"] = text.sum() * 0.0
+    cid = torch.as_tensor(coord_ids, device=out.final_coord_logits.device)
+    text = out.final_text_logits if out.final_text_logits is not None else out.ce_logits
+    logits = Logits(
+        ce=out.ce_logits, ce_labels=rows.ce_labels, ce_weights=rows.ce_weights, text=text, text_rows=rows.text_rows,
+        coord=out.final_coord_logits, coord_bins=rows.coord_bins, coord_ids=cid,
+    )
+    hp = hyper(losses)
+    terms = loss_terms(logits, hp, active(weights(losses)))
     anchors = {}
     if a1_anchor:
-        # anchor weights decide which terms keep a graph; hyper-parameters come from `losses`
-        hyper = {k: getattr(losses_cfg, k) for k in ("temperature", "sigma", "smoothl1_beta")}
-        a1 = coord_terms(out.a1_coord_logits, sup.coord_bins, coord_ids, SimpleNamespace(**hyper, **a1_anchor))
-        anchors = {k: a1[k] for k in a1_anchor}
-    diag = coord_diagnostics(out.final_coord_logits, sup.coord_bins, coord_ids, float(losses_cfg.temperature))
+        a1 = Logits(**{**vars(logits), "coord": out.a1_coord_logits})
+        anchors = loss_terms(a1, hp, active(a1_anchor), names=a1_anchor)
+    diag = coord_diagnostics(out.final_coord_logits, rows.coord_bins, coord_ids, float(losses.temperature))
     return terms, anchors, diag
 
 
-def channel_a_loss(model, batch: Mapping[str, torch.Tensor], cfg: Any, coord_ids) -> tuple[torch.Tensor, dict[str, float]]:
+def channel_a_loss(
+    model, batch: Mapping[str, torch.Tensor], losses: LossesConfig, coord_ids, softctx: Stage2Config | None = None
+) -> tuple[torch.Tensor, dict[str, float]]:
     """One Channel-A step on a collated GT batch: `(total loss, logs)`.
 
-    cfg: the full `Config` (`cfg.stage2`, `cfg.losses`). logs: `loss/<term>` (unweighted),
-    `loss/a1_<term>` for anchors, `loss/total`, `coord_diag/*`, `stage2/n_forwards`.
+    `softctx`: the Stage-2 section (`n_softctx_iter`, `softctx_temperature`, `softctx_grad_mode`,
+    `ctx_embed_mode`, `a1_anchor`), or None for Stage 1 (N = 1, no anchors). logs: `loss/<term>`
+    (unweighted), `loss/total`, `coord_diag/*`; with `softctx` also `loss/a1_<term>` for anchors and
+    `stage2/n_forwards`.
     """
-    from vlmdet.train.objective import combine, log_terms
-
-    s2, lc = cfg.stage2, cfg.losses
-    anchor_w = check_a1_anchor(s2.a1_anchor)
-    sup = rows_from_batch(batch, lc)
-    out = soft_context_forwards(
-        model, batch, sup, coord_ids,
-        n_iter=int(s2.n_softctx_iter), temperature=float(s2.softctx_temperature),
-        grad_mode=s2.softctx_grad_mode, ctx_embed_mode=s2.ctx_embed_mode,
-        need_final_text=float(lc.text_gate) != 0.0,
-    )
-    terms, anchors, diag = stage2_terms(out, sup, coord_ids, lc, anchor_w)
-    total = combine(terms, lc)
-    if any(active(anchor_w, k) for k in anchor_w):
+    rows = supervised_rows(batch, losses)
+    if softctx is None:
+        out = soft_context_forwards(model, batch, rows, coord_ids, n_iter=1)
+        anchor_w: dict[str, float] = {}
+    else:
+        out = soft_context_forwards(
+            model, batch, rows, coord_ids,
+            n_iter=softctx.n_softctx_iter, temperature=softctx.softctx_temperature,
+            grad_mode=softctx.softctx_grad_mode, ctx_embed_mode=softctx.ctx_embed_mode,
+            need_final_text=losses.text_gate != 0.0,
+        )
+        anchor_w = softctx.a1_anchor
+    terms, anchors, diag = pass_terms(out, rows, coord_ids, losses, anchor_w)
+    total = combine(terms, weights(losses))
+    if active(anchor_w):
         total = total + combine(anchors, anchor_w)
     logs = log_terms(terms, total)
-    logs.update({f"loss/a1_{k}": float(v.detach()) for k, v in anchors.items()})
-    logs["stage2/n_forwards"] = float(out.n_forwards)
+    if softctx is not None:
+        logs.update(log_terms(anchors, prefix="loss/a1_"))
+        logs["stage2/n_forwards"] = float(out.n_forwards)
     logs.update(diag)
     return total, logs

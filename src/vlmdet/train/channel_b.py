@@ -1,5 +1,5 @@
 """Stage-2 Channel-B: rollout -> strict parse -> Hungarian match -> rebuilt target -> one
-teacher-forced forward (DESIGN §2.5).
+teacher-forced forward (see docs/STAGE2.md).
 
 Per sample:
 1. rollout with the HF backend (`evaluate/rollout.HFRollout`; greedy unless `rollout.do_sample`;
@@ -16,7 +16,7 @@ Per sample:
    unmatched GT objects keep the GT order (sorted like Channel-A targets when `prompt.ordering` is
    `sorted`);
 5. supervision of that sequence (`labels`, `slot_class`, `coord_bins` like `chat.encode_example`, then
-   the same `channel_a.rows_from_batch` and loss terms as Channel-A with N = 1):
+   the same `objective.supervised_rows` and loss terms as Channel-A with N = 1):
    - matched records in the prefix: CE on their structure tokens (tokens overlapping the record's char
      span, desc-content tokens excluded); their 4 coord slots (the model's own coord tokens as input)
      get the matched GT bins as geometry targets (and the GT coord id as label, so coord CE, when on,
@@ -36,7 +36,18 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
+import torch
+
+from vlmdet.data.records import load_image
+from vlmdet.evaluate.rollout import HFRollout
 from vlmdet.format import ANSWER_PREFIX, ANSWER_SUFFIX, RECORD_SEP, render_records, sort_objects
+from vlmdet.match import hungarian_match
+from vlmdet.model.chat import COORD, DESC, IGNORE, STRUCT, desc_spans, encode_example
+from vlmdet.model.collate import Collator
+from vlmdet.model.load import token_pieces
+from vlmdet.parse import DROP_REASONS, parse_rollout
+from vlmdet.train.channel_a import pass_terms, soft_context_forwards
+from vlmdet.train.objective import combine, log_terms, supervised_rows, weights
 
 SEED_MULTIPLIER = 1000003
 
@@ -94,10 +105,6 @@ def build_target(
     anything after it are ignored); gt: `(desc, bins)` objects in GT (training) order; tokenizer: encodes
     the appended text; coord_ids: 1000 ids in bin order. Pure apart from the tokenizer call.
     """
-    from vlmdet.match import hungarian_match
-    from vlmdet.model.chat import COORD, DESC, IGNORE, STRUCT, desc_spans
-    from vlmdet.parse import parse_rollout
-
     coord_bin = {int(t): k for k, t in enumerate(coord_ids)}
     rp = parse_rollout(list(token_ids), list(pieces), coord_bin, {int(eot_id)}, field_order)
     res = rp.result
@@ -162,8 +169,6 @@ def build_target(
 def assemble_example(prompt_example: Mapping[str, Any], target: BTarget) -> dict:
     """Concatenate a prompt-only `chat.encode_example(..., answer=None)` with a `BTarget` into a
     training example with the same keys and dtypes as a teacher-forced `encode_example`."""
-    import torch
-
     p = prompt_example
     n = len(target.ids)
     ids = torch.cat([p["input_ids"], torch.tensor(target.ids, dtype=torch.long)])
@@ -194,8 +199,6 @@ def rollout_metrics(targets: Sequence[BTarget], rollouts: Sequence[Any], gen_sec
       `parse.DROP_REASONS` entry, plus `dropped_invalid_mean`;
     - per Channel-B micro-batch (weight 1): `generate_s` (rollout seconds), `batch_rollouts`.
     """
-    from vlmdet.parse import DROP_REASONS
-
     n = len(targets)
     tp = sum(len(t.matched) for t in targets)
     n_pred = sum(t.n_pred for t in targets)
@@ -241,11 +244,6 @@ def channel_b_batch(loaded, records: Sequence[Any], cfg: Any, step: int, backend
     Returns `(batch, targets, rollouts, gen_seconds)`. `loaded`: `model.load.Loaded` whose `model` is the
     unwrapped model; `cfg`: the full `Config`; `step`: the optimizer step (seeds the rollout).
     """
-    from vlmdet.data.records import load_image
-    from vlmdet.evaluate.rollout import HFRollout
-    from vlmdet.model.chat import encode_example
-    from vlmdet.model.collate import Collator
-
     backend = backend or HFRollout(loaded, cfg.rollout, cfg.prompt, progress=False)
     t0 = time.perf_counter()
     rollouts = backend.generate(records, seed=rollout_seed(cfg.seed, step))
@@ -269,8 +267,6 @@ def channel_b_batch(loaded, records: Sequence[Any], cfg: Any, step: int, backend
 
 
 def _pieces(loaded, ids):
-    from vlmdet.model.load import token_pieces
-
     return token_pieces(loaded.tokenizer, ids)
 
 
@@ -282,10 +278,6 @@ def channel_b_loss(model, loaded, records: Sequence[Any], cfg: Any, step: int, b
     `loss/total`; `weighted`: the `rollout_metrics` groups. The forward is Channel-A's with N = 1 on
     the rebuilt batch (same loss terms and weights, `stage2.a1_anchor` not applied).
     """
-    import torch
-
-    from vlmdet.train.channel_a import rows_from_batch, soft_context_forwards, stage2_terms
-    from vlmdet.train.objective import combine, log_terms
 
     batch, targets, rollouts, gen_s = channel_b_batch(loaded, records, cfg, step, backend)
     device = next(model.parameters()).device
@@ -293,9 +285,9 @@ def channel_b_loss(model, loaded, records: Sequence[Any], cfg: Any, step: int, b
     batch = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
     batch["pixel_values"] = batch["pixel_values"].to(dtype)
     lc = cfg.losses
-    rows = rows_from_batch(batch, lc)
-    out = soft_context_forwards(model, batch, rows, loaded.coord_ids, n_iter=1, need_final_text=float(lc.text_gate) != 0.0)
-    terms, _, _ = stage2_terms(out, rows, loaded.coord_ids, lc, {})
-    total = combine(terms, lc)
+    rows = supervised_rows(batch, lc)
+    out = soft_context_forwards(model, batch, rows, loaded.coord_ids, n_iter=1)
+    terms, _, _ = pass_terms(out, rows, loaded.coord_ids, lc, {})
+    total = combine(terms, weights(lc))
     logs = log_terms(terms, total)
     return total, logs, rollout_metrics(targets, rollouts, gen_s)

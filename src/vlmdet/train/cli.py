@@ -92,10 +92,10 @@ def build_trainer(cfg, run, loaded=None):
         processing_class=loaded.tokenizer,
         callbacks=[RunLogCallback(run), SaveProcessorCallback(loaded), eval_cb],
         vlm_cfg=cfg,
-        coord_ids=loaded.coord_ids,
+        loaded=loaded,
+        records=train,
     )
     eval_cb.trainer = trainer
-    trainer.loaded = loaded  # tokenizer / image processor for objectives that generate (Stage-2 Channel-B)
     return trainer, loaded
 
 

@@ -17,11 +17,17 @@ from typing import Any, Sequence
 
 from torch.utils.data import Dataset
 
+from vlmdet.config import PromptConfig
+from vlmdet.data.records import load_image
+from vlmdet.format import render_answer
+from vlmdet.model.chat import encode_example
+from vlmdet.model.collate import Collator
+
 
 class DetDataset(Dataset):
     """Map-style dataset over `data/records.Record`s for teacher-forced training (module docstring)."""
 
-    def __init__(self, records: Sequence[Any], loaded: Any, prompt_cfg: Any, seed: int = 0):
+    def __init__(self, records: Sequence[Any], loaded: Any, prompt_cfg: PromptConfig, seed: int = 0):
         self.records = list(records)
         self.loaded = loaded
         self.prompt_cfg = prompt_cfg
@@ -36,18 +42,13 @@ class DetDataset(Dataset):
 
     def answer(self, i: int) -> str:
         """The CoordJSON answer text of record i."""
-        from vlmdet.format import render_answer
-
         objs = self.records[i].bins()
-        ordering = getattr(self.prompt_cfg, "ordering", "sorted")
+        ordering = self.prompt_cfg.ordering
         if ordering == "random":
             random.Random(f"{self.seed}:{i}:{self.epoch}").shuffle(objs)
-        return render_answer(objs, getattr(self.prompt_cfg, "field_order", "desc_first"), ordering)
+        return render_answer(objs, self.prompt_cfg.field_order, ordering)
 
     def __getitem__(self, i: int) -> dict:
-        from vlmdet.data.records import load_image
-        from vlmdet.model.chat import encode_example
-
         rec = self.records[i]
         ex = encode_example(self.loaded, load_image(rec), self.answer(i), self.prompt_cfg)
         ex["image_id"] = rec.image_id
@@ -56,6 +57,4 @@ class DetDataset(Dataset):
 
 def make_collator(loaded: Any):
     """The training collator (right padding with the model's pad id)."""
-    from vlmdet.model.collate import Collator
-
     return Collator(loaded.pad_id, padding_side="right")

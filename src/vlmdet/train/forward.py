@@ -1,4 +1,4 @@
-"""Teacher-forced forwards that materialize logits only at the rows a loss needs (DESIGN §2).
+"""Teacher-forced forwards that materialize logits only at the rows a loss needs (see docs/TRAINING.md).
 
 Causal shift: the logits that predict the token at input position p sit at row p - 1. A "row" below
 is always a *predicting* row `(b, t)` with t = p - 1.
@@ -20,16 +20,16 @@ Every forward passes `use_cache=False`, the batch's `attention_mask`, `pixel_val
 the GT ids by `model/collate.position_ids` unless given), with either `input_ids` or `inputs_embeds`
 (image placeholder rows of `inputs_embeds` must be the embedding of the image token).
 
-`Supervision` / `supervision(batch, ...)`: the supervised rows of a collated Stage-1 batch and what
-each row is trained on (token CE target + weight, coord target bin, row class).
+Which rows carry a loss is `train/objective.supervised_rows`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
+
+from vlmdet.model.collate import position_ids as mrope_position_ids
 
 #: batch keys passed through to the model (when present and not None)
 MODEL_KEYS = ("attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids")
@@ -48,8 +48,6 @@ def unwrap(model):
 
 def _model_kwargs(model, batch: Mapping[str, Any], inputs_embeds, position_ids) -> dict:
     if position_ids is None:
-        from vlmdet.model.collate import position_ids as mrope_position_ids
-
         position_ids = mrope_position_ids(unwrap(model), batch)
     kwargs = {k: batch[k] for k in MODEL_KEYS if batch.get(k) is not None}
     kwargs.update(position_ids=position_ids, use_cache=False)
@@ -102,61 +100,3 @@ def logits_at(model, batch: Mapping[str, Any], *row_sets, inputs_embeds=None, po
     logits = gathered_logits(model, batch, mask, inputs_embeds=inputs_embeds, position_ids=position_ids)
     where = mask.flatten().long().cumsum(0) - 1  # flat (b, t) -> its row in `logits`
     return [logits.index_select(0, where[b * L + t]) for b, t in row_sets]
-
-
-# ---------------------------------------------------------------------------------------------
-# supervised rows of a collated Stage-1 batch
-
-
-@dataclass
-class Supervision:
-    """Supervised rows of a teacher-forced batch, in row-major order of `rows`.
-
-    rows `[B, L]` bool: predicting rows t = p - 1 of every labelled position p (`labels != -100`);
-    N = rows.sum(). Per gathered row (all `[N]`): `target_ids` (the token at p), `slot_class`
-    (`model/chat`: STRUCT=1, DESC=2, COORD=3 of the token at p), `coord_bins` (its bin, -1 unless
-    COORD), `sample` (b). Coord rows of one sample come in document order, 4 per box."""
-
-    rows: torch.Tensor
-    target_ids: torch.Tensor
-    slot_class: torch.Tensor
-    coord_bins: torch.Tensor
-    sample: torch.Tensor
-
-    @property
-    def coord(self) -> torch.Tensor:
-        """`[N]` bool: rows that predict a coord token."""
-        from vlmdet.model.chat import COORD
-
-        return self.slot_class == COORD
-
-    def ce_weights(self, desc_ce_weight: float = 1.0, ce_on_coord_slots: bool = True) -> torch.Tensor:
-        """`[N]` float token-CE weights: STRUCT 1, DESC `desc_ce_weight`, COORD 1 or 0."""
-        from vlmdet.model.chat import COORD, DESC, STRUCT
-
-        s = self.slot_class
-        w = torch.zeros(s.shape, dtype=torch.float32, device=s.device)
-        w[s == STRUCT] = 1.0
-        w[s == DESC] = float(desc_ce_weight)
-        if ce_on_coord_slots:
-            w[s == COORD] = 1.0
-        return w
-
-
-def supervision(batch: Mapping[str, torch.Tensor]) -> Supervision:
-    """`Supervision` of a collated batch (`input_ids`, `labels`, `slot_class`, `coord_bins` `[B, L]`).
-
-    Raises `ValueError` when a sample's coord slots are not a multiple of 4 (boxes must be whole)."""
-    labels = batch["labels"]
-    B, L = labels.shape
-    sup = labels[:, 1:] != -100  # [B, L-1]: row t predicts position t + 1
-    rows = torch.zeros(B, L, dtype=torch.bool, device=labels.device)
-    rows[:, :-1] = sup
-    slot = batch["slot_class"][:, 1:][sup].long()
-    from vlmdet.model.chat import COORD
-
-    per_sample = ((batch["slot_class"][:, 1:] == COORD) & sup).sum(1)
-    if bool((per_sample % 4 != 0).any()):
-        raise ValueError(f"coord slots per sample must be a multiple of 4 (whole boxes), got {per_sample.tolist()}")
-    sample = torch.arange(B, device=labels.device).unsqueeze(1).expand(B, L - 1)[sup]
-    return Supervision(rows, labels[:, 1:][sup], slot, batch["coord_bins"][:, 1:][sup].long(), sample)

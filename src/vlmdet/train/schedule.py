@@ -1,9 +1,9 @@
-"""Channel schedule for Stage-2 AB (DESIGN §2.6).
+"""Channel schedule for Stage-2 AB (see docs/STAGE2.md).
 
 `b_ratio` r in [0, 1]: optimizer step s (0-based, the Trainer's `state.global_step` before the
 step runs) is a Channel-B step iff floor((s+1)·r) > floor(s·r) (Bresenham). The choice depends only
 on the global step, so a resumed run replays exactly the same sequence. r = 0: Channel-A only (the
-seed's setting); r = 1: Channel-B only; r = 0.5: A, B, A, B, ...; r = 0.05: B at s = 19, 39, ...
+original method's setting); r = 1: Channel-B only; r = 0.5: A, B, A, B, ...; r = 0.05: B at s = 19, 39, ...
 
 Pure module (no torch): the trainer asks `channel(step, r)` once per optimizer step and logs
 `schedule_metrics(step, r)`.
@@ -14,8 +14,6 @@ from __future__ import annotations
 import math
 
 from vlmdet.errors import UsageError
-
-CHANNELS = ("A", "B")
 
 
 def check_b_ratio(b_ratio: float) -> float:
@@ -60,11 +58,3 @@ def schedule_metrics(step: int, b_ratio: float) -> dict[str, float]:
         "stage2/channel_b": 1.0 if b else 0.0,
         "stage2_ab/b_ratio_realized": n_channel_b(step + 1, b_ratio) / (step + 1),
     }
-
-
-def stage2_loss(trainer, model, batch):
-    """`OBJECTIVES[2]` hand-off (`train/trainer.py` calls `schedule.stage2_loss`): the Stage-2 AB
-    objective lives in `train/stage2.py` (imported lazily: this module stays torch-free)."""
-    from vlmdet.train.stage2 import stage2_loss as objective
-
-    return objective(trainer, model, batch)

@@ -2,93 +2,99 @@
 
 Everything else (TrainingArguments, gradient accumulation, optimizer/scheduler, checkpoint/resume,
 `report_to`, DDP/FSDP/DeepSpeed, `torchrun` / `accelerate launch`) is the stock Trainer. The
-constructor only stores the vlmdet config and the coord token ids and sets
+constructor receives what the objectives need, the vlmdet config, the loaded model bundle
+(`model.load.Loaded`: tokenizer, image processor, coord token ids) and the training records, and sets
 `loss_is_scaled_for_ga = False` (our losses are per-micro-batch means; the Trainer divides by the
 number of accumulation steps).
 
 Objectives are a plain dict `OBJECTIVES = {stage: fn}`; `fn(trainer, model, batch) -> (loss, logs)`
 where `loss` is the scalar to back-propagate and `logs` a dict of floats (`loss/<term>` unweighted,
 `loss/total`, `coord_diag/*`, ...). `cfg.stage` picks the entry:
-- 1: `stage1_loss` (below);
-- 2: `stage2_loss`, a lazy hand-off to `vlmdet.train.schedule.stage2_loss(trainer, model, batch)`
-  (the Stage-2 AB channel dispatch; it may use `trainer.cfg`, `trainer.coord_ids`,
-  `trainer.state.global_step`, and the helpers in `train/forward.py` and `train/objective.py`).
+- 1: `stage1_loss`: Channel-A with N = 1 (`channel_a.channel_a_loss` without `softctx`): one
+  teacher-forced forward, logits gathered only at supervised rows, every term of `objective.LOSSES`;
+- 2: `stage2_loss`: per optimizer step Channel-A or Channel-B, `schedule.channel(global_step,
+  stage2.b_ratio)`: every micro-batch of one gradient-accumulation window runs the same channel, and a
+  resumed run replays the same sequence. Channel-A (`channel_a.channel_a_loss` with `cfg.stage2`) trains
+  on the collated GT batch; Channel-B (`channel_b.channel_b_loss`) looks the batch's records up by
+  `image_id`, generates with the unwrapped model and runs one teacher-forced forward through the
+  (possibly DDP-wrapped) `model`. Logs add `stage2/channel_a`, `stage2/channel_b` (0/1 per step) and
+  `stage2_ab/b_ratio_realized`; Channel-B's `rollout/*` telemetry is added to the metric window with
+  weights (predictions for precision, GT objects for recall, ...), so the logged window value,
+  combined across ranks, is the exact global ratio.
 
 Logging: `compute_loss` adds each training micro-batch's `logs` to a `MetricWindow`; `log` (called by
 the Trainer on every rank at each `logging_steps`) merges the window means, combined across ranks,
 into the Trainer's own training log (`loss`, `grad_norm`, `learning_rate`, ...), from where
 `report_to` (TensorBoard) and the callbacks (`logging.jsonl`) pick them up.
-
-Stage-1 (DESIGN §2.3), one teacher-forced forward, logits gathered only at supervised rows:
-- `token_ce`: full-vocabulary CE on all assistant tokens: structure (incl. `<|im_end|>`) weight 1,
-  desc tokens `losses.desc_ce_weight`, coord slots 1 when `losses.ce_on_coord_slots` else 0;
-- at coord slots: `coord_ce`, `soft_ce`, `w1`, `smoothl1`, `ciou` (expected boxes), `coord_gate`,
-  `entropy`; at text rows (structure + desc targets): `text_gate`;
-- total = `objective.combine(terms, cfg.losses)`; every term is logged (unweighted) whatever its weight.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from transformers import Trainer
 
-from vlmdet.train.forward import gathered_logits, supervision
-from vlmdet.train.objective import MetricWindow, active, combine, coord_diagnostics, coord_terms, log_terms
+from vlmdet.config import Config
+from vlmdet.errors import UsageError
+from vlmdet.train.channel_a import channel_a_loss
+from vlmdet.train.channel_b import channel_b_loss
+from vlmdet.train.forward import unwrap
+from vlmdet.train.schedule import is_channel_b, schedule_metrics
 
 
-def stage1_terms(logits: torch.Tensor, sup, coord_ids, losses_cfg: Any, coord_rows: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """Unweighted Stage-1 terms (scalars, keyed like `objective.TERMS`) from logits `[N, V]` at the
-    supervised rows `sup` (`forward.Supervision`, same row order). `coord_rows`: `logits[sup.coord]`
-    if the caller already has it."""
-    from vlmdet import losses as L
+class MetricWindow:
+    """Running sums of float metrics between two `log` calls, averaged per key over the calls that
+    reported it, and combined across ranks (sum of sums / sum of counts) when torch.distributed is
+    initialized. `pop()` must then run on every rank (as `Trainer.log` does)."""
 
-    w = sup.ce_weights(losses_cfg.desc_ce_weight, losses_cfg.ce_on_coord_slots)
-    with torch.set_grad_enabled(torch.is_grad_enabled() and active(losses_cfg, "token_ce")):
-        terms = {"token_ce": L.token_ce(logits, sup.target_ids, w)}
-    c = sup.coord
-    if coord_rows is None:
-        coord_rows = logits[c]
-    terms.update(coord_terms(coord_rows, sup.coord_bins[c], coord_ids, losses_cfg))
-    terms["text_gate"] = _text_gate(logits, ~c, coord_ids, losses_cfg)
-    return terms
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, float] = {}
 
+    def add(self, metrics: Mapping[str, float], weight: float = 1.0) -> None:
+        for k, v in metrics.items():
+            self.sums[k] = self.sums.get(k, 0.0) + float(v) * weight
+            self.counts[k] = self.counts.get(k, 0.0) + weight
 
-def _text_gate(logits: torch.Tensor, text: torch.Tensor, coord_ids, losses_cfg: Any, chunk: int = 128) -> torch.Tensor:
-    """Mean text gate over the rows where `text` [N] is True. When the term is off it is only logged:
-    computed under no_grad in row chunks, so it never needs more than `chunk` x V temporary floats."""
-    from vlmdet import losses as L
-
-    T = float(losses_cfg.temperature)
-    if not bool(text.any()):
-        return logits.sum() * 0.0
-    if torch.is_grad_enabled() and active(losses_cfg, "text_gate"):
-        return L.text_gate_loss(logits[text], coord_ids, T).mean()
-    with torch.no_grad():
-        per_row = torch.cat([L.text_gate_loss(part, coord_ids, T) for part in logits.detach().split(chunk)])
-        return per_row[text].mean()
+    def pop(self) -> dict[str, float]:
+        """Window means (all ranks combined), then reset."""
+        sums, counts = self.sums, self.counts
+        self.sums, self.counts = {}, {}
+        if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+            gathered: list = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, (sums, counts))
+            sums, counts = {}, {}
+            for s, c in gathered:
+                for k in s:
+                    sums[k] = sums.get(k, 0.0) + s[k]
+                    counts[k] = counts.get(k, 0.0) + c[k]
+        return {k: sums[k] / counts[k] for k in sorted(sums) if counts[k] > 0}
 
 
 def stage1_loss(trainer: "DetTrainer", model, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
-    """Stage-1 teacher forcing on a collated batch: `(total, logs)` (module docstring)."""
-    lc = trainer.cfg.losses
-    sup = supervision(batch)
-    logits = gathered_logits(model, batch, sup.rows)
-    c = sup.coord
-    coord_rows = logits[c]
-    terms = stage1_terms(logits, sup, trainer.coord_ids, lc, coord_rows)
-    total = combine(terms, lc)
-    logs = log_terms(terms, total)
-    logs.update(coord_diagnostics(coord_rows, sup.coord_bins[c], trainer.coord_ids, float(lc.temperature)))
-    return total, logs
+    """Stage-1 teacher forcing on a collated batch: Channel-A with N = 1 (module docstring)."""
+    return channel_a_loss(model, batch, trainer.cfg.losses, trainer.coord_ids)
 
 
 def stage2_loss(trainer: "DetTrainer", model, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
-    """Stage-2 AB: lazily hands off to `vlmdet.train.schedule.stage2_loss` (same signature)."""
-    from vlmdet.train import schedule
-
-    return schedule.stage2_loss(trainer, model, batch)
+    """One Stage-2 AB micro-batch (module docstring): `(loss, logs)`."""
+    cfg = trainer.cfg
+    step = int(trainer.state.global_step)
+    if is_channel_b(step, cfg.stage2.b_ratio):
+        ids = batch.get("image_id")
+        if ids is None:
+            raise UsageError("Channel-B needs `image_id` in the training batch (train/dataset.DetDataset provides it)")
+        records = [trainer.records_by_id[i] for i in ids]
+        trainer.loaded.model = unwrap(model)  # generate with the module that is being trained
+        loss, logs, weighted = channel_b_loss(model, trainer.loaded, records, cfg, step)
+        if model.training:
+            for metrics, weight in weighted:
+                trainer.metric_window.add(metrics, weight)
+    else:
+        loss, logs = channel_a_loss(model, batch, cfg.losses, trainer.coord_ids, cfg.stage2)
+    logs.update(schedule_metrics(step, cfg.stage2.b_ratio))
+    return loss, logs
 
 
 #: stage -> objective(trainer, model, batch) -> (loss, logs)
@@ -98,15 +104,18 @@ OBJECTIVES: dict[int, Callable[..., tuple[torch.Tensor, dict[str, float]]]] = {1
 class DetTrainer(Trainer):
     """`Trainer` with the vlmdet objectives (module docstring).
 
-    Extra keyword arguments: `vlm_cfg` (the `vlmdet.config.Config`) and `coord_ids` (1000 ids, bin order).
-    """
+    Extra keyword arguments: `vlm_cfg` (the `vlmdet.config.Config`), `loaded` (the `model.load.Loaded`
+    whose `.model` is trained) and `records` (the training `data.records.Record`s, looked up by
+    `image_id` for Channel-B)."""
 
     loss_is_scaled_for_ga = False
 
-    def __init__(self, *args, vlm_cfg, coord_ids, **kwargs):
+    def __init__(self, *args, vlm_cfg: Config, loaded, records: Sequence[Any], **kwargs):
         super().__init__(*args, **kwargs)
         self.cfg = vlm_cfg
-        self.coord_ids = [int(i) for i in coord_ids]
+        self.loaded = loaded
+        self.coord_ids = [int(i) for i in loaded.coord_ids]
+        self.records_by_id = {r.image_id: r for r in records}
         self.metric_window = MetricWindow()
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
