@@ -25,7 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "parse": ("vlmdet.evaluate.offline_parse", "parse health (+ metrics) of raw model answers in a JSONL file"),
     "eval-preds": ("vlmdet.evaluate.offline_preds", "COCO AP + F1 of pixel-box predictions against GT JSONL"),
     "expand-vocab": ("vlmdet.model.expand", "add the 1000 coordinate tokens to a checkpoint"),
-    "doctor": ("vlmdet.model.doctor", "check a checkpoint for the seed's non-training failure suspects"),
+    "doctor": ("vlmdet.model.doctor", "check a checkpoint for failure causes that need no training"),
     "report": ("vlmdet.report.cli", "compare run directories: report.md + report.html"),
     "experiment": ("vlmdet.experiment", "grids of runs x seeds with seed statistics; preset: gate-ablation"),
 }
