@@ -20,7 +20,7 @@ Swaps -- the GPU-only and long parts, so the commands run on the tiny model in s
   no gradient checkpointing, no dataloader workers, no DDP backend, tiny evals);
 - `vlmdet eval`: `EVAL_SMALL` (2 images, 16 new tokens, float32);
 - `vlmdet demo` -> `--smoke`; `vlmdet data synth` -> `--train 16 --val 4`;
-  `vlmdet experiment gate-ablation` -> `--smoke --steps 1,2`;
+  `vlmdet experiment ...` -> `--smoke --steps 1,2 --seeds 0`;
 - benchmarks/*.py: the smallest sizes and one repeat (`BENCH_SMALL`).
 Everything else runs as written. A doc that starts where another left off gets those steps first
 (`PREPARED`: docs/TRAINING.md's GPU line follows README's expand-vocab and COCO conversion).
@@ -187,8 +187,10 @@ def swapped(command: str, box: Path) -> list[str] | None:
         return words + ["--smoke"]
     if sub == "data" and words[2] == "synth":
         return words + ["--train", "16", "--val", "4"]
-    if sub == "experiment":
-        return words + ["--smoke", "--steps", "1,2"]
+    if sub == "experiment":  # one seed: the smoke grid's arms, not its repetitions
+        if "--seeds" in words:
+            words[words.index("--seeds") + 1] = "0"
+        return words + ["--smoke", "--steps", "1,2", "--seeds", "0"]
     return words
 
 

@@ -34,7 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "expand-vocab": ("vlmdet.model.expand", "add the 1000 coordinate tokens to a checkpoint"),
     "doctor": ("vlmdet.model.doctor", "check a checkpoint for failure causes that need no training"),
     "report": ("vlmdet.report.cli", "compare run directories: report.md + report.html"),
-    "experiment": ("vlmdet.experiment", "canned experiments: gate-ablation (docs/results/README.md)"),
+    "experiment": ("vlmdet.experiment", "grids of runs x seeds with seed statistics; preset: gate-ablation"),
 }
 
 

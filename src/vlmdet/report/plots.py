@@ -202,3 +202,32 @@ def draw_sample(sample: dict) -> bytes | None:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def interval_plot(arms: dict[str, Sequence[tuple[int, float, float, float]]], title: str, ylabel: str) -> bytes:
+    """Seed statistics over steps (`vlmdet experiment grid`): one line per arm through the mean at each
+    step, with its interval as an error bar. `arms[name] = [(step, mean, lo, hi), ...]`; a NaN lo/hi (one
+    seed) draws the point without a bar; a NaN mean is left out."""
+    import math
+
+    fig = _figure(6.4, 3.4)
+    ax = fig.subplots()
+    n = max(1, len(arms))
+    for i, (name, pts) in enumerate(arms.items()):
+        pts = [p for p in pts if math.isfinite(p[1])]
+        if not pts:
+            continue
+        # arms side by side around each step so that their bars do not hide each other
+        shift = (i - (n - 1) / 2) * 2.0
+        xs = [p[0] + shift for p in pts]
+        ys = [p[1] for p in pts]
+        err = [[p[1] - p[2] if math.isfinite(p[2]) else 0.0 for p in pts],
+               [p[3] - p[1] if math.isfinite(p[3]) else 0.0 for p in pts]]
+        ax.errorbar(xs, ys, yerr=err, fmt="-o", color=f"C{i % 10}", label=name, markersize=4, linewidth=1.5,
+                    capsize=3)
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    return _png(fig)
