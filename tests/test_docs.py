@@ -17,7 +17,8 @@ Swaps -- the GPU-only and long parts, so the commands run on the tiny model in s
 - `make demo` -> `vlmdet demo --smoke`; `make test` is not run (it would run this suite inside itself);
 - `.venv/bin/python` -> this interpreter (scripts run in this process via runpy; `-m pytest` in its own);
 - `vlmdet train`: `TRAIN_SMALL` overrides go before the first option (2 steps, batch 2, float32, no bf16,
-  no gradient checkpointing, no dataloader workers, no DDP backend, tiny evals);
+  no gradient checkpointing, no dataloader workers, no DDP backend, tiny evals); `--resume` gets one
+  more step (`training.max_steps=3`), since the run it continues finished;
 - `vlmdet eval`: `EVAL_SMALL` (2 images, 16 new tokens, float32);
 - `vlmdet demo` -> `--smoke`; `vlmdet data synth` -> `--train 16 --val 4`;
   `vlmdet experiment ...` -> `--smoke --steps 1,2 --seeds 0`;
@@ -66,7 +67,7 @@ EVAL_SMALL = ["eval.max_samples=2", "rollout.max_new_tokens=16", "rollout.batch_
 BENCH_SMALL = {
     "bench_parse.py": ["--answers", "20", "--repeats", "1"],
     "bench_coco.py": ["--images", "10", "--repeats", "1"],
-    "bench_channel_a.py": ["--batch", "1", "--repeats", "1", "--size", "64"],
+    "bench_channel_a.py": ["--batch", "1", "--repeats", "1"],
     "bench_gathered_loss.py": ["--vocab", "2000", "--seq", "128", "--answer", "32", "--objects", "2", "--repeats", "1"],
 }
 #: (pattern, replacement) on the command text, before it is split into words
@@ -180,6 +181,8 @@ def swapped(command: str, box: Path) -> list[str] | None:
     assert words[0] == "vlmdet", f"unknown command word in docs: {command}"
     sub = words[1] if len(words) > 1 else ""
     if sub == "train":
+        if "--resume" in words:  # the run before it finished its 2 steps: one more
+            words = words + ["training.max_steps=3"]
         return _with_options_last(words, TRAIN_SMALL)
     if sub == "eval":
         return words + EVAL_SMALL
