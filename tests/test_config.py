@@ -140,6 +140,8 @@ def test_diamond_extends_is_not_a_cycle(tmp_path):
         ("eval: {score_source: x}\n", "is not one of 'coord_logprob', 'constant'"),
         ("rollout: {backend: vllm}\n", "is not one of 'hf'"),
         ("stage2: {b_ratio: 1.5}\n", r"stage2.b_ratio: 1.5 must be in \[0, 1\]"),
+        ("stage2: {b_ratio: -0.1}\n", r"stage2.b_ratio: -0.1 must be in \[0, 1\]"),
+        ("stage2: {b_ratio: .nan}\n", r"stage2.b_ratio: nan must be in \[0, 1\]"),
         ("losses: {sigma: 0}\n", r"losses.sigma: 0.0 must be > 0"),
     ],
 )
