@@ -10,10 +10,10 @@ from hypothesis import strategies as st
 from test_parse import CASES, FUZZ, THREE, A, C, R, grammar_text, mutated_answers, object_lists  # same folder
 
 from vlmdet import _parse_fast
-from vlmdet.format import render_answer
+from vlmdet.format import ANSWER_PREFIX, render_answer
 from vlmdet.parse import ParsedObject, parse_prediction
 
-OPEN = _parse_fast.CANONICAL_OPEN
+OPEN = ANSWER_PREFIX
 CAT = R('"cat"', C(1, 2, 3, 4))
 DOG = R('"dog"', C(10, 20, 30, 40))
 

@@ -31,10 +31,7 @@ from typing import Callable
 
 from vlmdet.coords import COORD_TOKENS
 
-__all__ = ["CANONICAL_OPEN", "read_run"]
-
-#: The container opening exactly as `format.render_answer` writes it.
-CANONICAL_OPEN = '{"objects": ['
+__all__ = ["read_run", "record_end"]
 
 # Possessive loops (`*+`) need Python 3.11; on 3.10 the plain loops match the same strings (the
 # character classes never overlap the escape branch, so there is no ambiguous backtracking).
@@ -74,12 +71,16 @@ def read_run(
     after the last one's `}` (`(0, pos)` when the first record is not read).
     """
     pattern, d, c0 = _RECORD[field_order]
-    c1, c2, c3 = c0 + 1, c0 + 2, c0 + 3
+    desc_first = d == 1
     bin_of = _BIN_OF_LITERAL
     append = objects.append
     k = index - 1
     for k, m in enumerate(iter(pattern.scanner(text, pos).match, None), index):
-        desc, l0, l1, l2, l3 = m.group(d, c0, c1, c2, c3)
+        # m.groups() and a branch: ~1/3 cheaper per record than m.group(d, c0, ..., c0 + 3)
+        if desc_first:
+            desc, l0, l1, l2, l3 = m.groups()
+        else:
+            l0, l1, l2, l3, desc = m.groups()
         try:
             x1 = bin_of[l0]
             y1 = bin_of[l1]

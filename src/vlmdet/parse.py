@@ -59,7 +59,7 @@ from operator import attrgetter
 from typing import Collection, Mapping, Sequence
 
 from vlmdet import _parse_fast
-from vlmdet.format import DESC_KEY, FIELD_ORDERS, GEOMETRY_KEY
+from vlmdet.format import ANSWER_PREFIX, DESC_KEY, FIELD_ORDERS, GEOMETRY_KEY
 
 __all__ = [
     "DROP_REASONS",
@@ -360,8 +360,8 @@ def parse_prediction(text: str, field_order: str = "desc_first", *, fast: bool =
     """
     if field_order not in FIELD_ORDERS:
         raise ValueError(f"field_order must be one of {FIELD_ORDERS}, got {field_order!r}")
-    if text.startswith(_parse_fast.CANONICAL_OPEN):  # the common case, without a regex search
-        pos = len(_parse_fast.CANONICAL_OPEN)
+    if text.startswith(ANSWER_PREFIX):  # the common case, without a regex search
+        pos = len(ANSWER_PREFIX)
     else:
         m = _CONTAINER_RE.search(text)
         if m is None:
