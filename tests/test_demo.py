@@ -77,3 +77,23 @@ def test_demo_smoke(tmp_path, capsys):
     md = (tmp_path / "report" / "report.md").read_text()
     assert "| 0 | demo_stage2 |" in md and "| 2 | demo_stage2 |" in md and "demo_stage1" not in md
     assert "| demo_stage1 |" in (tmp_path / "report_stage1" / "report.md").read_text()
+    # the demo logs to TensorBoard (names as in logging.jsonl, the step-0 eval too) and says how to open it
+    assert f"TensorBoard: tensorboard --logdir {(tmp_path / 'runs').resolve()}" in out
+    assert list((s2 / "tb").rglob("events.out.tfevents.*"))
+    assert "eval @ step 0 " in out and "{'loss'" not in out
+
+
+def test_summary_text_counts_and_phases():
+    from vlmdet.demo import summary_text
+
+    s = {"stage1_checkpoint": "ckpt", "runs": ["r"], "final_step": 300, "smoke": False,
+         "metrics": {"bbox_AP50": 0.59, "parse_dropped_invalid": 0.0, "sample_valid_pred_rate": 0.99},
+         "targets": {"eval_rollout/bbox_AP50": (0.59, True), "eval_rollout/sample_clean_rate": (0.99, True)},
+         "seconds": {"data": 0.02, "stage2": 132.4, "eval": 1.2, "report": 8.0},  # stage1 only picked a checkpoint
+         "report_html": "r.html", "report_md": "r.md", "tensorboard": "tensorboard --logdir runs/demo/runs"}
+    text = summary_text(s, 142.0)
+    assert "parse_dropped_invalid 0," in text and "0.000, " not in text.split("parse_dropped_invalid")[1][:8]
+    assert "time: data <0.1s, stage2 2m12s, eval 1.2s, report 8.0s, total 2m22s" in text
+    assert " 0s" not in text and "stage1" not in text.split("time:")[1]
+    assert text.endswith("TensorBoard: tensorboard --logdir runs/demo/runs")
+

@@ -45,13 +45,17 @@ def test_eval_preds_example_matches_expected(tmp_path):
     assert got["score_source"] == "given"
 
 
-def test_parse_default_output_path(tmp_path):
+def test_parse_writes_nothing_by_default_and_json_to_stdout(tmp_path, capsys):
     raw = tmp_path / "answers.jsonl"
     shutil.copy(EX / "raw_answers.jsonl", raw)
     assert main(["parse", str(raw)]) == 0
-    got = json.loads((tmp_path / "answers.parse_health.json").read_text())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["answers.jsonl"]  # no file next to the input
+    assert "drop histogram" in capsys.readouterr().out
+    assert main(["parse", str(raw), "--out", "-"]) == 0
+    got = json.loads(capsys.readouterr().out)  # stdout is exactly the JSON
     expected = json.loads((EX / "expected_parse_health.json").read_text())
-    # without --gt only the parse-health part is written
+    # without --gt only the parse-health part
     assert "bbox_AP" not in got
     _compare(got, {k: v for k, v in expected.items() if k in got})
     assert len(got) == 27  # 19 parse-health keys + sample_clean_rate + coord_slots, leak rate, 5 leak kinds
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["answers.jsonl"]

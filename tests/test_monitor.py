@@ -9,10 +9,14 @@ from PIL import Image
 from vlmdet.evaluate.monitor import (
     CLIP_SUFFIX,
     GT_COLOUR,
+    HALO,
+    LEGEND_BG,
+    LEGEND_HEIGHT,
     PRED_COLOUR,
     clip_text,
     draw_sample,
     has_problem,
+    pair_labels,
     png_name,
     sample_f1,
     select_samples,
@@ -87,11 +91,36 @@ def test_draw_sample_colours(tmp_path):
     Image.new("RGB", (32, 32), (128, 128, 128)).save(path)
     s = sample("x", image=str(path))
     img = np.asarray(draw_sample(s))
-    assert img.shape == (256, 256, 3)  # 32 px upscaled 8x to reach 256
-    # GT [4, 4, 24, 24] -> [32, 32, 192, 192]; prediction [2, 2, 20, 20] -> [16, 16, 160, 160]
-    assert tuple(img[100, 192]) == GT_COLOUR  # right edge of the GT box
-    assert tuple(img[100, 16]) == PRED_COLOUR  # left edge of the prediction
+    assert img.shape == (256 + LEGEND_HEIGHT, 256, 3)  # 32 px upscaled 8x (the cap), legend strip under it
+    # GT [4, 4, 24, 24] -> [32, 32, 192, 192] dashed; prediction [2, 2, 20, 20] -> [16, 16, 160, 160] solid
+    gt_edge = [tuple(px) for px in img[40:190, 192]]
+    assert gt_edge.count(GT_COLOUR) > 50 and gt_edge.count(HALO) > 50 and gt_edge.count((128, 128, 128)) == 0
+    assert all(tuple(px) == PRED_COLOUR for px in img[60:150, 16])  # left edge of the prediction: unbroken
     assert tuple(img[220, 220]) == (128, 128, 128)
+    assert tuple(img[256 + 30, 250]) == LEGEND_BG
+
+
+def test_box_colours_cannot_be_taken_for_a_class_colour():
+    from vlmdet.data.synth import COLOURS, DEFAULT_COLOURS
+
+    for colour in (GT_COLOUR, PRED_COLOUR):
+        for name in DEFAULT_COLOURS:
+            assert np.linalg.norm(np.subtract(colour, COLOURS[name])) > 150, (colour, name)
+        for grey in (100, 160):  # the synthetic background levels
+            assert np.linalg.norm(np.subtract(colour, (grey,) * 3)) > 150
+
+
+@pytest.mark.parametrize("objs,gts,matches,gt_labels,pred_labels", [
+    ([("red circle", 0.934)], ["red circle"], [(0, 0)], ["#1 red circle"], ["#1 red circle 0.93"]),
+    # second prediction matched to the first GT with the wrong class; the first prediction unmatched
+    ([("blue square", 0.5), ("red square", None)], ["red circle", "blue square"], [(1, 0)],
+     ["#1 red circle", "FN blue square"], ["FP blue square 0.50", "#1 red square (wrong class)"]),
+    ([], ["a"], [(0, 0)], ["FN a"], []),  # a match that points nowhere is ignored
+])
+def test_pair_labels(objs, gts, matches, gt_labels, pred_labels):
+    s = {"objects": [{"desc": d, "score": sc} for d, sc in objs], "gt": [{"desc": d} for d in gts],
+         "matches": [{"pred": p, "gt": g} for p, g in matches]}
+    assert pair_labels(s) == (gt_labels, pred_labels)
 
 
 def test_write_dump_layout(tmp_path):

@@ -162,29 +162,6 @@ def test_drop_rows_and_reason_order(two_runs):
     assert reasons.index("non_coord_token") < reasons.index("wrong_arity")
 
 
-@pytest.mark.parametrize("text,drops,expected", [
-    ("abcdef", [{"span": [1, 3], "reason": "r"}], [("a", None), ("bc", "r"), ("def", None)]),
-    ("abcdef", [{"span": [4, 6], "reason": "s"}, {"span": [0, 2], "reason": "r"}],
-     [("ab", "r"), ("cd", None), ("ef", "s")]),
-    ("abc", [{"span": [2, 9], "reason": "r"}, {"span": "x"}], [("abc", None)]),     # out of range / malformed
-    ("abcdef", [{"span": [0, 4], "reason": "r"}, {"span": [2, 5], "reason": "s"}], [("abcd", "r"), ("ef", None)]),
-    ("", [], [("", None)]),
-])
-def test_text_segments(text, drops, expected):
-    assert tables.text_segments(text, drops) == expected
-
-
-def test_pick_examples_failures_first_then_clean():
-    bad = [{"drops": [{"reason": "x"}], "flags": {}, "id": i} for i in range(3)]
-    good = [{"drops": [], "flags": {"failed": False}, "id": 10 + i} for i in range(2)]
-    failed = {"drops": [], "flags": {"failed": True}, "id": 20}
-    assert [s["id"] for s in tables.pick_examples(bad + good, 2)] == [0, 10]
-    assert [s["id"] for s in tables.pick_examples(bad + good, 3)] == [0, 1, 10]
-    assert [s["id"] for s in tables.pick_examples(bad, 2)] == [0, 1]
-    assert [s["id"] for s in tables.pick_examples(good + [failed], 2)] == [20, 10]
-    assert tables.pick_examples(good, 0) == []
-
-
 def _data_uris(html: str) -> list[str]:
     return re.findall(r'<img[^>]*src="([^"]*)"', html)
 
@@ -197,31 +174,43 @@ def test_build_report_writes_md_and_self_contained_html(two_runs, tmp_path):
     # headline rows: values and deltas against the first run, "—" where a step is missing
     assert "| 300 | gate_off | 0.250 (-0.250) |" in md
     assert "| 1200 | gate_on | — | — |" in md
-    reasons = tables.drop_reasons(load_runs(list(two_runs)))
-    header = "| run | step | " + " | ".join(reasons) + " |"
-    assert header in md
-    nct = reasons.index("non_coord_token")
-    row = md.split("| gate_off | 300 | ", 1)[1].split("\n", 1)[0].rstrip(" |").split(" | ")
-    assert row[nct] == "5" and row[reasons.index("wrong_arity")] == "2" and row[reasons.index("malformed")] == "—"
-    assert "| gate_off | 600 | " + " | ".join(["—"] * len(reasons)) + " |" in md
-    # the dropped record is marked in the example text, with its reason
-    assert '⟦{"desc": "red circle", "bbox_2d": [85, <|coord_3|>]}⟧' in md
+    # drop table: only the reasons that occur somewhere, in the parser's precedence order
+    assert "| run | step | non_coord_token | wrong_arity |" in md
+    assert "| gate_off | 300 | 5 | 2 |" in md and "| gate_on | 300 | 2 | — |" in md
+    assert "| gate_off | 600 | — | — |" in md
+    # the dropped record is marked in the example text, with its reason, and the digit in a coord slot too
+    assert '⟦{"desc": "red circle", "bbox_2d": [‹85›, <|coord_3|>]}⟧' in md
+    assert "leaked coordinate slot `85` (digit)" in md
+    assert "**parse: 1 drop (non_coord_token), 1 leaked coord slot · detection: matched 0 of 1 GT" in md
     assert "`non_coord_token`" in md
     for link in re.findall(r"\]\(((?:plots|examples)/[^)]+)\)", md):
         assert (out / link).read_bytes().startswith(PNG_MAGIC), link
     # html: one file, every image a decodable PNG data URI, nothing external
     uris = _data_uris(html)
-    assert len(uris) == 2 + len(__import__("vlmdet.report.plots", fromlist=["PLOTS"]).PLOTS) + 2  # drops, leaks
+    # the drop heat-map, the plots some run has data for, 2 examples; the others are named in words
+    with_data = ["parse_dropped_invalid", "coord_vocab_mass", "loss_ce", "bbox_AP50", "f1"]
+    assert len(uris) == 1 + len(with_data) + 2
+    assert "No data in these runs for: sample_valid_pred_rate, coord_slot_leak_rate, loss_coord_gate." in md
+    assert sorted(p.stem for p in (out / "plots").iterdir()) == sorted(with_data + ["drop_reasons"])
     for uri in uris:
         assert uri.startswith("data:image/png;base64,")
         assert base64.b64decode(uri.split(",", 1)[1]).startswith(PNG_MAGIC)
     assert not re.search(r'(src|href)="(?!data:)', html)
     assert '<mark title="non_coord_token">' in html
+    assert '<span class="leak" title="leaked coordinate slot: digit">85</span>' in html
+    assert '<span class="t">&lt;|coord_3|&gt;</span>' in html  # a token never wraps inside
+    assert ".scroll{overflow-x:auto" in html and html.count('<div class="scroll"><table>') >= 3
     # which matching each F1 family uses, with CoordExp's names
     assert "| gate_precision, gate_recall, gate_f1, gate_matched | class-agnostic Hungarian at box IoU >= match.iou_gate" in md
-    assert "eval_rollout/sample_valid_pred_rate" in md and "![leak kinds](plots/leak_kinds.png)" in md
     assert "class-aware Hungarian at box IoU &gt;= eval.f1_iou (0.5)" in html
-    assert "&lt;|coord_3|&gt;" in html
+
+
+def test_report_without_drops_says_so(tmp_path):
+    run = make_run(tmp_path, "clean", {300: {"bbox_AP50": 0.5, "parse_dropped_invalid": 0, "drop/malformed": 0}}, [])
+    paths = build_report([run], tmp_path / "rep")
+    for text in (paths["md"].read_text(), paths["html"].read_text()):
+        assert "No drops in any run" in text
+    assert not (tmp_path / "rep" / "plots" / "drop_reasons.png").exists()
 
 
 def test_report_cli(two_runs, tmp_path, capsys):
@@ -267,17 +256,25 @@ def test_report_from_a_real_short_run(tmp_path):
     assert run.series("loss/token_ce"), "the training log must carry loss/token_ce"
     assert "### " + run.name + " @ step 2:" in md
     html = paths["html"].read_text()
-    assert html.count("data:image/png;base64,") >= len(__import__("vlmdet.report.plots", fromlist=["PLOTS"]).PLOTS) + 2
+    assert html.count("data:image/png;base64,") >= 4
 
 
-def test_leak_kinds_figure_reads_the_leak_counts(tmp_path):
-    from vlmdet.report import plots
+def test_leak_section(tmp_path):
+    """`leak/<kind>` metrics: a heat-map when any slot leaked, words when none did, nothing without the metrics."""
+    leaky = make_run(tmp_path, "leaky", {300: {"coord_slot_leak_rate": 0.1, "leak/digit": 3, "leak/word": 0}}, [])
+    clean = make_run(tmp_path, "clean", {300: {"coord_slot_leak_rate": 0.0, "leak/digit": 0}}, [])
+    old = make_run(tmp_path, "old", {300: {"bbox_AP50": 0.5}}, [])
+    md = build_report([leaky], tmp_path / "r1")["md"].read_text()
+    assert "![leak kinds](plots/leak_kinds.png)" in md and (tmp_path / "r1" / "plots" / "leak_kinds.png").is_file()
+    assert "![coord_slot_leak_rate](plots/coord_slot_leak_rate.png)" in md
+    assert "No leaked coordinate slots in any run" in build_report([clean], tmp_path / "r2")["md"].read_text()
+    assert "Leaked coordinate slots" not in build_report([old], tmp_path / "r3")["md"].read_text()
+
+
+
+def test_leak_kinds_follow_the_slots_order(tmp_path):
     from vlmdet.slots import LEAK_KINDS
 
-    a = make_run(tmp_path, "a", {300: {"leak/digit": 3.0, "leak/word": 1.0}}, [])
+    a = make_run(tmp_path, "a", {300: {"leak/word": 1.0, "leak/digit": 3.0, "leak/new_kind": 1.0}}, [])
     b = make_run(tmp_path, "b", {300: {"leak/digit": 0.0}}, [])
-    runs = load_runs([a, b])
-    drawn = plots.drop_histogram(runs, [300], LEAK_KINDS, prefix="leak/")
-    assert drawn.startswith(PNG_MAGIC)
-    assert drawn != plots.drop_histogram(load_runs([b, b]), [300], LEAK_KINDS, prefix="leak/")
-    assert [runs[0].metric(300, f"leak/{k}") for k in LEAK_KINDS] == [3.0, 1.0, None, None, None]
+    assert tables.leak_kinds(load_runs([a, b])) == [k for k in LEAK_KINDS if k in ("digit", "word")] + ["new_kind"]

@@ -15,7 +15,7 @@ from PIL import Image
 
 from vlmdet.config import config_from_dict
 from vlmdet.data.records import load_records
-from vlmdet.evaluate.monitor import GT_COLOUR
+from vlmdet.evaluate.monitor import GT_COLOUR, HALO, LEGEND_HEIGHT, PRED_COLOUR
 from vlmdet.evaluate.rollout import HFRollout
 from vlmdet.evaluate.runner import run_rollout_eval
 from vlmdet.rundir import RunDir
@@ -254,12 +254,13 @@ def test_monitor_dump(forced_run):
                            "empty_pred": False, "hit_max_new_tokens": True}
     assert [o["index"] for o in s4["objects"]] == [0, 1, 2] and s4["drops"] == []
     assert len(s4["raw_text"]) == s4["raw_text_chars"] and s4["raw_text"].startswith(ANSWERS["s4_trunc"][:100])
-    # the PNG: GT box of s3 ([7, 7, 35, 35] px, drawn 4x) in green, nothing red
+    # the PNG: GT box of s3 ([7, 7, 35, 35] px, drawn 6x: [42, 42, 210, 210]) dashed white, no prediction
     png = run.dump_path(7).with_suffix("") / "s3_leak.png"
     img = np.asarray(Image.open(png).convert("RGB"))
-    assert img.shape == (256, 256, 3)
-    assert tuple(img[80, 28]) == GT_COLOUR and tuple(img[28, 80]) == GT_COLOUR
-    assert not ((img[..., 0] > 200) & (img[..., 1] < 50)).any()
+    assert img.shape == (384 + LEGEND_HEIGHT, 384, 3)
+    left_edge = [tuple(px) for px in img[50:200, 42]]
+    assert left_edge.count(GT_COLOUR) > 40 and left_edge.count(HALO) > 40  # dashes and halo
+    assert not (img[:384] == PRED_COLOUR).all(axis=-1).any()
     assert sorted(p.name for p in png.parent.iterdir()) == ["s2_drift.png", "s3_leak.png", "s4_trunc.png"]
 
 

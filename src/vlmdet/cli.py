@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import importlib
+import os
 import sys
 
 from vlmdet.errors import UsageError
@@ -55,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         print(f"vlmdet: unknown command {name!r}{hint}\n\n{_top_help()}", file=sys.stderr)
         return 2
+    from vlmdet.console import is_tty
+
+    if not is_tty():  # the Hub/transformers download, load and save bars: only on a terminal
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     module = importlib.import_module(COMMANDS[name][0])
     parser = argparse.ArgumentParser(prog=f"vlmdet {name}", description=COMMANDS[name][1])
     module.add_arguments(parser)

@@ -1,6 +1,6 @@
 """`vlmdet demo [--out DIR] [--from-scratch] [--smoke]`: the whole path on the embedded default, on a CPU.
 
-Phases (each with its own progress bar; the wall time of each is printed at the end):
+Phases (the wall time of each phase that ran is printed at the end; progress bars only on a terminal):
 1. data       `data.synth.make_synth` with `DEMO_DATA` (2000 train / 100 val; `STAGE1_DATA`, 20000 train,
               with --from-scratch) -> OUT/data (reused when its manifest matches)
 2. stage1     the Stage-1 checkpoint: by default the one shipped in the package
@@ -14,7 +14,8 @@ Phases (each with its own progress bar; the wall time of each is printed at the 
               OUT/report_stage1/ for the Stage-1 run, which has its own step axis)
 The summary prints the final metrics against the demo targets (bbox_AP50 >= 0.5 and
 sample_clean_rate >= 0.95: the strict rate, answers with no dropped record that were neither truncated
-nor failed) and where the report is. `--smoke` runs every phase with tiny numbers
+nor failed), where the report is, and the command that opens the runs in TensorBoard (the demo logs to
+TensorBoard: configs/demo/base.yaml). `--smoke` runs every phase with tiny numbers
 (a few steps, a few images; for tests, under a minute) and never uses the shipped checkpoint.
 """
 
@@ -92,10 +93,6 @@ def _phase(i: int, n: int, text: str) -> None:
     print(f"\n== [{i}/{n}] {text}", flush=True)
 
 
-def _fmt(v) -> str:
-    return "—" if v is None else f"{v:.3f}"
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     parser.add_argument("--from-scratch", action="store_true",
@@ -115,7 +112,9 @@ def run_demo(out: str | Path, from_scratch: bool = False, smoke: bool = False, s
     from vlmdet.model.load import load_model
     from vlmdet.report.cli import build_report
     from vlmdet.rundir import RunDir
+    from vlmdet.console import eval_line, tensorboard_command
     from vlmdet.train.cli import train
+    from vlmdet.train.tracking import log_eval_to_tensorboard
 
     out = Path(out)
     argv = list(argv or ["vlmdet", "demo"])
@@ -151,7 +150,7 @@ def run_demo(out: str | Path, from_scratch: bool = False, smoke: bool = False, s
         s1 = train(cfg1, argv + ["(stage1)"], overwrite=True)
         ckpt = Path(s1["final_checkpoint"])
         runs.append(Path(s1["run_dir"]))
-    seconds["stage1"] = time.time() - t
+        seconds["stage1"] = time.time() - t  # a phase that only picks a checkpoint gets no time
 
     t = time.time()
     _phase(3, n, "Stage-2 AB, Channel-A only, with rollout eval + monitor dumps (configs/demo/stage2.yaml)")
@@ -166,13 +165,19 @@ def run_demo(out: str | Path, from_scratch: bool = False, smoke: bool = False, s
     _phase(4, n, "final rollout eval on the synthetic val set")
     val = load_records(cfg2.data.val)
     final_step = int(s2["global_step"])
+    tb = "tensorboard" in (cfg2.training.report_to or [])
     if not (run2.eval_dir(final_step) / "metrics.json").is_file():
         metrics = run_rollout_eval(load_model(s2["final_checkpoint"]), val, cfg2, run2, final_step)
+        if tb:
+            log_eval_to_tensorboard(run2, final_step, metrics)
     else:
         metrics = json.loads((run2.eval_dir(final_step) / "metrics.json").read_text())["metrics"]
     # the starting point (the Stage-1 checkpoint) as step 0 of the Stage-2 run: the report shows Stage-2
     # against where it started
-    run_rollout_eval(load_model(str(ckpt)), val, cfg2, run2, 0)
+    start = run_rollout_eval(load_model(str(ckpt)), val, cfg2, run2, 0)
+    print(eval_line(0, start) + "  (the Stage-1 checkpoint)", flush=True)
+    if tb:
+        log_eval_to_tensorboard(run2, 0, start)
     seconds["eval"] = time.time() - t
 
     t = time.time()
@@ -186,7 +191,7 @@ def run_demo(out: str | Path, from_scratch: bool = False, smoke: bool = False, s
     return {"out": str(out), "stage1_checkpoint": str(ckpt), "runs": [str(r) for r in runs],
             "final_step": final_step, "metrics": {k: metrics.get(f"eval_rollout/{k}") for k in SUMMARY_KEYS},
             "targets": targets, "seconds": seconds, "report_md": str(paths["md"]), "report_html": str(paths["html"]),
-            "smoke": smoke}
+            "tensorboard": tensorboard_command((out / "runs").resolve()) if tb else None, "smoke": smoke}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -197,13 +202,24 @@ def run(args: argparse.Namespace) -> int:
                  stage1_steps=args.stage1_steps)
     total = time.time() - t0
     print("\n== vlmdet demo: summary")
-    print(f"Stage-1 checkpoint: {s['stage1_checkpoint']}")
-    print(f"runs:               {', '.join(s['runs'])}")
-    print("final eval (step {}): ".format(s["final_step"])
-          + ", ".join(f"{k} {_fmt(v)}" for k, v in s["metrics"].items()))
+    print(summary_text(s, total))
+    return 0
+
+
+def summary_text(s: dict, total: float) -> str:
+    """The closing summary of `run` (counts as integers, only the phases that ran, the TensorBoard command)."""
+    from vlmdet.console import fmt_seconds, fmt_value
+
+    lines = [f"Stage-1 checkpoint: {s['stage1_checkpoint']}",
+             f"runs:               {', '.join(s['runs'])}",
+             f"final eval (step {s['final_step']}): "
+             + ", ".join(f"{k} {fmt_value(k, v)}" for k, v in s["metrics"].items())]
     if not s["smoke"]:
         for key, (value, ok) in s["targets"].items():
-            print(f"target {key} >= {TARGETS[key]}: {_fmt(value)} {'met' if ok else 'MISSED'}")
-    print("time: " + ", ".join(f"{k} {v:.0f}s" for k, v in s["seconds"].items()) + f", total {total:.0f}s")
-    print(f"report: {s['report_html']}\n        {s['report_md']}")
-    return 0
+            lines.append(f"target {key} >= {TARGETS[key]}: {fmt_value(key, value)} {'met' if ok else 'MISSED'}")
+    lines.append("time: " + ", ".join(f"{k} {fmt_seconds(v)}" for k, v in s["seconds"].items())
+                 + f", total {fmt_seconds(total)}")
+    lines.append(f"report: {s['report_html']}\n        {s['report_md']}")
+    if s.get("tensorboard"):
+        lines.append(f"TensorBoard: {s['tensorboard']}")
+    return "\n".join(lines)

@@ -84,7 +84,7 @@ def convert_coco(
     progress: bool = True,
 ) -> dict:
     """Convert one COCO-format instances file (see the module docstring for every rule)."""
-    from tqdm import tqdm
+    from vlmdet.console import progress as show_progress
 
     instances_json, images_dir, out_dir = Path(instances_json), Path(images_dir), Path(out_dir)
     if max_objects is not None and max_objects < 1:
@@ -127,7 +127,7 @@ def convert_coco(
         ("images_in", "images_out", "objects_out", "crowd_skipped", "degenerate_skipped", "clipped",
          "empty_images", "dropped_max_objects", "resized"), 0)
     rows = []
-    for im in tqdm(images, desc=f"coco {split}", disable=not progress):
+    for im in show_progress(images, f"coco {split}", enabled=progress, unit="image", leave=True):
         counts["images_in"] += 1
         W, H = int(im["width"]), int(im["height"])
         src = images_dir / im["file_name"]

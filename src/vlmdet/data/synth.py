@@ -175,7 +175,7 @@ def make_synth(
     pairwise box overlap (intersection over the smaller box) <= `max_overlap`, so no object is
     more than that fraction covered by its box neighbours; `noise`: std of the background noise in grey levels.
     """
-    from tqdm import tqdm
+    from vlmdet.console import progress as show_progress
 
     if size < 32 or size % 32:
         raise UsageError(f"size must be a positive multiple of 32, got {size}")
@@ -197,7 +197,7 @@ def make_synth(
     for split, n in (("train", n_train), ("val", n_val)):
         rows = []
         per_class = {f"{c} {s}": 0 for c, s in classes}
-        for i in tqdm(range(n), desc=f"synth {split}", disable=not progress, leave=False):
+        for i in show_progress(range(n), f"synth {split}", enabled=progress, unit="image"):
             rng = np.random.default_rng([seed, _SPLITS[split], i])
             pixels, objects = _sample_image(rng, size, classes, max_objects, min_frac, max_frac, max_overlap, noise)
             name = f"{split}_{i:06d}"

@@ -48,19 +48,15 @@ def checkpoint_step(path: str) -> int:
 
 
 def metrics_table(metrics: dict[str, float], title: str = "") -> str:
-    """Name / value lines: whole numbers (counts) as integers, other values with 4 decimals."""
+    """Name / value lines: counts (`console.is_count`) as integers, other values with 4 decimals."""
+    from vlmdet.console import is_count
+
     width = max((len(k) for k in metrics), default=0)
     lines = [title] if title else []
     for k, v in metrics.items():
-        count = float(v).is_integer() and not k.endswith(("_rate", "_s")) and "/" in k and \
-            k.split("/", 1)[1].split("/")[0] in COUNT_NAMES
+        count = is_count(k) and float(v).is_integer()
         lines.append(f"  {k:<{width}}  {int(v) if count else f'{v:.4f}'}")
     return "\n".join(lines)
-
-
-#: metric names (after the prefix) printed as integers
-COUNT_NAMES = {"samples", "pred_objects", "gt_objects", "matched", "tp", "fp", "fn", "tp_agnostic", "fp_agnostic",
-               "fn_agnostic", "gate_matched", "parse_dropped_invalid", "drop", "parse_incomplete_tail"}
 
 
 def run(args: argparse.Namespace) -> int:

@@ -14,8 +14,9 @@ valid object's bins are mapped to pixels with its GT image's size (`coords.bins_
 (`score_source: "constant"`). Every RAW image_id must be in GT; GT images without a RAW line count
 as images with an empty answer (reported as `images_without_answer`).
 
-Output: a readable table on stdout and a flat JSON object of named floats (plus `score_source` with
-`--gt`), written atomically to `--out` or next to RAW.jsonl as `<RAW stem>.parse_health.json`.
+Output: a readable table on stdout; with `--out FILE` also the flat JSON object of named floats (plus
+`score_source` with `--gt`), written atomically to FILE; with `--out -` that JSON on stdout instead of the
+table. Nothing is written next to RAW.jsonl.
 Bad input files raise `DataError` (`file:line: rule`, exit 2); model answers never do.
 """
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import json
 from pathlib import Path
 from typing import Mapping
 
@@ -43,8 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="field order the model was trained to write (default: desc_first)")
     parser.add_argument("--gt", type=Path, default=None,
                         help="GT JSONL (see docs/DATA.md): adds COCO AP/AR and P/R/F1 with constant scores")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="metrics JSON path (default: <RAW stem>.parse_health.json next to RAW)")
+    parser.add_argument("--out", default=None, metavar="FILE",
+                        help="also write the metrics as JSON to FILE ('-': the JSON on stdout instead of the table)")
 
 
 def read_raw(path: Path) -> list[tuple[int, str, str]]:
@@ -64,13 +66,14 @@ def read_raw(path: Path) -> list[tuple[int, str, str]]:
 
 
 def format_metrics(metrics: Mapping[str, float | str], title: str = "") -> str:
-    """A two-column text table of `metrics` (name, value) for the terminal; counts print as
-    integers, other floats with 4 decimals."""
+    """A two-column text table of `metrics` (name, value) for the terminal; counts (`console.is_count`)
+    print as integers, other floats with 4 decimals."""
+    from vlmdet.console import is_count
+
     width = max((len(k) for k in metrics), default=0)
     lines = [title] if title else []
     for k, v in metrics.items():
-        if isinstance(v, float) and v.is_integer() and not k.startswith(("bbox_", "precision", "recall", "f1")) \
-                and not k.endswith("_rate"):
+        if isinstance(v, float) and v.is_integer() and is_count(k):
             text = str(int(v))
         elif isinstance(v, float):
             text = f"{v:.4f}"
@@ -118,8 +121,11 @@ def run(args: argparse.Namespace) -> int:
         report.append(format_metrics(det, f"detection vs {args.gt} (constant scores)"))
         metrics.update(det)
 
-    out = args.out if args.out is not None else args.raw.with_name(args.raw.stem + ".parse_health.json")
-    atomic_write_json(out, metrics)
+    if args.out == "-":
+        print(json.dumps(metrics, indent=2))
+        return 0
     print("\n\n".join(report))
-    print(f"\nwrote {out}")
+    if args.out is not None:
+        atomic_write_json(Path(args.out), metrics)
+        print(f"\nwrote {args.out}")
     return 0

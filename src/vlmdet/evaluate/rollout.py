@@ -123,7 +123,7 @@ class HFRollout:
     `extra_processors`: logits processors applied after the repetition penalty and before the grammar
     constraint (a list, a single `LogitsProcessor`, or a factory `(batch records) -> list` called per
     batch, e.g. to force per-record answers in tests); `grammar`: a prebuilt
-    `constrained.CoordJSONGrammar` to share between backends; `progress`: a tqdm bar over batches.
+    `constrained.CoordJSONGrammar` to share between backends; `progress`: show progress over batches (`console.progress`: a bar on a terminal, plain lines otherwise).
     """
 
     name = "hf"
@@ -266,9 +266,10 @@ class HFRollout:
         return rollouts
 
     def generate(self, records: Sequence[Any], seed: int | None = None) -> list[Rollout]:
-        """One `Rollout` per record, in order (batches of `batch_size`, a tqdm bar over batches)."""
+        """One `Rollout` per record, in order (batches of `batch_size`; `console.progress` over batches)."""
         import torch
-        from tqdm.auto import tqdm
+
+        from vlmdet.console import progress
 
         records = list(records)
         starts = range(0, len(records), self.batch_size)
@@ -278,8 +279,7 @@ class HFRollout:
         with torch.random.fork_rng(devices=devices):
             if seed is not None:
                 torch.manual_seed(int(seed))
-            bar = tqdm(starts, desc="rollout", unit="batch", disable=not self.progress, leave=False)
-            for s in bar:
+            for s in progress(starts, "rollout", unit="batch", enabled=self.progress):
                 out += self._generate_batch(records[s : s + self.batch_size])
         return out
 

@@ -10,9 +10,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from vlmdet.report import plots, tables
+from vlmdet.report import dumps, plots, tables
 from vlmdet.report.runs import RunData
-from vlmdet.slots import LEAK_KINDS
 
 #: (dotted config key, column label) shown in the runs table.
 RUN_FIELDS: list[tuple[str, str]] = [
@@ -33,15 +32,19 @@ class Example:
     sample: dict
     png: bytes | None          # image with boxes, None when the image is unavailable
     filename: str              # where the Markdown report puts the PNG (relative to the report folder)
+    marks: list[dumps.Mark] = field(default_factory=list)  # highlighted spans of sample["raw_text"]
+    verdict: str = ""          # one line: parse + detection (`dumps.verdict`)
 
 
 @dataclass
 class Content:
     runs: list[RunData]
     steps: list[int]
-    figures: dict[str, bytes] = field(default_factory=dict)   # name -> PNG (drop_reasons, leak_kinds, plots.PLOTS)
+    figures: dict[str, bytes] = field(default_factory=dict)   # name -> PNG (plots.PLOTS with data; drop_reasons, leak_kinds when any)
     examples: list[Example] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    no_data: list[str] = field(default_factory=list)            # plots.PLOTS names no run has data for
+    leak_kinds: list[str] = field(default_factory=list)         # `leak/<kind>` names in the runs (none: [])
 
 
 def config_value(cfg: dict, dotted: str):
@@ -66,21 +69,31 @@ def gather(runs: Sequence[RunData], steps: Sequence[int] | None = None, n_exampl
     runs = list(runs)
     steps = tables.report_steps(runs, steps)
     content = Content(runs, steps)
-    content.figures["drop_reasons"] = plots.drop_histogram(runs, steps, tables.drop_reasons(runs))
-    content.figures["leak_kinds"] = plots.drop_histogram(
-        runs, steps[-1:], LEAK_KINDS, prefix="leak/", ylabel="coordinate slots",
-        title="What stood at leaked coordinate slots (eval, last step), per run")
+    heat = plots.count_heatmap(runs, steps, tables.drop_reasons(runs))
+    if heat is not None:
+        content.figures["drop_reasons"] = heat
+    kinds = content.leak_kinds = tables.leak_kinds(runs)
+    leaks = plots.count_heatmap(runs, steps, kinds, "leak/", "Leaked coordinate slots (eval): what stood there, "
+                                "per run and step", "coordinate slots") if kinds else None
+    if leaks is not None:
+        content.figures["leak_kinds"] = leaks
     for name in plots.PLOTS:
-        content.figures[name] = plots.line_plot(runs, name, marks=steps)
+        if plots.has_data(runs, name):
+            content.figures[name] = plots.line_plot(runs, name, marks=steps)
+        else:
+            content.no_data.append(name)
     for run in runs:
         candidates = [s for s in sorted(run.dumps, reverse=True) if not steps or s <= max(steps)]
         for step in candidates:
             dump = run.load_dump(step)
             if dump is None:
                 continue
-            for i, sample in enumerate(tables.pick_examples(dump["samples"], n_examples)):
+            order = config_value(run.config, "prompt.field_order") or "desc_first"
+            for i, sample in enumerate(dumps.pick_examples(dump["samples"], n_examples)):
                 name = f"examples/{_slug(run.name)}_step{step:06d}_{i}.png"
-                content.examples.append(Example(run.name, step, sample, plots.draw_sample(sample), name))
+                found = dumps.marks(sample, order)
+                content.examples.append(Example(run.name, step, sample, plots.draw_sample(sample), name, found,
+                                                dumps.verdict(sample, found)))
             break
     for run in runs:
         content.warnings += [f"{run.name}: {w}" for w in run.warnings]

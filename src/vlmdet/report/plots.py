@@ -1,5 +1,5 @@
-"""Figures of `vlmdet report` as PNG bytes: scalars over steps, drop-reason histograms, and one monitor-dump
-sample drawn with its boxes.
+"""Figures of `vlmdet report` as PNG bytes: scalars over steps (small multiples, legend outside the axes,
+paired styles for factorial arms), the drop-reason heat-map, and one monitor-dump sample drawn with its boxes.
 
 matplotlib is used through `matplotlib.figure.Figure` with the Agg canvas (no pyplot state, no display),
 imported inside the functions. PNGs carry no timestamp metadata, so the same data gives the same bytes.
@@ -8,34 +8,46 @@ imported inside the functions. PNGs carry no timestamp metadata, so the same dat
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from typing import Sequence
 
 from vlmdet.report.runs import RunData
 
-#: plot name -> (title, y label, [(candidate keys, line style, legend suffix)]). For each run and line the
-#: first candidate key with data is drawn. `eval_rollout/*` come from eval metrics, the rest from
-#: logging.jsonl (the Stage-2 CE is `loss/token_ce`; `loss/ce` is an older name for it).
-PLOTS: dict[str, tuple[str, str, list[tuple[tuple[str, ...], str, str]]]] = {
-    "parse_dropped_invalid": ("Invalid records dropped by the strict parser (eval)", "records",
-                              [(("eval_rollout/parse_dropped_invalid",), "-o", "")]),
-    "sample_valid_pred_rate": ("sample_valid_pred_rate (>= 1 valid object) and sample_clean_rate (eval)", "rate",
-                               [(("eval_rollout/sample_valid_pred_rate",), "-o", " (>= 1 valid)"),
-                                (("eval_rollout/sample_clean_rate",), "--o", " (clean)")]),
-    "coord_slot_leak_rate": ("Coordinate slots not holding a coordinate token (eval)", "rate",
-                             [(("eval_rollout/coord_slot_leak_rate",), "-o", "")]),
-    "coord_vocab_mass": ("Coordinate-vocabulary mass at coord slots", "mass",
-                         [(("coord_diag/coord_vocab_mass_mean",), "-", " (train, GT slots)"),
-                          (("eval_rollout/coord_vocab_mass_gen",), "--o", " (eval, every bbox_2d slot)")]),
-    "loss_coord_gate": ("loss/coord_gate (unweighted)", "loss", [(("loss/coord_gate",), "-", "")]),
-    "loss_ce": ("Token CE (loss/token_ce)", "loss", [(("loss/token_ce", "loss/ce"), "-", "")]),
-    "bbox_AP50": ("COCO AP50 (eval)", "AP50", [(("eval_rollout/bbox_AP50",), "-o", "")]),
-    "f1": ("F1 at IoU 0.5 (eval)", "F1", [(("eval_rollout/f1",), "-o", "")]),
+#: Axis kinds: "rate" values live in [0, 1] and the axis is fixed to [0, 1] (a 3-point dip stays a 3-point
+#: dip); "count" axes start at 0 with integer ticks; "loss" axes are automatic.
+KINDS = ("rate", "count", "loss")
+
+#: plot name -> (title, axis kind, y label, [(candidate keys, panel title)]). Each panel is one small
+#: multiple of the figure, one line per run; for each run the first candidate key with data is drawn. A
+#: panel no run has data for is left out (`has_data` says whether any is left).
+#: `eval_rollout/*` come from eval metrics, the rest from logging.jsonl (the Stage-2 CE is `loss/token_ce`;
+#: `loss/ce` is an older name for it).
+PLOTS: dict[str, tuple[str, str, str, list[tuple[tuple[str, ...], str]]]] = {
+    "parse_dropped_invalid": ("Invalid records dropped by the strict parser (eval)", "count", "records",
+                              [(("eval_rollout/parse_dropped_invalid",), "")]),
+    "sample_valid_pred_rate": ("Answer rates (eval)", "rate", "rate",
+                               [(("eval_rollout/sample_valid_pred_rate",), "sample_valid_pred_rate (>= 1 valid object)"),
+                                (("eval_rollout/sample_clean_rate",), "sample_clean_rate (clean answers)")]),
+    "coord_slot_leak_rate": ("Coordinate slots not holding a coordinate token: coord_slot_leak_rate (eval)", "rate",
+                             "rate", [(("eval_rollout/coord_slot_leak_rate",), "")]),
+    "coord_vocab_mass": ("Coordinate-vocabulary mass at coord slots", "rate", "mass",
+                         [(("coord_diag/coord_vocab_mass_mean",), "train, GT slots"),
+                          (("eval_rollout/coord_vocab_mass_gen",), "eval, every bbox_2d slot")]),
+    "loss_coord_gate": ("loss/coord_gate (unweighted)", "loss", "loss", [(("loss/coord_gate",), "")]),
+    "loss_ce": ("Token CE (loss/token_ce)", "loss", "loss", [(("loss/token_ce", "loss/ce"), "")]),
+    "bbox_AP50": ("COCO AP50 (eval)", "rate", "AP50", [(("eval_rollout/bbox_AP50",), "")]),
+    "f1": ("F1 at IoU 0.5 (eval)", "rate", "F1", [(("eval_rollout/f1",), "")]),
 }
+
+#: Figure width in inches at `DPI`: 1200 px, the report's content width.
+WIDTH, DPI = 12.0, 100
+_DASHES = {True: "-", False: "--", None: "-."}
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 
 
 def _png(fig) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80, metadata={"Software": None})
+    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
     return buf.getvalue()
 
 
@@ -55,93 +67,138 @@ def _first_series(run: RunData, keys: Sequence[str]) -> tuple[str, list[tuple[in
     return keys[0], []
 
 
+def _arm(run: RunData) -> tuple[str | None, bool | None]:
+    """A run's factorial arm: (Stage-2 grad mode or None, coord gate on? or None when not recorded)."""
+    cfg = run.config
+    grad = (cfg.get("stage2") or {}).get("softctx_grad_mode") if cfg.get("stage") == 2 else None
+    gate = (cfg.get("losses") or {}).get("coord_gate")
+    return (str(grad) if grad is not None else None), (None if not isinstance(gate, (int, float)) else gate > 0)
+
+
+@dataclass(frozen=True)
+class Style:
+    color: str
+    linestyle: str
+    marker: str
+    label: str
+
+
+def run_styles(runs: Sequence[RunData]) -> tuple[list[Style], str]:
+    """One line style per run, and a legend title. When the runs form factorial arms (more than one
+    distinct (grad mode, gate) pair among them): colour = Stage-2 grad mode, dash = gate (solid on, dashed
+    off), and runs of the same arm (e.g. seeds) differ by marker. Otherwise one colour per run, solid."""
+    arms = [_arm(r) for r in runs]
+    if len(set(arms)) > 1:
+        modes = sorted({str(g) for g, _ in arms})
+        seen: dict = {}
+        styles = []
+        for run, (grad, gate) in zip(runs, arms):
+            k = seen[(grad, gate)] = seen.get((grad, gate), -1) + 1
+            styles.append(Style(f"C{modes.index(str(grad)) % 10}", _DASHES[gate], _MARKERS[k % len(_MARKERS)], run.name))
+        return styles, "colour = grad mode, line = gate (solid on, dashed off)"
+    return [Style(f"C{i % 10}", "-", "o", r.name) for i, r in enumerate(runs)], ""
+
+
+def _panels(runs: Sequence[RunData], name: str) -> list[tuple[tuple[str, ...], str]]:
+    return [(keys, t) for keys, t in PLOTS[name][3] if any(_first_series(r, keys)[1] for r in runs)]
+
+
+def has_data(runs: Sequence[RunData], name: str) -> bool:
+    """Whether any run has data for any panel of `PLOTS[name]` (else the report names it in words)."""
+    return bool(_panels(runs, name))
+
+
 def line_plot(runs: Sequence[RunData], name: str, marks: Sequence[int] = ()) -> bytes:
-    """One `PLOTS[name]` figure: one line per run (and per line spec), x = optimizer step. Vertical dotted
-    lines at `marks` (the report's steps). With no data at all the axes say so."""
-    title, ylabel, lines = PLOTS[name]
-    fig = _figure(6.4, 3.4)
-    ax = fig.subplots()
-    any_data = False
-    for i, run in enumerate(runs):
-        color = f"C{i % 10}"
-        for keys, style, suffix in lines:
+    """`line_figure` as PNG bytes."""
+    return _png(line_figure(runs, name, marks))
+
+
+def line_figure(runs: Sequence[RunData], name: str, marks: Sequence[int] = ()):
+    """One `PLOTS[name]` figure (a matplotlib `Figure`), full report width: one small multiple per panel, one line per run
+    (`run_styles`), x = optimizer step, the legend outside the axes on the right. Vertical dotted lines at
+    `marks` (the report's steps). Rate axes are [0, 1]; count axes start at 0. A panel without data says so."""
+    from matplotlib.ticker import MaxNLocator
+
+    title, kind, ylabel, panels = PLOTS[name]
+    panels = _panels(runs, name) or panels[:1]
+    styles, legend_title = run_styles(runs)
+    fig = _figure(WIDTH, 3.2)
+    axes = fig.subplots(1, len(panels), squeeze=False, sharex=True, sharey=True)[0]
+    handles = {}
+    for ax, (keys, panel_title) in zip(axes, panels):
+        any_data = False
+        for run, st in zip(runs, styles):
             _, pts = _first_series(run, keys)
             if not pts:
                 continue
             any_data = True
             xs, ys = zip(*pts)
-            if len(pts) == 1 and "o" not in style:  # a lone point of a line style would be invisible
-                style += "o"
-            ax.plot(xs, ys, style, color=color, label=run.name + suffix, markersize=4, linewidth=1.5)
-    for s in marks:
-        ax.axvline(s, color="0.8", linestyle=":", linewidth=1)
-    ax.set_title(title, fontsize=10)
-    ax.set_xlabel("step")
-    ax.set_ylabel(ylabel)
-    ax.grid(True, alpha=0.3)
-    if any_data:
-        ax.legend(fontsize=7)
-    else:
-        ax.text(0.5, 0.5, "no data in these runs", ha="center", va="center", transform=ax.transAxes)
-    return _png(fig)
+            marker = st.marker if keys[0].startswith("eval_rollout/") or len(pts) == 1 else None
+            (line,) = ax.plot(xs, ys, color=st.color, linestyle=st.linestyle, marker=marker, markersize=4,
+                              linewidth=1.5, label=st.label)
+            handles.setdefault(st.label, line)
+        for s in marks:
+            ax.axvline(s, color="0.8", linestyle=":", linewidth=1)
+        if kind == "rate":
+            ax.set_ylim(-0.02, 1.02)
+        elif kind == "count":
+            ax.set_ylim(bottom=0, top=None if any_data and ax.get_ylim()[1] > 1 else 1)
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(panel_title or title, fontsize=10)
+        ax.set_xlabel("step")
+        ax.grid(True, alpha=0.3)
+        if not any_data:
+            ax.text(0.5, 0.5, "no data in these runs", ha="center", va="center", transform=ax.transAxes, color="0.4")
+    axes[0].set_ylabel(ylabel)
+    if len(panels) > 1 or panels[0][1]:
+        fig.suptitle(title, fontsize=11)
+    if handles:
+        fig.legend(list(handles.values()), list(handles), loc="outside right upper", fontsize=8,
+                   title=legend_title or None, title_fontsize=8)
+    return fig
 
 
-def drop_histogram(runs: Sequence[RunData], steps: Sequence[int], reasons: Sequence[str], prefix: str = "drop/",
-                   ylabel: str = "dropped records", title: str = "Drop reasons (eval), per run and step") -> bytes:
-    """Grouped bars: x = drop reason, one bar per (run, step) with counts `eval_rollout/<prefix><reason>`
-    (`prefix="leak/"` with `slots.LEAK_KINDS` draws the leak kinds). Missing metrics are drawn as 0-height
-    bars and the legend marks the (run, step) as missing."""
-    fig = _figure(7.2, 3.6)
+def count_heatmap(runs: Sequence[RunData], steps: Sequence[int], reasons: Sequence[str], prefix: str = "drop/",
+                  title: str = "Drop reasons (eval): records dropped per reason, per run and step",
+                  label: str = "dropped records") -> bytes | None:
+    """Counts `eval_rollout/<prefix><reason>` as a heat-map: one row per (run, step), one column per reason
+    that occurs anywhere, each cell annotated with its count ("—" = not recorded). None when every count
+    is 0 or missing (the report then says so in words). `prefix="leak/"`: the leaked-slot kinds."""
+    import numpy as np
+
+    rows = [(r, s) for r in runs for s in steps]
+    grid = [[r.metric(s, f"{prefix}{reason}") for reason in reasons] for r, s in rows]
+    seen = [j for j in range(len(reasons)) if any((row[j] or 0) > 0 for row in grid)]
+    if not seen:
+        return None
+    vals = np.array([[np.nan if row[j] is None else row[j] for j in seen] for row in grid], dtype=float)
+    fig = _figure(WIDTH, 1.2 + 0.28 * len(rows))
     ax = fig.subplots()
-    groups = [(r, s) for r in runs for s in steps]
-    width = 0.8 / max(1, len(groups))
-    for j, (run, step) in enumerate(groups):
-        vals = [run.metric(step, f"{prefix}{reason}") for reason in reasons]
-        missing = all(v is None for v in vals)
-        xs = [i - 0.4 + width * (j + 0.5) for i in range(len(reasons))]
-        label = f"{run.name} @ {step}" + (" (missing)" if missing else "")
-        alpha = 0.35 + 0.65 * (steps.index(step) + 1) / len(steps)
-        ax.bar(xs, [v or 0.0 for v in vals], width=width, color=f"C{runs.index(run) % 10}", alpha=alpha, label=label)
-    ax.set_xticks(range(len(reasons)))
-    ax.set_xticklabels(reasons, rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel(ylabel)
+    im = ax.imshow(np.nan_to_num(vals, nan=0.0), cmap="Reds", aspect="auto", vmin=0)
+    top = np.nanmax(vals)
+    for i in range(len(rows)):
+        for j in range(len(seen)):
+            v = vals[i, j]
+            text = "—" if np.isnan(v) else str(int(v)) if float(v).is_integer() else f"{v:.1f}"
+            ax.text(j, i, text, ha="center", va="center", fontsize=8,
+                    color="white" if not np.isnan(v) and v > 0.6 * top else "black")
+    ax.set_xticks(range(len(seen)), [reasons[j] for j in seen], fontsize=8)
+    ax.set_yticks(range(len(rows)), [f"{r.name} @ {s}" for r, s in rows], fontsize=8)
     ax.set_title(title, fontsize=10)
-    ax.grid(True, axis="y", alpha=0.3)
-    if groups:
-        ax.legend(fontsize=6, ncol=max(1, len(runs)))
+    fig.colorbar(im, ax=ax, label=label, fraction=0.03)
     return _png(fig)
 
 
-def draw_sample(sample: dict, scale: int = 3) -> bytes | None:
-    """A monitor-dump sample's image with GT boxes (green, thin) and valid predicted boxes (red, with
-    their desc), upscaled `scale` times (nearest). Boxes are `bbox_2d` in the image's pixels. None when
-    the image file cannot be read (the report then shows the text only)."""
-    from PIL import Image, ImageDraw
+def draw_sample(sample: dict) -> bytes | None:
+    """A monitor-dump sample drawn by `evaluate.monitor.draw_sample` (GT dashed white, predictions magenta,
+    labels, pairs, legend) as PNG bytes; None when the image file cannot be read (the report then shows
+    the text only)."""
+    from vlmdet.evaluate.monitor import draw_sample as draw
 
     try:
-        with Image.open(sample["image"]) as im:
-            img = im.convert("RGB")
+        img = draw(sample)
     except (OSError, KeyError, TypeError, ValueError):
         return None
-    img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-    draw = ImageDraw.Draw(img)
-
-    def box(b):
-        try:
-            x1, y1, x2, y2 = (float(v) * scale for v in b)
-        except (TypeError, ValueError):
-            return None
-        return [min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2)]
-
-    for gt in sample.get("gt") or []:
-        b = box(gt.get("bbox_2d"))
-        if b:
-            draw.rectangle(b, outline=(0, 200, 0), width=2)
-    for obj in sample.get("objects") or []:
-        b = box(obj.get("bbox_2d"))
-        if b:
-            draw.rectangle(b, outline=(230, 0, 0), width=2)
-            draw.text((b[0] + 2, b[1] + 1), str(obj.get("desc", ""))[:24], fill=(230, 0, 0))
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()

@@ -3,9 +3,7 @@
 - `headline_rows(runs, steps)`: one row per (step, run) with the headline metrics and the delta of each
   against the first run at the same step.
 - `metric_rows(runs, step)`: every `eval_rollout/*` metric at one step, one column per run.
-- `drop_rows(runs, steps)`: the drop-reason histogram, one column per (run, step).
-- `pick_examples(run, dump)` and `text_segments(text, drops)`: monitor-dump examples with the dropped
-  records marked.
+- `drop_rows(runs, steps)`: the drop reasons that occur, one column per (run, step).
 A missing value is None and is rendered as "—" (`MISSING`).
 """
 
@@ -14,7 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+from vlmdet.console import is_count
 from vlmdet.parse import DROP_REASONS
+from vlmdet.slots import LEAK_KINDS
 from vlmdet.report.runs import EVAL_PREFIX, RunData
 
 MISSING = "—"
@@ -37,9 +37,6 @@ HEADLINE: list[tuple[str, str]] = [
     ("coord_diag/coord_vocab_mass_mean", "coord mass (train)"),
     ("loss/coord_gate", "loss/coord_gate"),
 ]
-
-_COUNT_NAMES = {"pred_objects", "gt_objects", "matched", "fp", "fn", "tp", "parse_dropped_invalid",
-                "tp_agnostic", "fp_agnostic", "fn_agnostic", "gate_matched", "coord_slots"}
 
 #: (metric family, how predictions are matched to GT, CoordExp's name of the same number or "—").
 #: Shown by the report next to the tables and documented in docs/EVALUATION.md.
@@ -64,11 +61,6 @@ class Cell:
 
     value: float | None
     delta: float | None = None
-
-
-def is_count(key: str) -> bool:
-    name = key.removeprefix(EVAL_PREFIX)
-    return name in _COUNT_NAMES or name.startswith(("drop/", "leak/"))
 
 
 def fmt_value(key: str, v: float | None) -> str:
@@ -138,46 +130,16 @@ def drop_reasons(runs: Sequence[RunData]) -> list[str]:
     return list(DROP_REASONS) + extra
 
 
+def leak_kinds(runs: Sequence[RunData]) -> list[str]:
+    """The `leak/<kind>` names found in the runs' eval metrics, in `slots.LEAK_KINDS` order, then any other
+    (empty when no run has leak metrics)."""
+    found = {k.removeprefix(EVAL_PREFIX + "leak/") for r in runs for m in r.eval.values() for k in m
+             if k.startswith(EVAL_PREFIX + "leak/")}
+    return [k for k in LEAK_KINDS if k in found] + sorted(found - set(LEAK_KINDS))
+
+
 def drop_rows(runs: Sequence[RunData], steps: Sequence[int]) -> list[tuple[str, list[float | None]]]:
-    """`(reason, [count per (run, step)])`, columns ordered run-major (run 1 at every step, then run 2 ...)."""
-    return [(reason, [r.metric(s, f"drop/{reason}") for r in runs for s in steps]) for reason in drop_reasons(runs)]
-
-
-def _has_problem(sample: dict) -> bool:
-    flags = sample.get("flags") or {}
-    return bool(sample.get("drops")) or any(bool(flags.get(k)) for k in ("failed", "truncated", "malformed_container"))
-
-
-def pick_examples(samples: Sequence[dict], n: int = 2) -> list[dict]:
-    """Up to `n` samples of one dump: the first samples with a drop or a failure flag (at most n-1 of them
-    when n > 1), then the first clean samples, so a report shows failure and success side by side."""
-    samples = [s for s in samples if isinstance(s, dict)]
-    bad = [s for s in samples if _has_problem(s)]
-    good = [s for s in samples if not _has_problem(s)]
-    n_bad = min(len(bad), n - 1 if n > 1 and good else n)
-    return bad[:n_bad] + good[: n - n_bad]
-
-
-def text_segments(text: str, drops: Sequence[dict]) -> list[tuple[str, str | None]]:
-    """Split `text` into `(piece, reason)` with reason set on the char spans of dropped records. Spans
-    that are malformed, out of range, or overlap an earlier one are ignored."""
-    spans = []
-    for d in drops or []:
-        try:
-            a, b = (int(x) for x in d["span"])
-        except (KeyError, TypeError, ValueError):
-            continue
-        if 0 <= a < b <= len(text):
-            spans.append((a, b, str(d.get("reason", "?"))))
-    out: list[tuple[str, str | None]] = []
-    pos = 0
-    for a, b, reason in sorted(spans):
-        if a < pos:
-            continue
-        if a > pos:
-            out.append((text[pos:a], None))
-        out.append((text[a:b], reason))
-        pos = b
-    if pos < len(text) or not out:
-        out.append((text[pos:], None))
-    return out
+    """`(reason, [count per (run, step)])` for each reason with a count > 0 in some run at some step (none
+    at all: `[]`, "no drops in any run"), columns ordered run-major (run 1 at every step, then run 2 ...)."""
+    rows = [(reason, [r.metric(s, f"drop/{reason}") for r in runs for s in steps]) for reason in drop_reasons(runs)]
+    return [(reason, vals) for reason, vals in rows if any((v or 0) > 0 for v in vals)]

@@ -1,8 +1,9 @@
-"""Trainer callbacks: logging.jsonl, processor files in checkpoints, rollout eval during training.
+"""Trainer callbacks: logging.jsonl, the console, processor files in checkpoints, rollout eval during training.
 
 - `RunLogCallback(run)`: every Trainer log event (`on_log`: training logs with `loss/*`,
   `coord_diag/*`, `learning_rate`, ...; the end-of-training summary; eval metrics) is appended to the
   run's `logging.jsonl` via `RunDir.log`, stamped with the optimizer step, on the main process only.
+- `ConsoleCallback()`: compact console lines instead of the Trainer's printed log dicts (`vlmdet.console`).
 - `SaveProcessorCallback(loaded)`: after each checkpoint save, writes the tokenizer and the image
   processor into `checkpoint-<step>/` (main process), so a checkpoint loads with `model/load.load_model`.
 - `RolloutEvalCallback(cfg, run, loaded, records)`: rollout eval (generate -> parse -> match ->
@@ -52,6 +53,57 @@ class RunLogCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:
             self.run.log(numeric(logs), step=int(state.global_step))
+
+
+class ConsoleCallback(TrainerCallback):
+    """The console during training (main process): one `console.train_line` per log window, one
+    `console.eval_line` per rollout eval, a closing line with the wall time. On a terminal a tqdm bar over
+    the optimizer steps, the lines written above it; otherwise plain lines only. Replaces the Trainer's
+    own progress/printer callbacks (which print every log dict)."""
+
+    def __init__(self, tty: bool | None = None):
+        from vlmdet.console import is_tty
+
+        self.tty = is_tty() if tty is None else tty
+        self.bar = None
+        self._done = 0
+
+    def _print(self, line: str) -> None:
+        if self.bar is not None:
+            self.bar.write(line)
+        else:
+            print(line, flush=True)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero and self.tty:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="train", unit="step",
+                            dynamic_ncols=True)
+            self._done = state.global_step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.update(state.global_step - self._done)
+            self._done = state.global_step
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        from vlmdet import console
+
+        if not state.is_world_process_zero or not logs:
+            return
+        step = int(state.global_step)
+        if any(k.startswith("eval_rollout/") for k in logs):
+            self._print(console.eval_line(step, logs))
+        elif "loss" in logs:
+            self._print(console.train_line(step, state.max_steps, logs))
+        elif "train_runtime" in logs:
+            self._print(f"trained {step} steps in {console.fmt_seconds(float(logs['train_runtime']))}")
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def save_processor(loaded, folder) -> None:

@@ -3,7 +3,9 @@
 Loads the config (`config.load_config`, overrides applied in order), makes the run directory
 (`RunDir.create`: config.yaml + run.json), loads the model (`model/load.load_model`), builds the
 training set from `data.train` (and the rollout-eval set from `data.val`), and trains with
-`DetTrainer` (`cfg.stage` picks the objective). TensorBoard events go to `<run>/tb`, every log event
+`DetTrainer` (`cfg.stage` picks the objective). It prints a start banner (run dir, resolved config, seed,
+device, the TensorBoard command), then one line per log window and per rollout eval (`vlmdet.console`).
+TensorBoard events go to `<run>/tb` (names: `train/tracking.py`), every log event in full
 to `<run>/logging.jsonl`, HF checkpoints (safetensors + tokenizer + image processor) to
 `<run>/checkpoint-<step>`, and the final model to `<run>/checkpoint-final`. Ends with a summary.
 
@@ -60,9 +62,12 @@ def _records(path, max_n, check_images):
 def build_trainer(cfg, run, loaded=None):
     """The `DetTrainer` for `cfg` writing into `run` (model loaded unless `loaded` is given);
     returns `(trainer, loaded)`."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
     from vlmdet.config import training_arguments
     from vlmdet.model.load import load_model
-    from vlmdet.train.callbacks import RolloutEvalCallback, RunLogCallback, SaveProcessorCallback
+    from vlmdet.train import tracking
+    from vlmdet.train.callbacks import ConsoleCallback, RolloutEvalCallback, RunLogCallback, SaveProcessorCallback
     from vlmdet.train.dataset import DetDataset, make_collator
     from vlmdet.train.trainer import OBJECTIVES, DetTrainer
 
@@ -96,7 +101,42 @@ def build_trainer(cfg, run, loaded=None):
         records=train,
     )
     eval_cb.trainer = trainer
+    for printer in (ProgressCallback, PrinterCallback):  # they print every raw log dict
+        trainer.remove_callback(printer)
+    trainer.add_callback(ConsoleCallback())
+    tracking.install(trainer, run)
     return trainer, loaded
+
+
+def device_text(targs) -> str:
+    """`cpu (2 threads)`, `cuda:0 (NVIDIA H200) x 8 processes`, ... for the banner."""
+    import torch
+
+    dev = targs.device
+    if dev.type == "cuda":
+        text = f"{dev} ({torch.cuda.get_device_name(dev)})"
+    elif dev.type == "cpu":
+        n = torch.get_num_threads()
+        text = f"cpu ({n} thread{'s' if n != 1 else ''})"
+    else:
+        text = str(dev)
+    return text + (f" x {targs.world_size} processes" if targs.world_size > 1 else "")
+
+
+def start_banner(cfg, run, targs) -> str:
+    """The lines printed when training starts (`console.banner`)."""
+    from vlmdet.console import banner, tensorboard_command
+
+    tb = tensorboard_command(run.tb_dir) if "tensorboard" in (cfg.training.report_to or []) \
+        else "off (add tensorboard to training.report_to)"
+    return banner(f"vlmdet train: {cfg.run_name} (stage {cfg.stage}, {cfg.training.max_steps} steps)", [
+        ("run dir", str(run.root.resolve())),
+        ("config", f"{run.config_path.resolve()} (resolved)"),
+        ("seed", str(cfg.seed)),
+        ("device", device_text(targs)),
+        ("TensorBoard", tb),
+        ("log", f"{run.log_path.resolve()} (every log event, in full)"),
+    ])
 
 
 def train(cfg, argv, resume=None, overwrite=False, loaded=None) -> dict:
@@ -112,6 +152,8 @@ def train(cfg, argv, resume=None, overwrite=False, loaded=None) -> dict:
         for note in config_notes(cfg):
             print(f"vlmdet train: warning: {note}", file=sys.stderr, flush=True)
     trainer, loaded = build_trainer(cfg, run, loaded)
+    if trainer.is_world_process_zero():
+        print(start_banner(cfg, run, trainer.args), flush=True)
     t0 = time.time()
     result = trainer.train(resume_from_checkpoint=target)
     final = run.root / FINAL_CHECKPOINT
