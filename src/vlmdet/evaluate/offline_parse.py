@@ -28,6 +28,7 @@ import json
 from pathlib import Path
 from typing import Mapping
 
+from vlmdet.console import is_count
 from vlmdet.coords import bins_to_pixel_box
 from vlmdet.data.records import load_records
 from vlmdet.errors import DataError
@@ -68,7 +69,6 @@ def read_raw(path: Path) -> list[tuple[int, str, str]]:
 def format_metrics(metrics: Mapping[str, float | str], title: str = "") -> str:
     """A two-column text table of `metrics` (name, value) for the terminal; counts (`console.is_count`)
     print as integers, other floats with 4 decimals."""
-    from vlmdet.console import is_count
 
     width = max((len(k) for k in metrics), default=0)
     lines = [title] if title else []

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 from vlmdet.config import PromptConfig, RolloutConfig
+from vlmdet.console import progress
 from vlmdet.data.records import load_image
 from vlmdet.errors import UsageError
 from vlmdet.evaluate.constrained import grammar_for, CoordJSONLogitsProcessor
@@ -268,8 +269,6 @@ class HFRollout:
     def generate(self, records: Sequence[Any], seed: int | None = None) -> list[Rollout]:
         """One `Rollout` per record, in order (batches of `batch_size`; `console.progress` over batches)."""
         import torch
-
-        from vlmdet.console import progress
 
         records = list(records)
         starts = range(0, len(records), self.batch_size)
