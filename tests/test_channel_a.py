@@ -75,29 +75,57 @@ def recorder(loaded):
 
 @pytest.mark.parametrize("n", [1, 2, 3])
 def test_runs_exactly_n_forwards_with_embeds_positions_and_no_cache(loaded, batch, recorder, n):
-    loss, logs = channel_a_loss(loaded.model, batch, stage2_cfg(n_softctx_iter=n).losses, loaded.coord_ids, stage2_cfg(n_softctx_iter=n).stage2)
+    cfg = stage2_cfg(n_softctx_iter=n, reuse_prefix=False)
+    loss, logs = channel_a_loss(loaded.model, batch, cfg.losses, loaded.coord_ids, cfg.stage2)
     assert len(recorder.calls) == n
     assert logs["stage2/n_forwards"] == n
     B, L = batch["input_ids"].shape
     for call in recorder.calls:
         assert call.get("input_ids") is None and call["inputs_embeds"].shape[:2] == (B, L)
         assert call["position_ids"].shape == (3, B, L)
-        assert call.get("use_cache") is False
+        assert call.get("use_cache") is False and call.get("cache") is None
+        assert call["pixel_values"] is not None
     assert torch.isfinite(loss)
 
 
-def test_only_coord_rows_change_across_iterations(loaded, batch, recorder):
-    channel_a_loss(loaded.model, batch, stage2_cfg(n_softctx_iter=3).losses, loaded.coord_ids, stage2_cfg(n_softctx_iter=3).stage2)
+@pytest.mark.parametrize("n", [2, 3])
+def test_prefix_reuse_runs_later_iterations_on_the_suffix_rows(loaded, batch, recorder, n):
+    cfg = stage2_cfg(n_softctx_iter=n)  # reuse_prefix on by default
+    channel_a_loss(loaded.model, batch, cfg.losses, loaded.coord_ids, cfg.stage2)
+    assert len(recorder.calls) == n
+    B, L = batch["input_ids"].shape
+    coord_pos = ((batch["slot_class"] == COORD) & (batch["labels"] != -100)).nonzero()[:, 1]
+    start = int(coord_pos.min()) - 1  # the predicting row of the earliest coord slot
+    first, *later = recorder.calls
+    assert first["inputs_embeds"].shape[:2] == (B, L) and first["pixel_values"] is not None
+    assert first["cache"].get_seq_length() == 0  # the recording cache: the full forward as without one
+    full_pos = first["position_ids"]
+    for call in later:
+        assert call["inputs_embeds"].shape[:2] == (B, L - start)
+        assert call.get("pixel_values") is None and call.get("image_grid_thw") is None
+        assert torch.equal(call["position_ids"], full_pos[..., start:])
+        assert call["cache"].get_seq_length() == start and call["attention_mask"].shape == (B, L)
+        assert call.get("use_cache") is False
+
+
+@pytest.mark.parametrize("reuse", [False, True])
+def test_only_coord_rows_change_across_iterations(loaded, batch, recorder, reuse):
+    cfg = stage2_cfg(n_softctx_iter=3, reuse_prefix=reuse)
+    channel_a_loss(loaded.model, batch, cfg.losses, loaded.coord_ids, cfg.stage2)
     e0, e1, e2 = (c["inputs_embeds"].detach() for c in recorder.calls)
     coord = (batch["slot_class"] == COORD) & (batch["labels"] != -100)
     assert int(coord.sum()) == 12
+    start = e0.shape[1] - e1.shape[1]  # 0 on the full path; suffix rows only with prefix reuse
+    assert (start > 0) == reuse
+    e0, coord = e0[:, start:], coord[:, start:]
     for e in (e1, e2):
         assert torch.equal(e[~coord], e0[~coord])  # bitwise: prompt, image placeholders, text, padding
         assert (e[coord] != e0[coord]).any(-1).all()  # every coord slot row replaced
     assert not torch.equal(e1[coord], e2[coord])  # iteration 2 uses iteration 1's logits
     # image placeholder rows are exactly the <|image_pad|> embedding (the model finds them by equality)
     pad_row = loaded.model.get_input_embeddings().weight[loaded.image_token_id].detach()
-    img = batch["input_ids"] == loaded.image_token_id
+    img = batch["input_ids"][:, start:] == loaded.image_token_id
+    assert (int(img.sum()) > 0) != reuse  # the suffix holds no image row
     assert torch.equal(e2[img], pad_row.expand(int(img.sum()), -1))
 
 
@@ -275,10 +303,11 @@ def test_gate_keeps_coord_vocab_mass_under_text_pressure(loaded, batch, monkeypa
     assert masses[1.0] > masses[0.0] + 0.2, masses
 
 
-def test_text_gate_uses_final_iteration_text_rows(loaded, batch, monkeypatch):
+@pytest.mark.parametrize("reuse", [False, True])
+def test_text_gate_uses_final_iteration_text_rows(loaded, batch, monkeypatch, reuse):
     from vlmdet.losses import text_gate_loss
 
-    cfg = stage2_cfg(n_softctx_iter=2)
+    cfg = stage2_cfg(n_softctx_iter=2, reuse_prefix=reuse)
     cfg.losses.text_gate = 0.5
     rows = supervised_rows(batch, cfg.losses)
     seen = {}
@@ -291,9 +320,15 @@ def test_text_gate_uses_final_iteration_text_rows(loaded, batch, monkeypatch):
     with torch.no_grad():
         _, logs = channel_a_loss(loaded.model, batch, cfg.losses, loaded.coord_ids, cfg.stage2)
     assert set(seen) == {(0, 0), (0, 1), (1, 0), (1, 1)}  # final iteration gathers the text rows too
-    final = float(text_gate_loss(seen[(1, 1)][rows.text_rows], loaded.coord_ids).mean())
+    final = seen[(1, 1)]
+    if reuse:  # the suffix forward computes the rows from the earliest coord slot's on; earlier rows are A1's
+        later = rows.ce_t >= rows.coord_t.min()
+        assert 0 < final.shape[0] == int(later.sum()) < rows.ce_t.numel()
+        final = seen[(0, 1)].clone()
+        final[later] = seen[(1, 1)]
+    want = float(text_gate_loss(final[rows.text_rows], loaded.coord_ids).mean())
     a1 = float(text_gate_loss(seen[(0, 1)][rows.text_rows], loaded.coord_ids).mean())
-    assert logs["loss/text_gate"] == pytest.approx(final, rel=1e-5) and abs(final - a1) > 1e-6
+    assert logs["loss/text_gate"] == pytest.approx(want, rel=1e-5) and abs(want - a1) > 1e-6
 
 
 def test_stage2_config_without_ce_on_coord_slots_has_no_ce_row_on_a_coord_token(loaded, batch):

@@ -1,5 +1,7 @@
 """Chat rendering + encode_example: labels, slot classes, coord bins, image tokens."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -42,8 +44,13 @@ def test_prompts_follow_config():
     assert "desc first" in d and "bbox_2d first" in g
     assert "top to bottom" in system_prompt(PromptConfig(**{"ordering": "sorted"}))
     assert "top to bottom" not in system_prompt(PromptConfig(**{"ordering": "random"}))
-    assert "toothbrush" in system_prompt(PromptConfig(**{"variant": "coco_80"})) and "toothbrush" not in d
-    assert all(n in user_prompt(PromptConfig(**{"variant": "coco_80"})) for n in COCO_80_CLASS_NAMES)
+    coco = PromptConfig(**{"variant": "coco_80"})
+    assert "toothbrush" in system_prompt(coco) and "toothbrush" not in d
+    both = system_prompt(coco) + "\n" + user_prompt(coco)
+    listed = re.findall(r"classes: (.*)\.", both)
+    assert len(listed) == 1 and listed[0].split(", ") == list(COCO_80_CLASS_NAMES)  # the list, once
+    for name in ("person", "toothbrush", "teddy bear", "hair drier"):
+        assert both.count(name) == 1, name
     assert "<|coord_N|>" in d and '{"objects": []}' in d
     assert system_prompt(PromptConfig(**{"system": "S"})) == "S" and user_prompt(PromptConfig(**{"user": "U"})) == "U"
 

@@ -125,14 +125,52 @@ def test_no_filters_keeps_everything_and_splits_share_the_manifest(tmp_path):
          "image 9: unreadable image"),
         ({"annotations": None}, "not a COCO instances file"),
         ({"annotations": [{"id": 1, "image_id": 3, "category_id": 1}]}, r"annotations\[0\]: missing bbox"),
-        ({"annotations": [{"id": 5, "image_id": 3, "category_id": 1, "bbox": [1, 2, 3]}]}, r"annotation 5: bbox must be 4 numbers"),
+        ({"annotations": [{"id": 5, "image_id": 3, "category_id": 1, "bbox": [1, 2, 3]}]}, r"annotation 5: bbox must be 4 finite numbers"),
         ({"images": [{"id": 3, "width": 64, "height": 64}]}, r"images\[0\]: missing file_name"),
+        ({"images": [{"id": 3, "file_name": "0003.png", "width": "64", "height": 64}], "annotations": []},
+         r"images\[0\]: 'width' must be an int >= 1, got '64'"),
+        ({"images": [{"id": 3, "file_name": "0003.png", "width": 64, "height": 64},
+                     {"id": "4", "file_name": "0004.png", "width": 100, "height": 50}], "annotations": []},
+         r"images: ids must be all ints or all strings, got \['int', 'str'\]"),
+        ({"categories": [{"id": 1, "name": 3}, {"id": 7, "name": "x"}]}, r"categories\[0\]: 'name' must be a non-empty string, got 3"),
+        ({"categories": [{"id": 1, "name": " "}, {"id": 7, "name": "x"}]}, r"categories\[0\]: 'name' must be a non-empty string"),
+        # paths from the file stay inside --images
+        ({"images": [{"id": 3, "file_name": "../escape.png", "width": 64, "height": 64}], "annotations": []},
+         r"image 3: file_name: '../escape.png' must be a path inside the images folder"),
+        ({"images": [{"id": 3, "file_name": "/etc/passwd", "width": 64, "height": 64}], "annotations": []},
+         r"image 3: file_name: '/etc/passwd' must be a path inside the images folder"),
+        ({"images": [{"id": 3, "file_name": "link/0001.png", "width": 64, "height": 32}], "annotations": []},
+         r"image 3: file_name: 'link/0001.png' leads out of the images folder"),
     ],
 )
 def test_input_faults_fail(tmp_path, change, match):
     instances, images = _coco(tmp_path, **change)
+    outside = tmp_path / "outside"
+    _img(outside / "0001.png", 64, 32)
+    (images / "link").symlink_to(outside)
     with pytest.raises(DataError, match=match):
         convert_coco(instances, images, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_top_level_list_and_non_utf8_fail(tmp_path):
+    path = tmp_path / "instances_x.json"
+    path.write_text("[1, 2]")
+    with pytest.raises(DataError, match=r"instances_x.json: not a COCO instances file \(the top level is a list"):
+        convert_coco(path, tmp_path, tmp_path / "out", progress=False)
+    path.write_bytes(b'{"images": [],\n "categories": ["\xff"]}')
+    with pytest.raises(DataError, match=r"instances_x.json:2: not UTF-8 text \(byte offset 32\)"):
+        convert_coco(path, tmp_path, tmp_path / "out", progress=False)
+
+
+def test_a_late_bad_image_leaves_no_resized_images(tmp_path):
+    """Image 5 (the last in id order) is broken; images 1..4 would be resized first by a one-pass
+    converter. Every image is checked before any is written."""
+    instances, images = _coco(tmp_path)
+    (images / "0005.png").write_bytes(b"\x89PNG\r\n\x1a\n")  # a header and nothing else
+    with pytest.raises(DataError, match="image 5: unreadable image"):
+        convert_coco(instances, images, tmp_path / "out", max_pixels=8192, progress=False)
+    assert not (tmp_path / "out").exists()
 
 
 def test_cli_coco(tmp_path, capsys):

@@ -50,7 +50,7 @@ def test_defaults_match_the_documented_schema():
     assert c.training.learning_rate == 2.0e-3 and c.training.lr_scheduler_kwargs == {"min_lr_rate": 0.1}
     assert c.training.report_to == ["tensorboard"] and c.training.fsdp == "" and c.training.extra == {}
     assert c.losses.ce_on_coord_slots is True and c.losses.sigma == 2.0 and c.losses.coord_gate == 0.0
-    assert c.stage2.softctx_grad_mode == "unroll" and c.stage2.a1_anchor == {}
+    assert c.stage2.softctx_grad_mode == "unroll" and c.stage2.a1_anchor == {} and c.stage2.reuse_prefix is True
     assert c.eval.score_source == "coord_logprob" and c.eval.steps == [] and c.eval.max_samples == 100
     assert c.match.iou_gate == 0.3 and c.monitor.max_text_chars == 0
     # mutable defaults are not shared between instances
@@ -138,7 +138,8 @@ def test_diamond_extends_is_not_a_cycle(tmp_path):
         ("stage2: {softctx_grad_mode: detach}\n", "is not one of 'unroll', 'em_detach'"),
         ("stage2: {ctx_embed_mode: x}\n", "is not one of 'soft', 'st', 'hard'"),
         ("eval: {score_source: x}\n", "is not one of 'coord_logprob', 'constant'"),
-        ("rollout: {backend: vllm}\n", "is not one of 'hf'"),
+        ("rollout: {backend: sglang}\n", "is not one of 'hf', 'vllm'"),
+        ("rollout: {vllm_gpu_memory_utilization: 1.5}\n", r"rollout.vllm_gpu_memory_utilization: 1.5 must be in \(0, 1\]"),
         ("stage2: {b_ratio: 1.5}\n", r"stage2.b_ratio: 1.5 must be in \[0, 1\]"),
         ("stage2: {b_ratio: -0.1}\n", r"stage2.b_ratio: -0.1 must be in \[0, 1\]"),
         ("stage2: {b_ratio: .nan}\n", r"stage2.b_ratio: nan must be in \[0, 1\]"),
@@ -206,17 +207,19 @@ def test_bad_overrides(tmp_path, override, match):
         load_config(_yaml(tmp_path / "c.yaml", "seed: 1\n"), [override])
 
 
-def test_data_paths_resolve_against_the_authoring_file(tmp_path, monkeypatch):
-    _yaml(tmp_path / "configs/base.yaml", "data: {train: ../data/train.jsonl, val: /abs/val.jsonl}\n")
-    leaf = _yaml(tmp_path / "configs/stage1/leaf.yaml", "extends: ../base.yaml\n")
+def test_paths_are_relative_to_the_current_directory(tmp_path, monkeypatch):
+    _yaml(tmp_path / "configs/base.yaml", "data: {train: data/train.jsonl, val: /abs/val.jsonl}\n"
+                                          "model: {name_or_path: ckpt/final}\n")
+    leaf = _yaml(tmp_path / "configs/stage1/leaf.yaml", "extends: ../base.yaml\noutput_dir: out\n")
+    (tmp_path / "work" / "ckpt" / "final").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "work")
     cfg = load_config(leaf)
-    assert cfg.data.train == str((tmp_path / "data/train.jsonl").resolve())
-    assert cfg.data.val == "/abs/val.jsonl"
-    leaf2 = _yaml(tmp_path / "configs/stage1/leaf2.yaml", "extends: ../base.yaml\ndata: {val: v.jsonl}\n")
-    assert load_config(leaf2).data.val == str((tmp_path / "configs/stage1/v.jsonl").resolve())
-    monkeypatch.chdir(tmp_path)
-    cfg = load_config(leaf, ["data.val=here/val.jsonl", "data.train=null"])
-    assert cfg.data.val == str((tmp_path / "here/val.jsonl").resolve()) and cfg.data.train is None
+    assert cfg.data.train == str(tmp_path / "work/data/train.jsonl")  # not next to the YAML file
+    assert cfg.data.val == "/abs/val.jsonl" and cfg.output_dir == "out"
+    assert cfg.model.name_or_path == str(tmp_path / "work/ckpt/final")  # an existing folder: made absolute
+    cfg = load_config(leaf, ["data.val=here/val.jsonl", "data.train=null", "model.name_or_path=Qwen/Qwen3-VL-2B-Instruct"])
+    assert cfg.data.val == str(tmp_path / "work/here/val.jsonl") and cfg.data.train is None
+    assert cfg.model.name_or_path == "Qwen/Qwen3-VL-2B-Instruct"  # no such folder: a hub id stays a name
 
 
 def test_deep_merge_does_not_mutate_inputs():
@@ -348,3 +351,41 @@ def test_train_prints_the_notes(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "warning: losses.ce_on_coord_slots is true in Stage 2" in err
     assert "warning: two temperatures: losses.temperature 0.5" in err
+
+# ---------------------------------------------------------------- TrainingArguments pass-through
+
+def test_any_training_arguments_field_passes_through(tmp_path):
+    from vlmdet.config import training_arguments
+
+    path = _yaml(tmp_path / "c.yaml", "training:\n  optim: adafactor\n  label_smoothing_factor: 0.1\n  tf32: false\n")
+    cfg = load_config(path, ["training.eval_strategy=steps", "training.fp16=false"])
+    assert cfg.training.extra == {"optim": "adafactor", "label_smoothing_factor": 0.1, "tf32": False, "eval_strategy": "steps",
+                                  "fp16": False}
+    args = training_arguments(cfg, tmp_path / "out")
+    assert (args.optim, args.label_smoothing_factor, args.eval_strategy) == ("adafactor", 0.1, "steps")
+    # the resolved config dumps and loads back to the same settings
+    again = tmp_path / "again.yaml"
+    again.write_text(dump_config_yaml(cfg))
+    assert load_config(again).training.extra == cfg.training.extra
+
+
+@pytest.mark.parametrize("override,message", [
+    ("training.optimm=adamw_torch", "unknown config key 'training.optimm' (did you mean 'training.optim'?)"),
+    ("training.label_smothing_factor=0.1", "(did you mean 'training.label_smoothing_factor'?)"),
+    ("training.learning_rat=0.1", "(did you mean 'training.learning_rate'?)"),
+])
+def test_unknown_training_key_suggests_among_training_arguments(tmp_path, override, message):
+    with pytest.raises(UsageError) as err:
+        load_config(_yaml(tmp_path / "c.yaml", "run_name: x\n"), [override])
+    assert message in str(err.value) and "any transformers.TrainingArguments field" in str(err.value)
+
+
+def test_pass_through_conflicts_and_bad_values_are_one_line(tmp_path):
+    from vlmdet.config import training_arguments
+
+    with pytest.raises(UsageError, match="training.optim is also set as training.extra.optim; keep one"):
+        load_config(_yaml(tmp_path / "c.yaml", "training:\n  optim: adafactor\n  extra: {optim: sgd}\n"))
+    cfg = load_config(_yaml(tmp_path / "c.yaml", "training:\n  optim: not_an_optimizer\n"))
+    with pytest.raises(UsageError, match="^training: TrainingArguments refused the settings: ") as err:
+        training_arguments(cfg, tmp_path / "out")
+    assert "\n" not in str(err.value) and "not_an_optimizer" in str(err.value)

@@ -26,7 +26,8 @@ def tiny_copy(tmp_path):
 def test_tiny_passes_every_check(capsys):
     assert main(["doctor", "tiny"]) == 0
     out = capsys.readouterr().out
-    for name in ("coord_ids", "embedding_rows", "coord_rows_distinct", "supervision", "round_trip", "stop_token"):
+    for name in ("coord_ids", "embedding_rows", "coord_rows_distinct", "supervision", "round_trip", "stop_token",
+                 "serving_decode"):
         assert f"PASS {name}:" in out
     assert "FAIL" not in out
     assert "  C '<|coord_12|>'" in out and "  D 'red'" in out and "  S '<|im_end|>'" in out
@@ -40,6 +41,25 @@ def test_wrong_generation_eos_fails(tiny_copy, capsys):
     assert main(["doctor", str(tiny_copy)]) == 1
     out = capsys.readouterr().out
     assert "FAIL stop_token:" in out and "PASS coord_ids:" in out
+
+
+def test_special_coord_tokens_fail_serving_decode(tiny_copy):
+    path = tiny_copy / "tokenizer.json"
+    data = json.loads(path.read_text())
+    for entry in data["added_tokens"]:
+        if entry["content"].startswith("<|coord_"):
+            entry["special"] = True
+    path.write_text(json.dumps(data))
+    checks = {c.name: c for c in run_doctor(str(tiny_copy), out=lambda s: None)}
+    assert not checks["serving_decode"].ok and "1000 coordinate tokens are special" in checks["serving_decode"].detail
+    assert checks["coord_ids"].ok and checks["supervision"].ok
+
+
+def test_shipped_demo_checkpoint_is_serving_ready():
+    from vlmdet.demo import shipped_stage1
+
+    checks = _by_name(run_doctor(str(shipped_stage1()), out=lambda s: None))
+    assert checks["serving_decode"] and checks["coord_ids"]
 
 
 def test_identical_coord_rows_fail(tiny_copy):

@@ -63,7 +63,7 @@ def test_eval_tiny_with_constrained_pass(tmp_path, val, capsys):
 @pytest.mark.parametrize(
     "extra,message",
     [
-        (["--max-samples", "-1"], "--max-samples must be >= 0"),
+        (["--max-samples", "-1"], "argument --max-samples: must be >= 0, got '-1'"),
         (["eval.max_sample=3"], "did you mean"),
         (["data.val="], "no data to evaluate"),
     ],
@@ -82,3 +82,87 @@ def test_missing_data_file_is_a_usage_error(tmp_path, capsys):
                                        ("tiny", 0), ("ckpt-12", 0), ("checkpoint-x", 0)])
 def test_checkpoint_step(path, step):
     assert checkpoint_step(path) == step
+
+
+class ForceAnswers:
+    """A logits processor that makes generation spell out given token ids per batch row, then stop."""
+
+    def __init__(self, targets):
+        self.targets = targets  # per row: answer token ids + end of turn
+        self.start = None
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        if self.start is None:
+            self.start = input_ids.shape[1]
+        t = input_ids.shape[1] - self.start
+        forced = torch.full_like(scores, float("-inf"))
+        for row, ids in enumerate(self.targets):
+            forced[row, ids[min(t, len(ids) - 1)]] = 0.0
+        return forced
+
+
+def _qwen3_answer(rec, i):
+    objs = []
+    for k, o in enumerate(rec["objects"]):
+        x1, y1, x2, y2 = o["bbox_2d"]
+        box = [round(x1 / rec["width"] * 1000), round(y1 / rec["height"] * 1000),
+               round(x2 / rec["width"] * 1000), round(y2 / rec["height"] * 1000)]
+        if i == 3 and k == 0:  # the leak: a coordinate token where a digit belongs -> one non_coord_token drop
+            box[0] = "<|coord_5|>"
+        coords = ", ".join(str(v) for v in box)
+        objs.append(f'{{"bbox_2d": [{coords}], "{"desc" if i == 2 else "label"}": "{o["desc"]}"}}')
+    body = "[" + ", ".join(objs) + "]"
+    return {0: body, 1: "```json\n" + body + "\n```", 2: '{"objects": ' + body + "}", 3: body}[i]
+
+
+@pytest.mark.slow
+def test_eval_format_qwen3_on_a_checkpoint_without_coord_tokens(tmp_path, monkeypatch, capsys):
+    """A stock-like checkpoint (no coordinate tokens), the stock prompt, answers forced to Qwen3-VL's
+    grounding JSON built from GT: everything parses (but the leaked record) and the scores follow by hand."""
+    import vlmdet.evaluate.rollout as rollout
+    from vlmdet.answer_format import STOCK_USER_PROMPT
+    from vlmdet.data.synth import make_synth
+    from vlmdet.model.chat import user_prompt
+    from vlmdet.model.tiny import build_tiny_checkpoint
+
+    plain = build_tiny_checkpoint(tmp_path / "plain", coord_tokens=False)
+    make_synth(tmp_path / "d", n_train=1, n_val=4, seed=1, size=64, progress=False)
+    val = tmp_path / "d" / "val.jsonl"
+    recs = [json.loads(line) for line in val.read_text().splitlines()]
+    answers = {r["image_id"]: _qwen3_answer(r, i) for i, r in enumerate(recs)}
+    prompts = []
+
+    def backend(loaded, cfg, **kw):
+        def force(batch):
+            tok = loaded.tokenizer
+            return [ForceAnswers([tok(answers[r.image_id], add_special_tokens=False)["input_ids"] + [loaded.eot_id]
+                                  for r in batch])]
+        prompts.append(cfg.prompt)
+        return rollout.HFRollout(loaded, cfg.rollout, cfg.prompt, extra_processors=force, **kw)
+
+    import vlmdet.evaluate.runner as runner
+
+    monkeypatch.setattr(runner, "make_backend", backend)
+    out = tmp_path / "out"
+    code = main(["eval", CONFIG, "--checkpoint", str(plain), "--data", str(val), "--out", str(out), "--format", "qwen3",
+                 "--no-progress", "rollout.max_new_tokens=400", "rollout.batch_size=2"])
+    assert code == 0, capsys.readouterr().err
+    saved = json.loads((out / "eval" / "step_000000" / "metrics.json").read_text())
+    m = {k.split("/", 1)[1]: v for k, v in saved["metrics"].items() if k.startswith("eval_rollout/")}
+    n_gt = sum(len(r["objects"]) for r in recs)
+    assert saved["score_source"] == "constant"
+    assert prompts[0].answer_format == "qwen3" and user_prompt(prompts[0]) == STOCK_USER_PROMPT
+    assert m["samples"] == 4 and m["parse_failed_rate"] == 0.0 and m["parse_truncated_rate"] == 0.0
+    assert m["drop/non_coord_token"] == 1 and m["parse_dropped_invalid"] == 1
+    assert m["sample_clean_rate"] == 0.75  # the answer with the leak is not clean
+    assert (m["tp"], m["fp"], m["fn"]) == (n_gt - 1, 0, 1)
+    assert m["recall"] == pytest.approx((n_gt - 1) / n_gt) and m["precision"] == 1.0
+    assert m["coord_vocab_mass_gen"] == 0.0
+    # the predictions are pixel boxes within 0.5/1000 of the image size of GT
+    pred = [json.loads(line) for line in (out / "eval" / "step_000000" / "predictions.jsonl").read_text().splitlines()]
+    for r, p in zip(recs[:3], pred[:3]):
+        for o, g in zip(p["objects"], r["objects"]):
+            assert o["desc"] == g["desc"]
+            assert o["bbox_2d"] == pytest.approx(g["bbox_2d"], abs=0.5 / 1000 * 64 + 1e-9)

@@ -1,6 +1,8 @@
 """expand-vocab on a tiny Qwen3-VL checkpoint without coordinate tokens."""
 
 import hashlib
+import json
+import shutil
 
 import pytest
 import torch
@@ -9,7 +11,7 @@ from safetensors.torch import load_file
 from vlmdet.cli import main
 from vlmdet.coords import COORD_TOKENS
 from vlmdet.errors import UsageError
-from vlmdet.model.expand import expand_vocab
+from vlmdet.model.expand import expand_vocab, plain_coord_tokens
 from vlmdet.model.load import load_model
 from vlmdet.model.tiny import build_tiny_checkpoint
 
@@ -75,6 +77,50 @@ def test_expand_is_idempotent(expanded, tmp_path):
     a, b = load_file(dst / "model.safetensors"), load_file(again / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert (dst / "tokenizer.json").read_text() == (again / "tokenizer.json").read_text()
+
+
+def test_expanded_coord_tokens_are_plain(expanded):
+    dst, summary = expanded
+    tok = load_model(str(dst)).tokenizer
+    ids = tok.convert_tokens_to_ids(list(COORD_TOKENS))
+    assert tok.decode(ids, skip_special_tokens=True) == "".join(COORD_TOKENS)
+    assert summary["made_plain"] == 0  # added plain in the first place
+
+
+def _make_coords_special(folder):
+    """Rewrite a checkpoint's tokenizer files the way older vlmdet versions wrote them: coords special."""
+    path = folder / "tokenizer.json"
+    data = json.loads(path.read_text())
+    for entry in data["added_tokens"]:
+        if entry["content"] in set(COORD_TOKENS):
+            entry["special"] = True
+    path.write_text(json.dumps(data))
+    path = folder / "tokenizer_config.json"
+    cfg = json.loads(path.read_text())
+    cfg["extra_special_tokens"] = list(COORD_TOKENS[:3])
+    path.write_text(json.dumps(cfg))
+
+
+def test_expand_makes_special_coord_tokens_plain_without_changing_ids_or_weights(expanded, tmp_path):
+    dst, _ = expanded
+    old = tmp_path / "old"
+    shutil.copytree(dst, old)
+    _make_coords_special(old)
+    old_tok = load_model(str(old)).tokenizer
+    old_ids = old_tok.convert_tokens_to_ids(list(COORD_TOKENS))
+    assert old_tok.decode(old_ids[:2], skip_special_tokens=True) == ""  # the bug: boxes vanish when served
+    new = tmp_path / "new"
+    summary = expand_vocab(old, new)
+    assert summary["made_plain"] == 1000 and summary["added"] == 0
+    tok = load_model(str(new)).tokenizer
+    assert tok.convert_tokens_to_ids(list(COORD_TOKENS)) == old_ids
+    assert tok.get_vocab() == old_tok.get_vocab()
+    assert tok.decode(old_ids, skip_special_tokens=True) == "".join(COORD_TOKENS)
+    assert "extra_special_tokens" not in json.loads((new / "tokenizer_config.json").read_text()) or not set(
+        json.loads((new / "tokenizer_config.json").read_text())["extra_special_tokens"]) & set(COORD_TOKENS)
+    a, b = load_file(old / "model.safetensors"), load_file(new / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert plain_coord_tokens(new) == 0  # nothing left to change
 
 
 def test_refuses_bad_destinations(expanded, tmp_path):

@@ -68,6 +68,35 @@ def test_gathered_logits_equal_full_logits_at_rows_and_head_sees_only_rows(loade
     torch.testing.assert_close(got, full_logits[sup.rows], rtol=1e-5, atol=1e-5)
 
 
+class _OldTransformersWrapper(torch.nn.Module):
+    """A DDP-like wrapper (`.module`) whose forward refuses a tensor `logits_to_keep`, as transformers
+    releases before boolean row masks do (they index `hidden[:, logits_to_keep, :]`)."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+        self.calls = 0
+
+    def forward(self, **kwargs):
+        if not isinstance(kwargs.get("logits_to_keep", 0), int):
+            raise IndexError("too many indices for tensor of dimension 3")
+        self.calls += 1
+        return self.module(**kwargs)
+
+
+def test_gathered_logits_need_no_tensor_logits_to_keep_and_go_through_the_wrapper(loaded, batch, full_logits):
+    sup = _Sup(batch)
+    wrapper = _OldTransformersWrapper(loaded.model)
+    with torch.no_grad():
+        got = F.gathered_logits(wrapper, batch, sup.rows)
+    assert wrapper.calls == 1  # one top-level forward (DDP / FSDP bookkeeping sees it)
+    torch.testing.assert_close(got, full_logits[sup.rows], rtol=1e-5, atol=1e-5)
+    head = loaded.model.get_output_embeddings()
+    assert not head._forward_pre_hooks  # the row hook is gone after the call
+    with torch.no_grad():  # and a plain forward afterwards is the full one again
+        assert loaded.model(input_ids=batch["input_ids"][:1, :5]).logits.shape[:2] == (1, 5)
+
+
 def test_hidden_states_head_logits_and_inputs_embeds_paths_agree(loaded, batch, full_logits):
     sup = _Sup(batch)
     b, t = sup.rows.nonzero(as_tuple=True)

@@ -73,3 +73,32 @@ def test_iter_jsonl_line_numbers_and_errors(tmp_path):
         list(io.iter_jsonl(path))
     with pytest.raises(DataError, match="cannot read"):
         list(io.iter_jsonl(tmp_path / "missing.jsonl"))
+
+
+def test_staging_folder_and_replace_folder(tmp_path):
+    target = tmp_path / "eval" / "step_000010"
+    staged = io.staging_folder(target)
+    assert staged == tmp_path / "eval" / ".step_000010.partial" and not any(staged.iterdir())
+    (staged / "a.jsonl").write_text("1")
+    assert not target.exists()  # nothing visible until the rename
+    io.replace_folder(staged, target)
+    assert sorted(p.name for p in (tmp_path / "eval").iterdir()) == ["step_000010"]
+    # a leftover of a killed writer is emptied; a second write replaces the whole folder
+    staged = io.staging_folder(target)
+    (staged / "b.jsonl").write_text("2")
+    (tmp_path / "eval" / ".step_000010.partial" / "c").write_text("3")
+    io.replace_folder(staged, target)
+    assert sorted(p.name for p in target.iterdir()) == ["b.jsonl", "c"]
+    assert sorted(p.name for p in (tmp_path / "eval").iterdir()) == ["step_000010"]
+    left = io.staging_folder(target)
+    (left / "junk").write_text("x")
+    assert not any(io.staging_folder(target).iterdir())
+
+
+def test_write_errors_name_the_path(tmp_path):
+    (tmp_path / "f").write_text("a file")
+    with pytest.raises(io.OutputError, match=r"/f/x.json: cannot write: .*/f is not a folder"):
+        io.atomic_write_json(tmp_path / "f" / "x.json", {})
+    (tmp_path / "d").mkdir()
+    with pytest.raises(io.OutputError, match=r"/d: cannot write: it is a folder"):
+        io.atomic_write_json(tmp_path / "d", {})

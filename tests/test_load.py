@@ -76,3 +76,60 @@ def test_token_pieces_join_to_decoded_text(loaded, text):
 def test_token_pieces_of_coord_tokens_are_the_literals(loaded):
     pieces = token_pieces(loaded.tokenizer, loaded.coord_ids[:3] + [loaded.eot_id])
     assert pieces == ["<|coord_0|>", "<|coord_1|>", "<|coord_2|>", "<|im_end|>"]
+
+
+# ---------------------------------------------------------------- hub model ids
+
+def _hub_snapshot(cache, repo_id, source, commit="0123456789abcdef0123456789abcdef01234567"):
+    """Lay `source`'s files out as the Hugging Face cache does: models--org--name/{blobs,snapshots,refs}."""
+    import shutil
+
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    snap = repo / "snapshots" / commit
+    (repo / "blobs").mkdir(parents=True)
+    snap.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    for i, f in enumerate(sorted(p for p in source.iterdir() if p.is_file())):
+        blob = repo / "blobs" / f"blob{i}"
+        shutil.copy2(f, blob)
+        (snap / f.name).symlink_to(blob)
+    return snap
+
+
+def test_hub_id_resolves_from_the_cache_offline(tmp_path, monkeypatch):
+    import huggingface_hub.constants as hub
+
+    from vlmdet.demo import shipped_stage1
+    from vlmdet.model.load import resolve_checkpoint
+
+    cache = tmp_path / "hub"
+    snap = _hub_snapshot(cache, "acme/Tiny-VL-coord", shipped_stage1())
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)  # no ./acme/Tiny-VL-coord folder here
+    assert resolve_checkpoint("acme/Tiny-VL-coord") == ("acme/Tiny-VL-coord", snap)
+    loaded = load_model("acme/Tiny-VL-coord")
+    assert loaded.path == snap and loaded.contract["prompt"]["system"] == "You detect objects."
+    assert len(loaded.coord_ids) == 1000
+    # an id that is not in the cache: one line saying what was tried
+    with pytest.raises(UsageError) as err:
+        load_model("acme/Missing-VL")
+    msg = str(err.value)
+    assert "acme/Missing-VL: not a local folder" in msg and str(cache) in msg and "HF_HUB_OFFLINE=1" in msg
+    assert "\n" not in msg
+    # a local folder wins over a hub id of the same name
+    local = tmp_path / "acme" / "Tiny-VL-coord"
+    local.parent.mkdir()
+    local.symlink_to(shipped_stage1())
+    source, folder = resolve_checkpoint("acme/Tiny-VL-coord")
+    assert source == "acme/Tiny-VL-coord" and folder.resolve() == local.resolve() and not folder.is_absolute()
+
+
+@pytest.mark.parametrize("name", ["./missing", "/abs/missing", "a/b/c", "just-a-name"])
+def test_paths_that_are_not_hub_ids_fail_as_folders(name):
+    from vlmdet.model.load import resolve_checkpoint
+
+    with pytest.raises(UsageError, match="not a checkpoint folder"):
+        resolve_checkpoint(name)

@@ -87,6 +87,8 @@ def test_torchrun_two_ranks_trains_both_channels(tmp_path):
     for r in (r0, r1):
         assert [(s, lg["stage2/channel_b"]) for s, lg in r["logs"]] == [(0, 0.0), (1, 1.0), (2, 0.0), (3, 1.0)]
     assert r0["logs"][0][1]["loss/token_ce"] != r1["logs"][0][1]["loss/token_ce"]
+    # Channel-A steps ran their second iteration on the suffix rows against the kept prefix, under DDP
+    assert [lg["stage2/prefix_reused"] for r in (r0, r1) for s, lg in r["logs"] if s in (0, 2)] == [1.0] * 4
 
     # gradients were all-reduced: parameters identical on both ranks after 4 updates
     assert r0["param_sum"] == r1["param_sum"] and r0["param_abs"] == r1["param_abs"]

@@ -182,7 +182,58 @@ def test_eval_preds_box_on_image_border_is_allowed(tmp_path, gt):
     assert code == 0 and m["fp"] == 1
 
 
-def test_eval_preds_missing_required_flag():
-    with pytest.raises(SystemExit) as exc:
-        main(["eval-preds", "--gt", "x.jsonl"])
-    assert exc.value.code == 2
+def test_eval_preds_missing_required_flag(capsys):
+    assert main(["eval-preds", "--gt", "x.jsonl"]) == 2
+    assert capsys.readouterr().err == (
+        "vlmdet eval-preds: error: the following arguments are required: --pred (--help for usage)\n")
+
+
+# ---------------------------------------------------------------- baseline answer formats
+
+def test_parse_format_qwen3_with_gt(tmp_path, gt):
+    # GT cat [10,10,50,40] in 100x80 -> 0..1000 relative [100,125,500,500]; qwen2.5-style fence + a leak
+    text = ('```json\n[{"bbox_2d": [100, 125, 500, 500], "label": "cat"}, '
+            '{"bbox_2d": [<|coord_1|>, 2, 3, 4], "label": "dog"}]\n```')
+    raw = write_jsonl(tmp_path / "raw.jsonl", [{"image_id": "a", "text": text}, {"image_id": "b", "text": "[]"}])
+    out = tmp_path / "m.json"
+    assert main(["parse", str(raw), "--gt", str(gt), "--format", "qwen3", "--out", str(out)]) == 0
+    m = json.loads(out.read_text())
+    assert (m["tp"], m["fp"], m["fn"]) == (1, 0, 0) and m["bbox_AP"] == pytest.approx(1.0)
+    assert m["drop/non_coord_token"] == 1 and m["sample_valid_pred_rate"] == 0.5
+    # the same text read as CoordJSON: no container at all
+    assert main(["parse", str(raw), "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["parse_failed_rate"] == 1.0
+
+
+def test_parse_format_qwen25_input_size(tmp_path, gt):
+    # the model saw the 100x80 image at 200x160: pixels there are twice the GT's
+    text = '[{"bbox_2d": [20, 20, 100, 80], "label": "cat"}]'
+    raw = write_jsonl(tmp_path / "raw.jsonl", [{"image_id": "a", "text": text, "input_width": 200, "input_height": 160}])
+    out = tmp_path / "m.json"
+    assert main(["parse", str(raw), "--gt", str(gt), "--format", "qwen25", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["bbox_AP"] == pytest.approx(1.0)
+    # without the size the GT size is assumed: the box lands elsewhere (IoU 600 / 5400 = 0.11 < 0.5)
+    raw = write_jsonl(tmp_path / "raw2.jsonl", [{"image_id": "a", "text": text}])
+    assert main(["parse", str(raw), "--gt", str(gt), "--format", "qwen25", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["tp"] == 0
+    bad = write_jsonl(tmp_path / "raw3.jsonl", [{"image_id": "a", "text": text, "input_width": 0, "input_height": 1}])
+    assert main(["parse", str(bad), "--format", "qwen25", "--out", str(out)]) == 2
+
+
+def test_eval_preds_formats(tmp_path, gt, capsys):
+    out = tmp_path / "m.json"
+    q3 = write_jsonl(tmp_path / "q3.jsonl", [{"image_id": "a", "objects": [{"label": "cat", "bbox_2d": [100, 125, 500, 500]}]}])
+    assert main(["eval-preds", "--gt", str(gt), "--pred", str(q3), "--format", "qwen3", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["bbox_AP"] == pytest.approx(1.0)
+    q25 = write_jsonl(tmp_path / "q25.jsonl", [{"image_id": "a", "input_width": 50, "input_height": 40,
+                                                "objects": [{"desc": "cat", "bbox_2d": [5, 5, 25, 20]}]}])
+    assert main(["eval-preds", "--gt", str(gt), "--pred", str(q25), "--format", "qwen25", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["bbox_AP"] == pytest.approx(1.0)
+    # a qwen3 box beyond 1000 lands outside the image: file:line rule, exit 2
+    over = write_jsonl(tmp_path / "over.jsonl", [{"image_id": "a", "objects": [{"label": "cat", "bbox_2d": [0, 0, 1001, 5]}]}])
+    capsys.readouterr()
+    assert main(["eval-preds", "--gt", str(gt), "--pred", str(over), "--format", "qwen3", "--out", str(out)]) == 2
+    assert f"{over}:1: objects[0]: box" in capsys.readouterr().err
+    # 'label' is only read in the qwen formats
+    assert main(["eval-preds", "--gt", str(gt), "--pred", str(q3), "--out", str(out)]) == 2
+    assert "'desc' must be a non-empty string" in capsys.readouterr().err

@@ -77,6 +77,7 @@ def test_a_only_trains_with_rollout_eval_and_dumps(synth, tmp_path):
     assert {1, 3} <= set(ev) and summary["global_step"] == 3
     for e in ev.values():
         assert e["stage2/channel_a"] == 1.0 and e["stage2/channel_b"] == 0.0 and e["stage2/n_forwards"] == 2.0
+        assert e["stage2/prefix_reused"] == 1.0
         assert e["loss/coord_gate"] > 0 and 0 < e["coord_diag/coord_vocab_mass_mean"] < 1
         assert "rollout/f1" not in e
     metrics = json.loads((run / "eval" / "step_000002" / "metrics.json").read_text())

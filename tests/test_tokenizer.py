@@ -62,6 +62,18 @@ def test_answer_tokenizes_into_structure_pieces_words_and_coords(tok, field_orde
     assert "".join(pieces) == answer
 
 
+def test_coord_tokens_survive_skip_special_tokens_and_chat_tokens_do_not(tok):
+    ids = tok.convert_tokens_to_ids(list(COORD_TOKENS))
+    answer = render_answer([("red circle", (3, 4, 997, 998))])
+    eot = tok.convert_tokens_to_ids("<|im_end|>")
+    seq = tok(answer, add_special_tokens=False)["input_ids"] + [eot]
+    assert tok.decode(seq, skip_special_tokens=True) == answer  # what serving stacks show
+    assert tok.decode(seq, skip_special_tokens=False) == answer + "<|im_end|>"
+    assert tok.decode(ids, skip_special_tokens=True) == "".join(COORD_TOKENS)
+    assert set(ids).isdisjoint(tok.all_special_ids)
+    assert ids[0] == len(CHAT_SPECIAL_TOKENS) + min(tok.convert_tokens_to_ids(list(CHAT_SPECIAL_TOKENS)))
+
+
 def test_special_ids_and_pad(tok):
     assert tok.pad_token == "<|endoftext|>"
     assert tok.eos_token == "<|im_end|>"

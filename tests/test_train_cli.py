@@ -21,20 +21,27 @@ def _parse(argv):
 
     p = argparse.ArgumentParser()
     cli.add_arguments(p)
-    return p.parse_args(argv)
+    return p.parse_intermixed_args(argv)  # as vlmdet.cli parses it (train.cli.INTERMIXED_ARGS)
 
 
 @pytest.mark.parametrize(
-    "argv, resume, overrides",
+    "argv, resume, resume_from, overrides",
     [
-        (["c.yaml"], None, []),
-        (["c.yaml", "a.b=1", "--resume"], True, ["a.b=1"]),
-        (["c.yaml", "seed=2", "--resume", "runs/x/checkpoint-3"], "runs/x/checkpoint-3", ["seed=2"]),
+        (["c.yaml"], False, None, []),
+        (["c.yaml", "a.b=1", "--resume"], True, None, ["a.b=1"]),
+        # a flag before the overrides no longer swallows the next one
+        (["c.yaml", "--resume", "data.train=x.jsonl", "seed=2"], True, None, ["data.train=x.jsonl", "seed=2"]),
+        (["c.yaml", "seed=2", "--resume-from", "runs/x/checkpoint-3"], False, "runs/x/checkpoint-3", ["seed=2"]),
+        (["--overwrite", "c.yaml", "seed=2"], False, None, ["seed=2"]),
     ],
 )
-def test_arguments(argv, resume, overrides):
+def test_arguments(argv, resume, resume_from, overrides):
+    from vlmdet.train import cli
+
+    assert cli.INTERMIXED_ARGS
     args = _parse(argv)
-    assert args.config == "c.yaml" and args.resume == resume and args.overrides == overrides
+    assert args.config == "c.yaml" and args.overrides == overrides
+    assert args.resume is resume and args.resume_from == resume_from
 
 
 @pytest.mark.slow
@@ -51,7 +58,7 @@ def test_shipped_stage1_configs_load_and_map_to_training_arguments(tmp_path):
         targs = training_arguments(load_config(path, cpu), tmp_path / path.stem)
         assert targs.max_steps == cfg.training.max_steps
     big = load_config(REPO / "configs" / "stage1" / "qwen3vl_2b.yaml")
-    assert big.model.dtype == "bfloat16" and big.training.bf16 and big.training.gradient_checkpointing
+    assert big.model.dtype == "float32" and big.training.bf16 and big.training.gradient_checkpointing
     assert 1e-6 <= big.training.learning_rate <= 5e-5
 
 
@@ -78,7 +85,7 @@ def test_resume_without_checkpoint_exits_2(tmp_path, capsys):
     rc = main(["train", str(REPO / "configs/stage1/tiny.yaml"), f"output_dir={tmp_path / 'runs'}",
                f"data.train={tmp_path / 'd' / 'train.jsonl'}", "--resume"])
     assert rc == 2
-    assert "no checkpoint-* folder to resume from" in capsys.readouterr().err
+    assert "no complete checkpoint-<step> to resume from" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -167,7 +167,99 @@ def test_gradient_accumulation_scales_loss_once(synth, tmp_path):
         assert r["loss"] == pytest.approx(r["loss/total"], rel=1e-4)
 
 
+def _decoder_update_fraction(synth, out, dtype):
+    """Share of the decoder's 2-D weight elements that one Trainer step (bf16 autocast on CPU, AdamW,
+    lr 1e-5, constant schedule) changes, with the model weights loaded in `dtype`."""
+    from vlmdet.model.load import load_model
+    from vlmdet.rundir import RunDir
+    from vlmdet.train.cli import build_trainer
+
+    cfg = _cfg(synth, out, **{"training.max_steps": 1, "training.bf16": "true", "training.extra": "{use_cpu: true}",
+                              "training.learning_rate": "1e-5", "training.lr_scheduler_type": "constant",
+                              "training.lr_scheduler_kwargs": "{}", "training.report_to": "[]"})
+    loaded = load_model("tiny", dtype)
+    before = {k: v.detach().clone() for k, v in loaded.model.named_parameters() if ".layers." in k and v.ndim == 2}
+    trainer, _ = build_trainer(cfg, RunDir.create(cfg, ["test"]), loaded)
+    trainer.train()
+    params = dict(loaded.model.named_parameters())
+    changed = sum(int((params[k].detach() != w).sum()) for k, w in before.items())
+    return changed / sum(w.numel() for w in before.values())
+
+
+@pytest.mark.slow
+def test_default_mixed_precision_updates_every_weight_and_pure_bf16_does_not(synth, tmp_path):
+    """The default (fp32 weights + `training.bf16` autocast) moves every decoder weight in one step at
+    lr 1e-5; bf16 weights under a plain AdamW move only a minority (an update below half a bf16 step
+    rounds away), which is why `train` refuses that combination (next test)."""
+    from vlmdet.config import UPDATE_FRACTION_BF16
+
+    fp32 = _decoder_update_fraction(synth, tmp_path / "fp32", "float32")
+    bf16 = _decoder_update_fraction(synth, tmp_path / "bf16", "bfloat16")
+    assert fp32 > 0.99
+    assert bf16 < 0.5
+    assert bf16 == pytest.approx(UPDATE_FRACTION_BF16, abs=0.05)  # the figure the refusal quotes
+
+
+@pytest.mark.parametrize(
+    "over, refused",
+    [
+        ({"model.dtype": "bfloat16"}, True),
+        ({"model.dtype": "float16"}, True),
+        ({"model.dtype": "float32"}, False),
+        ({"model.dtype": "bfloat16", "training.deepspeed": "configs/deepspeed/zero2.json"}, False),
+        ({"model.dtype": "bfloat16", "training.fsdp": "full_shard"}, False),
+    ],
+)
+def test_half_precision_weights_with_a_plain_optimizer_are_refused(tmp_path, over, refused):
+    from vlmdet.config import check_training_precision
+    from vlmdet.errors import UsageError
+
+    cfg = load_config(TINY_CFG, [f"{k}={v}" for k, v in over.items()])
+    if refused:
+        with pytest.raises(UsageError, match=r"^model.dtype: .*float32 with training.bf16: true"):
+            check_training_precision(cfg)
+    else:
+        check_training_precision(cfg)
+
+
+def test_train_refuses_bf16_weights_before_writing_anything(tmp_path, capsys):
+    from vlmdet.cli import main
+
+    rc = main(["train", str(TINY_CFG), f"output_dir={tmp_path / 'runs'}", "model.dtype=bfloat16"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "model.dtype: bfloat16 weights trained by a plain optimizer" in err and "Traceback" not in err
+    assert not (tmp_path / "runs").exists()
+
+
 # ------------------------------------------------------------------------------------------ callbacks
+
+
+def test_save_processor_carries_the_source_processor_and_chat_template_files(tmp_path):
+    """A source with the files of a real Qwen3-VL checkpoint: each reaches the written checkpoint
+    byte for byte (the ones the tokenizer / image processor write themselves are kept)."""
+    import shutil
+
+    from vlmdet.model.load import load_model, tiny_checkpoint_path
+    from vlmdet.train.callbacks import PROCESSOR_FILES, save_processor
+
+    src = shutil.copytree(tiny_checkpoint_path(), tmp_path / "src")
+    extra = {"processor_config.json": '{"processor_class": "Qwen3VLProcessor"}',
+             "video_preprocessor_config.json": '{"video_processor_type": "Qwen3VLVideoProcessor"}',
+             "chat_template.json": '{"chat_template": "{{ messages }}"}'}
+    for name, text in extra.items():
+        (src / name).write_text(text)
+    loaded = load_model(str(src))
+    out = tmp_path / "ckpt"
+    out.mkdir()
+    save_processor(loaded, out)
+    for name in PROCESSOR_FILES:
+        assert (out / name).is_file(), name
+    for name, text in extra.items():
+        assert (out / name).read_text() == text
+    from transformers import AutoTokenizer
+
+    assert AutoTokenizer.from_pretrained(str(out)).convert_tokens_to_ids("<|coord_7|>") == loaded.coord_ids[7]
 
 
 def test_eval_due_table():

@@ -5,12 +5,14 @@
 2. `extends:` (a path or a list of paths, relative to the file that names them) loads the bases first,
    left to right, and merges the file on top: dicts merge key by key (deeply), every other value
    (lists included) replaces. A cycle fails and names the chain;
-3. `data.train` / `data.val`, when relative, are resolved against the folder of the file that wrote
-   them (paths given as overrides: against the current directory);
+3. paths: `extends` is relative to the file that names it; every other relative path (`data.train`,
+   `data.val`, `model.name_or_path`, `output_dir`, `training.deepspeed`, ...), in a file or an override,
+   is relative to the current directory, like a path on the command line (`_resolve_paths`);
 4. overrides `key.sub=value` are applied in order; the value is parsed as YAML by the same loader
    (`training.max_steps=50`, `training.learning_rate=1e-3`, `eval.steps=[10,20]`, `data.val=null`);
 5. the merged mapping is checked against the dataclasses below: an unknown key fails with its dotted
-   path and a "did you mean" suggestion, a value of the wrong type fails with its dotted path and the
+   path and a "did you mean" suggestion (in `training:` any `transformers.TrainingArguments` field is
+   accepted as well and passed through via `training.extra`; TrainingArguments checks its value), a value of the wrong type fails with its dotted path and the
    expected type (ints are accepted for floats), enum-like fields list their allowed values.
 Every failure is a `UsageError`, raised before any work starts.
 
@@ -25,6 +27,7 @@ import ast
 import dataclasses
 import difflib
 import json
+import math
 import os
 import re
 import types
@@ -36,18 +39,37 @@ from typing import Any, ClassVar, Optional, Union
 import yaml
 
 from vlmdet.errors import UsageError
+from vlmdet.io import decode_utf8
+
+
+@dataclass
+class LoraConfig:
+    """`model.lora`: LoRA adapters through peft (model/lora.py); the coordinate-token rows of the input and
+    output embeddings stay trainable."""
+
+    r: int = 16
+    """LoRA rank"""
+    alpha: int = 32
+    """LoRA scaling numerator (lora_alpha)"""
+    dropout: float = 0.05
+    """dropout on the LoRA input"""
+    target_modules: Union[list[str], str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    """module names (or a peft string such as all-linear) that get adapters"""
 
 
 @dataclass
 class ModelConfig:
     name_or_path: str = "tiny"
-    """`tiny` (built locally) or a checkpoint folder"""
+    """`tiny` (built locally), a checkpoint folder or a Hugging Face hub id"""
     dtype: str = "float32"
     """parameter dtype: float32 | bfloat16 | float16"""
     attn_implementation: str = "sdpa"
     """transformers attention implementation (sdpa, eager, flash_attention_2)"""
     freeze_vision: bool = False
     """freeze the vision tower (no gradients)"""
+    lora: Optional[LoraConfig] = None
+    """LoRA adapters through peft: {r, alpha, dropout, target_modules} (null = full fine-tuning)"""
 
 
 @dataclass
@@ -76,6 +98,8 @@ class PromptConfig:
     """override the system prompt text"""
     user: Optional[str] = None
     """override the user prompt text"""
+    answer_format: str = "coordjson"
+    """answer format: coordjson | qwen3 | qwen25 (stock-model baselines; eval and parse only)"""
 
 
 @dataclass
@@ -96,8 +120,8 @@ class TrainingConfig:
     """transformers scheduler name"""
     lr_scheduler_kwargs: dict = field(default_factory=lambda: {"min_lr_rate": 0.1})
     """scheduler keyword arguments (free-form)"""
-    warmup_steps: int = 100
-    """linear warmup steps"""
+    warmup_steps: Union[int, float] = 100
+    """linear warmup steps (a float in [0, 1): a ratio of the total steps)"""
     weight_decay: float = 0.01
     """AdamW weight decay"""
     adam_beta1: float = 0.9
@@ -188,12 +212,14 @@ class Stage2Config:
     """fraction of optimizer steps that run Channel-B, in [0, 1]"""
     a1_anchor: dict[str, float] = field(default_factory=dict)
     """coord term -> weight of the same term on the first iteration's (A1) logits"""
+    reuse_prefix: bool = True
+    """Channel-A iterations after the first run only the rows from the earliest coord slot on, against the prefix keys/values kept from the first (same losses and gradients); false: recompute the whole sequence"""
 
 
 @dataclass
 class RolloutConfig:
     backend: str = "hf"
-    """generation backend: hf"""
+    """generation backend: hf or vllm (docs/EVALUATION.md)"""
     max_new_tokens: int = 256
     """generation length limit"""
     batch_size: int = 16
@@ -208,6 +234,12 @@ class RolloutConfig:
     """transformers repetition penalty (1.0 = off)"""
     constrained: bool = False
     """grammar-constrained decoding of CoordJSON"""
+    vllm_gpu_memory_utilization: float = 0.3
+    """backend vllm: the engine's share of GPU memory (weights + KV cache)"""
+    vllm_kv_cache_gib: Optional[float] = None
+    """backend vllm: explicit KV-cache size in GiB (set it on CPU; null: from the memory share)"""
+    vllm_max_model_len: int = 4096
+    """backend vllm: prompt + answer tokens per sequence"""
 
 
 @dataclass
@@ -287,15 +319,18 @@ CHOICES: dict[str, tuple] = {
     "prompt.field_order": ("desc_first", "geometry_first"),
     "prompt.ordering": ("sorted", "random"),
     "prompt.variant": ("default", "coco_80"),
+    "prompt.answer_format": ("coordjson", "qwen3", "qwen25"),
     "stage2.softctx_grad_mode": ("unroll", "em_detach"),
     "stage2.ctx_embed_mode": ("soft", "st", "hard"),
     "eval.score_source": ("coord_logprob", "constant"),
-    "rollout.backend": ("hf",),
+    "rollout.backend": ("hf", "vllm"),
 }
 
 #: dotted path -> (check, rule text) for numeric ranges.
 RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "stage2.b_ratio": (lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
+    "model.lora.r": (lambda v: v >= 1, ">= 1"),
+    "model.lora.dropout": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
     "stage2.n_softctx_iter": (lambda v: v >= 1, ">= 1"),
     "stage2.softctx_temperature": (lambda v: v > 0, "> 0"),
     "losses.sigma": (lambda v: v > 0, "> 0"),
@@ -306,6 +341,39 @@ RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "eval.eval_steps": (lambda v: v >= 0, ">= 0"),
     "rollout.max_new_tokens": (lambda v: v >= 1, ">= 1"),
     "rollout.batch_size": (lambda v: v >= 1, ">= 1"),
+    "rollout.vllm_gpu_memory_utilization": (lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
+    "rollout.vllm_kv_cache_gib": (lambda v: v is None or v > 0, "> 0"),
+    "rollout.vllm_max_model_len": (lambda v: v >= 1, ">= 1"),
+    "rollout.temperature": (lambda v: v > 0, "> 0"),
+    "rollout.top_p": (lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
+    "rollout.repetition_penalty": (lambda v: v > 0, "> 0"),
+    "seed": (lambda v: 0 <= v < 2**32, "in [0, 2**32)"),
+    "data.max_train_samples": (lambda v: v is None or v >= 1, ">= 1 or null"),
+    "data.max_val_samples": (lambda v: v is None or v >= 1, ">= 1 or null"),
+    "eval.max_samples": (lambda v: v is None or v >= 0, ">= 0 (0 = all) or null"),
+    "eval.steps": (lambda v: all(s >= 1 for s in v), "a list of steps >= 1"),
+    "monitor.n_samples": (lambda v: v >= 0, ">= 0"),
+    "monitor.max_text_chars": (lambda v: v >= 0, ">= 0"),
+    "match.fp_cost": (lambda v: v >= 0, ">= 0"),
+    "match.fn_cost": (lambda v: v >= 0, ">= 0"),
+    "training.max_steps": (lambda v: v >= 1, ">= 1"),
+    "training.num_train_epochs": (lambda v: v > 0, "> 0"),
+    "training.per_device_train_batch_size": (lambda v: v >= 1, ">= 1"),
+    "training.per_device_eval_batch_size": (lambda v: v >= 1, ">= 1"),
+    "training.gradient_accumulation_steps": (lambda v: v >= 1, ">= 1"),
+    "training.learning_rate": (lambda v: v >= 0, ">= 0"),
+    "training.warmup_steps": (lambda v: v >= 0, ">= 0"),
+    "training.weight_decay": (lambda v: v >= 0, ">= 0"),
+    "training.adam_beta1": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    "training.adam_beta2": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    "training.max_grad_norm": (lambda v: v >= 0, ">= 0 (0 = no clipping)"),
+    "training.logging_steps": (lambda v: v >= 1, ">= 1"),
+    "training.save_steps": (lambda v: v >= 1, ">= 1"),
+    "training.save_total_limit": (lambda v: v is None or v >= 1, ">= 1 or null (keep all)"),
+    "training.dataloader_num_workers": (lambda v: v >= 0, ">= 0"),
+    **{f"losses.{name}": (lambda v: v >= 0, ">= 0") for name in (
+        "token_ce", "desc_ce_weight", "coord_ce", "soft_ce", "w1", "smoothl1", "ciou", "coord_gate", "text_gate",
+        "entropy")},
 }
 
 _DATA_PATH_KEYS = ("train", "val")
@@ -315,27 +383,76 @@ _DATA_PATH_KEYS = ("train", "val")
 # YAML + extends + overrides -> one plain mapping
 
 
+#: limits on a YAML config or override value (untrusted text): values after alias expansion,
+#: nesting depth, and integer size
+YAML_MAX_VALUES = 100_000
+YAML_MAX_DEPTH = 32
+YAML_MAX_INT_BITS = 63
+
+
+def _check_yaml_size(data: Any) -> None:
+    """Count the values of `data` as `yaml.safe_dump` would write them (an alias counts every time it
+    is used) and stop at the first limit broken: more than `YAML_MAX_VALUES` values (a few aliases
+    can expand to millions: a "YAML bomb"), deeper than `YAML_MAX_DEPTH`, an int over 63 bits."""
+    count = 0
+    stack = [(data, 1)]
+    while stack:
+        v, depth = stack.pop()
+        count += 1
+        if count > YAML_MAX_VALUES:
+            raise ValueError(f"more than {YAML_MAX_VALUES} values once aliases are expanded")
+        if isinstance(v, int) and not isinstance(v, bool) and v.bit_length() > YAML_MAX_INT_BITS:
+            raise ValueError(f"integer {str(v)[:12]}... does not fit in {YAML_MAX_INT_BITS} bits")
+        if isinstance(v, (dict, list)):
+            if depth > YAML_MAX_DEPTH:
+                raise ValueError(f"nested deeper than {YAML_MAX_DEPTH} levels")
+            items = [*v.keys(), *v.values()] if isinstance(v, dict) else v
+            stack.extend((c, depth + 1) for c in items)
+
+
+def _yaml_error_text(err: Exception) -> tuple[int | None, str]:
+    """(line number or None, one-line text) of a PyYAML error (no source excerpt, no stream name)."""
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    context = getattr(err, "context", None)
+    text = problem + (f" ({context})" if context else "")
+    if mark is None:
+        return None, text
+    return mark.line + 1, f"{text}, column {mark.column + 1}"
+
+
 def _safe_load(text: str) -> Any:
     """`yaml.safe_load`, except that `1e-3` (exponent without a dot) reads as a float, not a string
-    (PyYAML follows YAML 1.1 there, which surprises everyone writing learning rates)."""
+    (PyYAML follows YAML 1.1 there, which surprises everyone writing learning rates), and the value
+    is checked against the limits of `_check_yaml_size` (raises `ValueError`; YAML syntax errors
+    raise `yaml.YAMLError`)."""
     class Loader(yaml.SafeLoader):
         pass
 
     Loader.add_implicit_resolver(
         "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"), list("-+0123456789")
     )
-    return yaml.load(text, Loader=Loader)  # noqa: S506 (a SafeLoader subclass)
+    try:
+        data = yaml.load(text, Loader=Loader)  # noqa: S506 (a SafeLoader subclass)
+    except RecursionError:
+        raise ValueError(f"nested deeper than {YAML_MAX_DEPTH} levels") from None
+    _check_yaml_size(data)
+    return data
 
 
 def _read_yaml(path: Path) -> dict:
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except OSError as err:
         raise UsageError(f"{path}: cannot read config: {err.strerror}") from None
+    text = decode_utf8(raw, path)
     try:
         data = _safe_load(text)
     except yaml.YAMLError as err:
-        raise UsageError(f"{path}: bad YAML: {err}") from None
+        line, text = _yaml_error_text(err)
+        raise UsageError(f"{path}{'' if line is None else f':{line}'}: bad YAML: {text}") from None
+    except ValueError as err:  # a limit of _safe_load, or an int PyYAML cannot convert
+        raise UsageError(f"{path}: config rejected: {err}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -351,13 +468,22 @@ def deep_merge(base: dict, top: dict) -> dict:
     return out
 
 
-def _resolve_data_paths(data: dict, folder: Path) -> None:
+def _resolve_paths(data: dict) -> None:
+    """The one path rule: a relative path in a config file or an override is relative to the current
+    directory (where vlmdet runs), like a path on the command line. `data.train` / `data.val` are made
+    absolute, and so is `model.name_or_path` when it names an existing local folder (otherwise it stays
+    a name: `tiny` or a hub model id), so that the run's config.yaml works from any directory."""
     section = data.get("data")
     if isinstance(section, dict):
         for key in _DATA_PATH_KEYS:
             v = section.get(key)
             if isinstance(v, str) and v and not os.path.isabs(v):
-                section[key] = str((folder / v).resolve())
+                section[key] = str(Path(v).expanduser().resolve())
+    model = data.get("model")
+    if isinstance(model, dict):
+        v = model.get("name_or_path")
+        if isinstance(v, str) and v and not os.path.isabs(v) and Path(v).expanduser().is_dir():
+            model["name_or_path"] = str(Path(v).expanduser().resolve())
 
 
 def _load_tree(path: Path, chain: tuple[Path, ...]) -> dict:
@@ -366,7 +492,6 @@ def _load_tree(path: Path, chain: tuple[Path, ...]) -> dict:
         cycle = " -> ".join(str(p) for p in (*chain[chain.index(path):], path))
         raise UsageError(f"config extends cycle: {cycle}")
     data = _read_yaml(path)
-    _resolve_data_paths(data, path.parent)
     bases = data.pop("extends", None)
     if bases is None:
         return data
@@ -389,7 +514,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         return parts, _safe_load(value)
     except yaml.YAMLError as err:
-        raise UsageError(f"bad override {text!r}: value is not valid YAML: {err}") from None
+        raise UsageError(f"bad override {text!r}: value is not valid YAML: {_yaml_error_text(err)[1]}") from None
+    except ValueError as err:
+        raise UsageError(f"bad override {text!r}: {err}") from None
 
 
 def apply_override(data: dict, parts: list[str], value: Any) -> None:
@@ -425,6 +552,9 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         return _build(tp, value, where)
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
+        sections = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
+        if sections and isinstance(value, dict):  # an optional section: its own messages ("did you mean")
+            return _build(sections[0], value, where)
         for arg in typing.get_args(tp):
             try:
                 return _convert(value, arg, where)
@@ -445,6 +575,8 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         raise _type_error(value, tp, where)
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):  # NaN and inf are never a valid setting
+                raise UsageError(f"{where}: expected a finite number, got {value!r}")
             return float(value)
         raise _type_error(value, tp, where)
     if tp is str:
@@ -474,12 +606,49 @@ def _unknown_key(key: str, allowed: list[str], prefix: str) -> UsageError:
     return UsageError(f"unknown config key {prefix + key!r}{hint}; allowed here: {', '.join(allowed)}")
 
 
+def training_argument_names() -> list[str]:
+    """Sorted names of the `transformers.TrainingArguments` fields a user may set (imports transformers)."""
+    from transformers import TrainingArguments
+
+    return sorted(f.name for f in dataclasses.fields(TrainingArguments) if f.init)
+
+
+def _pass_through(data: dict, names: list[str]) -> dict:
+    """`training` section: keys that are not typed fields but are TrainingArguments fields move into
+    `extra` (values are checked by TrainingArguments itself); any other key fails with a "did you mean"
+    among both sets of names. transformers is imported only when such a key is present."""
+    unknown = [k for k in data if k not in names]
+    if not unknown:
+        return data
+    valid = training_argument_names()
+    data = dict(data)
+    extra = data.get("extra")
+    if extra is None:
+        extra = {}
+    if not isinstance(extra, dict):
+        raise _type_error(extra, dict, "training.extra")
+    extra = dict(extra)
+    for key in unknown:
+        if str(key) not in valid:
+            close = difflib.get_close_matches(str(key), sorted(set(names) | set(valid)), n=1)
+            hint = f" (did you mean 'training.{close[0]}'?)" if close else ""
+            raise UsageError(f"unknown config key 'training.{key}'{hint}; allowed here: the typed fields "
+                             f"{', '.join(n for n in names if n != 'extra')}, or any transformers.TrainingArguments field")
+        if key in extra:
+            raise UsageError(f"training.{key} is also set as training.extra.{key}; keep one")
+        extra[key] = data.pop(key)
+    data["extra"] = extra
+    return data
+
+
 def _build(cls: type, data: Any, where: str) -> Any:
     if not isinstance(data, dict):
         raise UsageError(f"{where or 'config'}: expected a mapping (section {cls.__name__}), got {type(data).__name__} {data!r}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     prefix = f"{where}." if where else ""
+    if cls is TrainingConfig:
+        data = _pass_through(data, names)
     for key in data:
         if key not in hints:
             raise _unknown_key(str(key), names, prefix)
@@ -556,6 +725,29 @@ def config_notes(cfg: Config) -> list[str]:
     return notes
 
 
+#: measured by benchmarks/bench_precision.py (docs/BENCHMARKS.md): share of the decoder's weight elements
+#: that one AdamW step at lr 1e-5 changes, fp32 master weights vs bf16 weights.
+UPDATE_FRACTION_FP32, UPDATE_FRACTION_BF16 = 1.00, 0.16
+
+
+def check_training_precision(cfg: Config) -> None:
+    """Refuse half-precision model weights (`model.dtype` bfloat16 / float16) trained by a plain
+    optimizer: AdamW then updates the bf16 weights themselves, and an update smaller than half a bf16
+    step (|w| * 2^-9) is rounded away, so most weights never move. Mixed precision that trains is
+    `model.dtype: float32` + `training.bf16: true` (fp32 master weights, bf16 autocast); half-precision
+    weights are allowed under `training.deepspeed` / `training.fsdp`, which keep fp32 master copies.
+    Raises `UsageError` (one line) before any work starts."""
+    t = cfg.training
+    if cfg.model.dtype == "float32" or t.deepspeed or t.fsdp or t.extra.get("fsdp"):
+        return
+    raise UsageError(
+        f"model.dtype: {cfg.model.dtype} weights trained by a plain optimizer barely move (one AdamW step at lr "
+        f"1e-5 changes {UPDATE_FRACTION_BF16:.0%} of the weights, {UPDATE_FRACTION_FP32:.0%} with fp32 master "
+        "weights); use model.dtype: float32 with training.bf16: true (bf16 autocast), or set training.deepspeed / "
+        "training.fsdp (they keep fp32 master weights)"
+    )
+
+
 def load_config(path: str | os.PathLike, overrides: typing.Sequence[str] = ()) -> Config:
     """Load a YAML config with `extends` and `key.sub=value` overrides into a checked `Config`."""
     data = _load_tree(Path(path), ())
@@ -563,10 +755,21 @@ def load_config(path: str | os.PathLike, overrides: typing.Sequence[str] = ()) -
         parts, value = parse_override(text)
         if parts[0] == "extends":
             raise UsageError(f"override {text!r}: 'extends' cannot be overridden")
-        if parts[0] == "data" and len(parts) == 2 and parts[1] in _DATA_PATH_KEYS and isinstance(value, str) and value:
-            value = str(Path(value).resolve())
         apply_override(data, parts, value)
-    return config_from_dict(data)
+    _resolve_paths(data)
+    cfg = config_from_dict(data)
+    cfg.explicit_keys = frozenset(_dotted_keys(data))  # read by model/contract.py (explicit vs default)
+    return cfg
+
+
+def _dotted_keys(data: dict, prefix: str = "") -> list[str]:
+    """Dotted paths of every key of a nested mapping, sections included (`prompt`, `prompt.system`)."""
+    out = []
+    for k, v in data.items():
+        out.append(prefix + str(k))
+        if isinstance(v, dict):
+            out += _dotted_keys(v, f"{prefix}{k}.")
+    return out
 
 
 def field_docs(cls: type) -> dict[str, str]:
@@ -648,4 +851,8 @@ def training_arguments(cfg: Config, output_dir: str | os.PathLike):
         # gloo without CUDA: accelerate only wraps the model in DDP when told the run is on CPU;
         # otherwise each rank silently trains its own copy.
         kwargs["use_cpu"] = not torch.cuda.is_available()
-    return TrainingArguments(**kwargs)
+    try:
+        return TrainingArguments(**kwargs)
+    except (ValueError, TypeError) as err:  # a value TrainingArguments refuses: one line, no traceback
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UsageError(f"training: TrainingArguments refused the settings: {first}") from None

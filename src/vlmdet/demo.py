@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from vlmdet.errors import UsageError
+from vlmdet.options import bounded
 
 #: `make_synth` keyword arguments of the demo's data set (tuning notes: docs/DEMO.md).
 DEMO_DATA: dict = {"n_train": 2000, "n_val": 100, "seed": 0, "size": 128, "max_objects": 3,
@@ -98,7 +99,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--from-scratch", action="store_true",
                         help="train Stage-1 from random init instead of starting from the shipped Stage-1 checkpoint")
     parser.add_argument("--stage1", default=None, metavar="CKPT", help="start Stage-2 from this Stage-1 checkpoint folder")
-    parser.add_argument("--stage1-steps", type=int, default=None, metavar="N",
+    parser.add_argument("--stage1-steps", type=bounded(int, lambda v: v >= 1, ">= 1"), default=None, metavar="N",
                         help="with --from-scratch: Stage-1 optimizer steps (default: configs/demo/stage1.yaml)")
     parser.add_argument("--smoke", action="store_true", help="tiny numbers everywhere (tests; under a minute)")
 

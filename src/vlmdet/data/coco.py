@@ -21,8 +21,13 @@ Rules, in order, per image (images in ascending COCO id; annotations in ascendin
   the budget. Boxes are scaled by W'/W and H'/H and clamped to [0, W'] x [0, H']. A resized image is
   re-saved (PIL LANCZOS) to `out_dir/images/<file_name>`; an image whose size does not change is
   referenced in place (its path relative to `out_dir`).
-Input faults fail with `DataError`: a missing or unreadable image, an image whose file size differs
-from the JSON's width/height, an annotation naming an unknown category or image.
+Input faults fail with `DataError` before anything is written: a file that is not UTF-8 JSON within
+the `io.loads_untrusted` limits, a top level that is not an object, ids that are not all ints or all
+strings, a width/height that is not an int >= 1, a category name that is not a non-empty string
+(the record contract needs one), a `file_name` that leaves `--images` (absolute, `..`, or a symlink
+out), a missing or unreadable image, an image whose file size differs from the JSON's width/height,
+an annotation naming an unknown category or image. Resized images are written only after every
+image has been checked; if writing one fails, the images written by this call are deleted.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from pathlib import Path
 
 from vlmdet.console import progress as show_progress
 from vlmdet.errors import DataError, UsageError
-from vlmdet.io import atomic_write_bytes, atomic_write_json, atomic_write_jsonl
+from vlmdet.io import atomic_write_bytes, atomic_write_json, atomic_write_jsonl, read_untrusted_json
 
 FACTOR = 32
 RESIZE_RULE = (
@@ -75,6 +80,52 @@ def _resave(src: Path, dst: Path, size: tuple[int, int]) -> None:
     atomic_write_bytes(dst, buf.getvalue(), fsync=False)
 
 
+def confined(root: Path, name, where: str) -> Path:
+    """`root / name` for a relative `name` that stays inside `root` (no absolute path, no `..`, no
+    symlink leading out); otherwise `DataError("<where>: ...")`."""
+    if not isinstance(name, str) or not name:
+        raise DataError(f"{where}: must be a non-empty string (a path), got {name!r}")
+    rel = Path(name)
+    if rel.is_absolute() or ".." in rel.parts:
+        raise DataError(f"{where}: {name!r} must be a path inside the images folder (no absolute path, no '..')")
+    path = root / rel
+    if not path.resolve().is_relative_to(root.resolve()):
+        raise DataError(f"{where}: {name!r} leads out of the images folder {root} (a symlink)")
+    return path
+
+
+def _check_schema(path: Path, data) -> None:
+    """The parts of the COCO schema the converter reads (module docstring); raises `DataError`."""
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: not a COCO instances file (the top level is a {type(data).__name__}, not an object)")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            raise DataError(f"{path}: not a COCO instances file (no {key!r} list)")
+    required = {"categories": ("id", "name"), "images": ("id", "file_name", "width", "height"),
+                "annotations": ("id", "image_id", "category_id", "bbox")}
+    for key, fields in required.items():
+        for i, entry in enumerate(data[key]):
+            missing = [f for f in fields if not isinstance(entry, dict) or f not in entry]
+            if missing:
+                raise DataError(f"{path}: {key}[{i}]: missing {', '.join(missing)}")
+        kinds = {type(e["id"]) for e in data[key]}
+        if not kinds <= {int} and not kinds <= {str}:
+            raise DataError(f"{path}: {key}: ids must be all ints or all strings, got {sorted(k.__name__ for k in kinds)}")
+    for i, c in enumerate(data["categories"]):
+        if not isinstance(c["name"], str) or not c["name"].strip():
+            raise DataError(f"{path}: categories[{i}]: 'name' must be a non-empty string, got {c['name']!r}")
+    for i, im in enumerate(data["images"]):
+        for f in ("width", "height"):
+            v = im[f]
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise DataError(f"{path}: images[{i}]: {f!r} must be an int >= 1, got {v!r}")
+    for a in data["annotations"]:
+        b = a["bbox"]
+        if not (isinstance(b, list) and len(b) == 4
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in b)):
+            raise DataError(f"{path}: annotation {a['id']}: bbox must be 4 finite numbers [x, y, w, h], got {b!r}")
+
+
 def convert_coco(
     instances_json: str | os.PathLike,
     images_dir: str | os.PathLike,
@@ -91,26 +142,8 @@ def convert_coco(
         raise UsageError(f"max_objects must be >= 1, got {max_objects}")
     if max_pixels is not None and max_pixels < FACTOR * FACTOR:
         raise UsageError(f"max_pixels must be >= {FACTOR * FACTOR}, got {max_pixels}")
-    try:
-        data = json.loads(instances_json.read_text(encoding="utf-8"))
-    except OSError as err:
-        raise DataError(f"{instances_json}: cannot read: {err.strerror}") from None
-    except json.JSONDecodeError as err:
-        raise DataError(f"{instances_json}:{err.lineno}: bad JSON: {err.msg}") from None
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(data.get(key), list):
-            raise DataError(f"{instances_json}: not a COCO instances file (no {key!r} list)")
-    required = {"categories": ("id", "name"), "images": ("id", "file_name", "width", "height"),
-                "annotations": ("id", "image_id", "category_id", "bbox")}
-    for key, fields in required.items():
-        for i, entry in enumerate(data[key]):
-            missing = [f for f in fields if not isinstance(entry, dict) or f not in entry]
-            if missing:
-                raise DataError(f"{instances_json}: {key}[{i}]: missing {', '.join(missing)}")
-    for a in data["annotations"]:
-        b = a["bbox"]
-        if not (isinstance(b, list) and len(b) == 4 and all(isinstance(v, (int, float)) for v in b)):
-            raise DataError(f"{instances_json}: annotation {a['id']}: bbox must be 4 numbers [x, y, w, h], got {b!r}")
+    data = read_untrusted_json(instances_json)
+    _check_schema(instances_json, data)
     split = split or instances_json.stem.removeprefix("instances_")
     names = {c["id"]: c["name"] for c in data["categories"]}
     images = sorted(data["images"], key=lambda im: im["id"])
@@ -123,14 +156,16 @@ def convert_coco(
             raise DataError(f"{instances_json}: annotation {a['id']}: unknown category_id {a['category_id']}")
         anns[a["image_id"]].append(a)
 
+    sources = {im["id"]: confined(images_dir, im["file_name"], f"{instances_json}: image {im['id']}: file_name")
+               for im in images}
     counts = dict.fromkeys(
         ("images_in", "images_out", "objects_out", "crowd_skipped", "degenerate_skipped", "clipped",
          "empty_images", "dropped_max_objects", "resized"), 0)
-    rows = []
+    rows, resaves = [], []
     for im in show_progress(images, f"coco {split}", enabled=progress, unit="image", leave=True):
         counts["images_in"] += 1
         W, H = int(im["width"]), int(im["height"])
-        src = images_dir / im["file_name"]
+        src = sources[im["id"]]
         try:
             size = _image_size(src)
         except (OSError, ValueError) as err:
@@ -156,8 +191,8 @@ def convert_coco(
         W2, H2 = smart_resize(W, H, max_pixels)
         if (W2, H2) != (W, H):
             counts["resized"] += 1
-            image = f"images/{im['file_name']}"
-            _resave(src, out_dir / image, (W2, H2))
+            image = f"images/{Path(im['file_name']).as_posix()}"
+            resaves.append((src, out_dir / image, (W2, H2)))
             sx, sy = W2 / W, H2 / H
             objects = [(d, [min(b[0] * sx, W2), min(b[1] * sy, H2), min(b[2] * sx, W2), min(b[3] * sy, H2)]) for d, b in objects]
         else:
@@ -168,6 +203,15 @@ def convert_coco(
         rows.append({"image_id": str(im["id"]), "image": image, "width": W2, "height": H2,
                      "objects": [{"desc": d, "bbox_2d": b} for d, b in objects]})
 
+    written = []
+    try:
+        for src, dst, size in show_progress(resaves, f"resize {split}", enabled=progress and bool(resaves), unit="image"):
+            _resave(src, dst, size)
+            written.append(dst)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_jsonl(out_dir / f"{split}.jsonl", rows)
     entry = {

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,12 +65,32 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _image_size(path: Path) -> tuple[int, int]:
-    """(width, height) read from the file header (PIL opens lazily: no pixel decoding)."""
+#: what PIL raises for a missing, truncated or garbled image file (struct.error from a short header,
+#: SyntaxError from a broken PNG chunk)
+IMAGE_ERRORS = (OSError, ValueError, SyntaxError, struct.error)
+
+
+def _image_size(path: Path, decode: bool = False) -> tuple[int, int]:
+    """(width, height) read from the file header (PIL opens lazily: no pixel decoding); with `decode`
+    every pixel is decoded too (a truncated file fails here, not in the training loader)."""
     from PIL import Image
 
     with Image.open(path) as im:
+        if decode:
+            im.load()
         return im.size
+
+
+def check_image(record: "Record", where: str, decode: bool = False) -> None:
+    """The record's image opens (fully decodes with `decode`) and has the record's size; else
+    `DataError("<where>: ...")`."""
+    try:
+        size = _image_size(record.image_path, decode)
+    except IMAGE_ERRORS as err:  # missing file, not an image (PIL.UnidentifiedImageError is an OSError)
+        raise DataError(f"{where}: unreadable image {str(record.image_path)!r}: {err}") from None
+    if size != (record.width, record.height):
+        raise DataError(f"{where}: size mismatch: image {record.image!r} is {size[0]}x{size[1]}, "
+                        f"record says {record.width}x{record.height}")
 
 
 def validate_record(obj: Any, where: str, base_dir: str | os.PathLike = ".", check_images: bool = True) -> Record:
@@ -119,31 +140,59 @@ def validate_record(obj: Any, where: str, base_dir: str | os.PathLike = ".", che
             raise fail(f"{at}: box {box} outside the image (need 0 <= x1, 0 <= y1, x2 <= {width}, y2 <= {height})")
         parsed.append(GtObject(desc, (x1, y1, x2, y2)))
 
-    image_path = Path(base_dir) / image
+    record = Record(image_id, image, width, height, tuple(parsed), Path(base_dir) / image)
     if check_images:
-        try:
-            size = _image_size(image_path)
-        except (OSError, ValueError) as err:  # missing file, not an image (PIL.UnidentifiedImageError is an OSError)
-            raise fail(f"unreadable image {str(image_path)!r}: {err}") from None
-        if size != (width, height):
-            raise fail(f"size mismatch: image {image!r} is {size[0]}x{size[1]}, record says {width}x{height}")
-    return Record(image_id, image, width, height, tuple(parsed), image_path)
+        check_image(record, where)
+    return record
 
 
-def load_records(path: str | os.PathLike, check_images: bool = True) -> list[Record]:
+def load_records(
+    path: str | os.PathLike, check_images: bool = True, decode_images: bool = False, workers: int = 1,
+    progress: bool = False,
+) -> list[Record]:
     """Load and validate a data JSONL file (blank lines are skipped). Raises `DataError` at the first
-    broken rule, `file:line: rule`; a duplicate `image_id` names both lines."""
+    broken rule, `file:line: rule`; a duplicate `image_id` names both lines.
+
+    With `check_images` every image is opened (header: size and format); `decode_images` decodes
+    every pixel as well. The image checks run on `workers` threads (a tqdm bar with `progress`);
+    the error reported is the one on the first line, as in a sequential check."""
     path = Path(path)
     base_dir = path.parent
     seen: dict[str, int] = {}
-    records = []
+    records, lines = [], []
     for lineno, obj in iter_jsonl(path):
-        rec = validate_record(obj, f"{path}:{lineno}", base_dir, check_images)
+        rec = validate_record(obj, f"{path}:{lineno}", base_dir, check_images=False)
         if rec.image_id in seen:
             raise DataError(f"{path}:{lineno}: duplicate image_id {rec.image_id!r} (first on line {seen[rec.image_id]})")
         seen[rec.image_id] = lineno
         records.append(rec)
+        lines.append(lineno)
+    if check_images:
+        _check_images(path, records, lines, decode_images, workers, progress)
     return records
+
+
+def _check_images(path: Path, records: list[Record], lines: list[int], decode: bool, workers: int, progress: bool) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm import tqdm
+
+    def check(i: int) -> DataError | None:
+        try:
+            check_image(records[i], f"{path}:{lines[i]}", decode)
+        except DataError as err:
+            return err
+        return None
+
+    bar = tqdm(total=len(records), desc="images", unit="img", disable=not progress)
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for err in pool.map(check, range(len(records))):  # in order: the first failing line wins
+            bar.update()
+            if err is not None:
+                pool.shutdown(cancel_futures=True)
+                bar.close()
+                raise err
+    bar.close()
 
 
 def record_to_json(record: Record) -> dict:
@@ -158,8 +207,12 @@ def record_to_json(record: Record) -> dict:
 
 
 def load_image(record: Record):
-    """The record's image as an RGB `PIL.Image.Image` (decoded; size `width` x `height`)."""
+    """The record's image as an RGB `PIL.Image.Image` (decoded; size `width` x `height`). A file that
+    does not decode raises `DataError` naming it."""
     from PIL import Image
 
-    with Image.open(record.image_path) as im:
-        return im.convert("RGB")
+    try:
+        with Image.open(record.image_path) as im:
+            return im.convert("RGB")
+    except IMAGE_ERRORS as err:
+        raise DataError(f"{record.image_path}: image {record.image_id!r} does not decode: {err}") from None

@@ -14,6 +14,11 @@ non-string `image_id`, an unknown or duplicate `image_id`, `objects` not a list,
 non-empty string `desc`, a `bbox_2d` that is not 4 finite numbers, a box outside the image or
 degenerate (rule: `0 <= x1 < x2 <= W` and `0 <= y1 < y2 <= H`, the GT rule), a non-numeric score.
 
+`--format qwen3|qwen25` reads the geometry of a stock model's grounding answer (answer_format.py):
+`qwen3` boxes are 0..1000 relative (pixel = v / 1000 * W), `qwen25` boxes are pixels of the image the
+model saw, given per line as `input_width` / `input_height` (default: the GT size), scaled to the GT
+size; `label` is accepted in place of `desc`. The checks above then apply to the converted pixel box.
+
 Output: `evaluate.detection.detection_metrics` (COCO AP/AR, class-aware and class-agnostic
 P/R/F1 at `--f1-iou`, counts, `score_source`) as a flat JSON object, written atomically, and a table.
 """
@@ -25,11 +30,13 @@ import difflib
 import math
 from pathlib import Path
 
+from vlmdet.answer_format import DigitObject, get_format
 from vlmdet.data.records import load_records
 from vlmdet.errors import DataError
 from vlmdet.evaluate.detection import detection_metrics
-from vlmdet.evaluate.offline_parse import format_metrics
-from vlmdet.io import iter_jsonl, atomic_write_json
+from vlmdet.evaluate.offline_parse import format_metrics, input_size
+from vlmdet.io import atomic_write_json, iter_jsonl
+from vlmdet.options import bounded
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,15 +45,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='JSONL of {"image_id", "objects": [{"desc", "bbox_2d" (pixels), "score"?}]}')
     parser.add_argument("--out", type=Path, default=None,
                         help="metrics JSON path (default: <PRED stem>.metrics.json next to PRED)")
-    parser.add_argument("--f1-iou", type=float, default=0.5, help="IoU threshold of the Hungarian F1 (default 0.5)")
+    parser.add_argument("--f1-iou", type=bounded(float, lambda v: 0 < v <= 1, "in (0, 1]"), default=0.5, help="IoU threshold of the Hungarian F1 (default 0.5)")
+    parser.add_argument("--format", dest="answer_format", choices=("coordjson", "qwen3", "qwen25"), default="coordjson",
+                        help="unit of bbox_2d: coordjson = pixels of the GT image (what `vlmdet eval` writes; default), "
+                             "qwen3 = 0..1000 relative, qwen25 = pixels of the image the model saw "
+                             "(input_width/input_height on the line, default the GT size); qwen formats accept "
+                             "'label' for 'desc'")
 
 
 def _number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def read_predictions(path: Path, records) -> dict[str, list[dict]]:
-    """image_id -> prediction objects, validated against the GT `records` (see the module docstring)."""
+def read_predictions(path: Path, records, answer_format: str = "coordjson") -> dict[str, list[dict]]:
+    """image_id -> prediction objects (pixel boxes of the GT image), validated against the GT `records`
+    (see the module docstring); `answer_format` says the unit of `bbox_2d` (see `--format`)."""
+    digits = answer_format != "coordjson"
     by_id = {r.image_id: r for r in records}
     preds: dict[str, list[dict]] = {}
     first_line: dict[str, int] = {}
@@ -66,16 +80,21 @@ def read_predictions(path: Path, records) -> dict[str, list[dict]]:
         objects = row.get("objects")
         if not isinstance(objects, list):
             raise DataError(f"{where}: 'objects' must be a list, got {type(objects).__name__}")
+        size = input_size(row, where) if answer_format == "qwen25" else None
         out = []
         for i, o in enumerate(objects):
             at = f"{where}: objects[{i}]"
             if not isinstance(o, dict):
                 raise DataError(f"{at} must be an object, got {type(o).__name__}")
-            desc, box = o.get("desc"), o.get("bbox_2d")
+            name = "label" if digits and "desc" not in o else "desc"
+            desc, box = o.get(name), o.get("bbox_2d")
             if not isinstance(desc, str) or not desc.strip():
-                raise DataError(f"{at}: 'desc' must be a non-empty string, got {desc!r}")
+                raise DataError(f"{at}: '{name}' must be a non-empty string, got {desc!r}")
             if not isinstance(box, list) or len(box) != 4 or not all(_number(v) for v in box):
                 raise DataError(f"{at}: 'bbox_2d' must be 4 finite numbers [x1, y1, x2, y2], got {box!r}")
+            if digits:  # to pixels of the GT image; the bounds below then read in that unit
+                box = list(get_format(answer_format).to_pixels(DigitObject(desc, tuple(float(v) for v in box), i, (0, 0)),
+                                                               rec.width, rec.height, size))
             x1, y1, x2, y2 = box
             if x2 <= x1 or y2 <= y1:
                 raise DataError(f"{at}: degenerate box {box} (need x1 < x2 and y1 < y2)")
@@ -94,7 +113,7 @@ def read_predictions(path: Path, records) -> dict[str, list[dict]]:
 
 def run(args: argparse.Namespace) -> int:
     records = load_records(args.gt, check_images=False)
-    preds = read_predictions(args.pred, records)
+    preds = read_predictions(args.pred, records, args.answer_format)
     metrics = detection_metrics(records, preds, score_source="given", f1_iou=args.f1_iou)
     out = args.out if args.out is not None else args.pred.with_name(args.pred.stem + ".metrics.json")
     atomic_write_json(out, metrics)

@@ -1,6 +1,6 @@
 """Rollout generation: records in, generated answers (with per-token statistics) out.
 
-The backend interface is deliberately narrow so that other engines (e.g. vLLM) can be added:
+The backend interface is narrow; `HFRollout` (here) and `evaluate.vllm_rollout.VLLMRollout` implement it:
 
     class RolloutBackend(Protocol):
         max_new_tokens: int
@@ -284,8 +284,18 @@ class HFRollout:
 
 
 def make_backend(loaded, cfg, *, constrained: bool | None = None, **kwargs) -> RolloutBackend:
-    """The backend named by `cfg.rollout.backend` (only "hf" for now) for a full `Config`."""
+    """The backend named by `cfg.rollout.backend` for a full `Config`: "hf" (`HFRollout`) or "vllm"
+    (`evaluate.vllm_rollout.VLLMRollout`, one cached engine per process). The grammar-constrained
+    pass and extra logits processors need a per-step hook that only `HFRollout` has: they always run
+    on HF (docs/EVALUATION.md)."""
     name = cfg.rollout.backend
-    if name != "hf":
-        raise UsageError(f"rollout.backend {name!r} is not available (choose 'hf')")
+    use_constraint = bool(cfg.rollout.constrained if constrained is None else constrained)
+    if name == "vllm" and not use_constraint and not kwargs.get("extra_processors"):
+        # imported here: vllm_rollout builds on this module (Rollout), and vllm is an optional extra
+        from vlmdet.evaluate.vllm_rollout import VLLMRollout
+
+        return VLLMRollout(loaded, cfg.rollout, cfg.prompt, dtype=cfg.model.dtype, seed=int(cfg.seed),
+                           progress=bool(kwargs.get("progress", False)))
+    if name not in ("hf", "vllm"):
+        raise UsageError(f"rollout.backend {name!r} is not available (choose 'hf' or 'vllm')")
     return HFRollout(loaded, cfg.rollout, cfg.prompt, constrained=constrained, **kwargs)

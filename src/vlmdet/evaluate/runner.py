@@ -9,7 +9,8 @@ definitions: docs/EVALUATION.md) and, with a `run_dir`, writes
     eval/step_XXXXXX/predictions_constrained.jsonl   (with eval.also_constrained)
     monitor_dumps/step_XXXXXX.json (+ PNGs)          (monitor.enabled; unconstrained pass only)
 
-and appends the metrics to logging.jsonl (`RunDir.log`).
+and appends the metrics to logging.jsonl (`RunDir.log`). The eval folder is filled as a hidden
+sibling and renamed into place (`io.replace_folder`): it holds predictions and metrics, or nothing.
 
 Per sample: the backend's tokens are parsed with `parse.parse_rollout` (the one strict parser; coord
 literals must be real coordinate-token ids), valid objects' bins become pixel boxes
@@ -31,7 +32,8 @@ uses 1.0). Metrics:
   coord_vocab_mass_gen (mean coordinate-vocabulary mass at those slots, whatever was emitted there);
 - generation: hit_max_new_tokens_rate, stopped_rate, gen_tokens_mean, coord_vocab_mass_gen_emitted
   (mean coordinate-vocabulary mass at the steps that emitted a coordinate token, anywhere);
-- eval_time/{generate_s, total_s, tokens_per_s, samples_per_s}.
+- eval_time/{generate_s, total_s, tokens_per_s, samples_per_s} (+ weight_sync_s with the vLLM backend:
+  the part of generate_s spent copying the policy's weights into the engine, 0 when unchanged).
 All prefixed `eval_rollout/` (or `eval_rollout_constrained/` for the constrained pass) except eval_time/*
 (`eval_time_constrained/*` for the constrained pass).
 """
@@ -45,16 +47,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from vlmdet.answer_format import get_format
 from vlmdet.coords import bins_to_pixel_box
 from vlmdet.errors import UsageError
 from vlmdet.evaluate.detection import detection_metrics
 from vlmdet.evaluate.health import parse_health
 from vlmdet.evaluate.monitor import write_dump
 from vlmdet.evaluate.rollout import make_backend
-from vlmdet.io import atomic_write_json, atomic_write_jsonl
+from vlmdet.io import atomic_write_json, atomic_write_jsonl, replace_folder, staging_folder
 from vlmdet.match import hungarian_match
 from vlmdet.model.load import token_pieces
-from vlmdet.parse import parse_rollout
+from vlmdet.parse import RolloutParse, parse_rollout
 from vlmdet.rundir import RunDir
 from vlmdet.slots import leak_metrics, rollout_slots
 
@@ -86,16 +89,37 @@ def box_score(rollout, positions: Sequence[int]) -> float | None:
     return math.exp(sum(lp[i] for i in positions) / len(positions))
 
 
+def box_score_source(cfg) -> str:
+    """`eval.score_source`, except `constant` for a digit answer format (no coordinate-token probabilities)."""
+    return cfg.eval.score_source if getattr(cfg.prompt, "answer_format", "coordjson") == "coordjson" else "constant"
+
+
+def _parse_digit_rollout(token_ids, pieces, eot_id: int, fmt: str):
+    """A `parse.RolloutParse` of a digit-format answer: cut at the first end-of-turn, parsed as text."""
+    n_tokens = len(token_ids)
+    stopped = eot_id in token_ids
+    if stopped:
+        n_tokens = list(token_ids).index(eot_id)
+    text = "".join(pieces[:n_tokens])
+    return RolloutParse(get_format(fmt).parse(text), text, n_tokens, stopped, [], 0, 0)
+
+
 def evaluate_sample(record, rollout, cfg, loaded) -> SampleEval:
     """Parse one rollout (token level) and match its valid objects to the record's GT."""
     coord_bin_of_id = loaded.coord_bin_of_id
     pieces = rollout.pieces
     if len(pieces) != len(rollout.token_ids):  # a backend that did not decode per token
         pieces = token_pieces(loaded.tokenizer, rollout.token_ids)
-    rp = parse_rollout(rollout.token_ids, pieces, coord_bin_of_id, {loaded.eot_id}, cfg.prompt.field_order)
-    objs = rp.result.objects
-    boxes = [bins_to_pixel_box(o.bins, record.width, record.height) for o in objs]
-    if cfg.eval.score_source == "coord_logprob":
+    fmt = getattr(cfg.prompt, "answer_format", "coordjson")
+    if fmt == "coordjson":
+        rp = parse_rollout(rollout.token_ids, pieces, coord_bin_of_id, {loaded.eot_id}, cfg.prompt.field_order)
+        objs = rp.result.objects
+        boxes = [bins_to_pixel_box(o.bins, record.width, record.height) for o in objs]
+    else:  # a digit format (answer_format.py): text level, the model saw the record's own size
+        rp = _parse_digit_rollout(rollout.token_ids, pieces, loaded.eot_id, fmt)
+        objs = rp.result.objects
+        boxes = [get_format(fmt).to_pixels(o, record.width, record.height) for o in objs]
+    if box_score_source(cfg) == "coord_logprob":
         scores = [box_score(rollout, pos) for pos in rp.coord_positions]
     else:
         scores = [None] * len(objs)
@@ -103,7 +127,8 @@ def evaluate_sample(record, rollout, cfg, loaded) -> SampleEval:
     m = hungarian_match(boxes, gt_boxes, iou_gate=cfg.match.iou_gate, fp_cost=cfg.match.fp_cost,
                         fn_cost=cfg.match.fn_cost)
     coord_pos = [i for i, t in enumerate(rollout.token_ids[: rp.n_tokens]) if t in coord_bin_of_id]
-    slots = rollout_slots(rollout.token_ids, pieces, rp.n_tokens, rp.stopped, coord_bin_of_id)
+    # coordinate slots are a CoordJSON notion (a digit there is the answer, not a leak)
+    slots = rollout_slots(rollout.token_ids, pieces, rp.n_tokens, rp.stopped, coord_bin_of_id) if fmt == "coordjson" else []
     return SampleEval(record, rollout, rp, boxes, scores, m, coord_pos, slots)
 
 
@@ -170,7 +195,7 @@ def sample_metrics(samples: Sequence[SampleEval], records, cfg) -> tuple[dict[st
     n = len(samples)
     out: dict[str, float] = dict(parse_health([s.parse.result for s in samples]))
     det = detection_metrics(records, {s.record.image_id: prediction_row(s)["objects"] for s in samples},
-                            score_source=cfg.eval.score_source, f1_iou=cfg.eval.f1_iou)
+                            score_source=box_score_source(cfg), f1_iou=cfg.eval.f1_iou)
     score_source = str(det.pop("score_source"))
     det_pred = det.pop("pred_objects")
     assert det_pred == out["pred_objects"], (det_pred, out["pred_objects"])
@@ -226,6 +251,9 @@ def evaluate_pass(loaded, records, cfg, backend, seed: int | None = None):
         "tokens_per_s": tokens / gen_s if gen_s > 0 else 0.0,
         "samples_per_s": len(records) / gen_s if gen_s > 0 else 0.0,
     }
+    sync = getattr(backend, "last_sync", None)  # a backend that copies the policy's weights (vLLM)
+    if sync is not None:
+        timing["weight_sync_s"] = float(sync["seconds"])
     return samples, metrics, timing, score_source
 
 
@@ -269,13 +297,15 @@ def run_rollout_eval(loaded, records, cfg, run_dir=None, step: int = 0, backend=
 
     if run_dir is not None:
         folder = run_dir.eval_dir(step)
+        staged = staging_folder(folder)  # the eval folder appears whole: predictions and metrics, or none
         for name, ss in passes:
-            atomic_write_jsonl(folder / name, [prediction_row(s) for s in ss])
+            atomic_write_jsonl(staged / name, [prediction_row(s) for s in ss])
         if cfg.monitor.enabled:
             write_dump(run_dir.dump_path(step), step, [dump_sample(s) for s in samples],
                        n_samples=cfg.monitor.n_samples, max_text_chars=cfg.monitor.max_text_chars,
                        draw_images=cfg.monitor.draw_images)
-        atomic_write_json(folder / "metrics.json", {"step": int(step), "metrics": out, "score_source": score_source})
+        atomic_write_json(staged / "metrics.json", {"step": int(step), "metrics": out, "score_source": score_source})
+        replace_folder(staged, folder)
         if log:
             run_dir.log({"step": int(step), **out})
     return out

@@ -22,6 +22,7 @@ import re
 
 import torch
 
+from vlmdet.answer_format import STOCK_SYSTEM_PROMPT, STOCK_USER_PROMPT
 from vlmdet.config import PromptConfig
 from vlmdet.errors import UsageError
 from vlmdet.format import DESC_KEY, FIELD_ORDERS, ORDERINGS
@@ -62,7 +63,8 @@ def _coco_list() -> str:
 
 def system_prompt(prompt_cfg: PromptConfig | None = None) -> str:
     """The system prompt text for the `prompt` section (None: the defaults; `prompt.system` overrides
-    the text verbatim; the choices were checked when the config was loaded).
+    the text verbatim; with an `answer_format` other than coordjson: the stock prompt
+    `answer_format.STOCK_SYSTEM_PROMPT`; the choices were checked when the config was loaded).
 
     Short on purpose (every prompt token costs compute on each training step); it states the
     upstream rules: one-line CoordJSON only, the field order, bare coordinate tokens 0..999, the
@@ -70,6 +72,8 @@ def system_prompt(prompt_cfg: PromptConfig | None = None) -> str:
     p = prompt_cfg or PromptConfig()
     if p.system is not None:
         return p.system
+    if p.answer_format != "coordjson":  # a stock model's baseline
+        return STOCK_SYSTEM_PROMPT
     field_order, ordering, variant = p.field_order, p.ordering, p.variant
     record = _RECORD_DESC_FIRST if field_order == "desc_first" else _RECORD_GEOM_FIRST
     first = "desc" if field_order == "desc_first" else "bbox_2d"
@@ -90,16 +94,19 @@ def system_prompt(prompt_cfg: PromptConfig | None = None) -> str:
 
 
 def user_prompt(prompt_cfg: PromptConfig | None = None) -> str:
-    """The user prompt text for `prompt_cfg` (`prompt.user` overrides it verbatim)."""
+    """The user prompt text for `prompt_cfg` (`prompt.user` overrides it verbatim; with an `answer_format`
+    other than coordjson: `answer_format.STOCK_USER_PROMPT`)."""
     p = prompt_cfg or PromptConfig()
     if p.user is not None:
         return p.user
+    if p.answer_format != "coordjson":
+        return STOCK_USER_PROMPT
     field_order, ordering, variant = p.field_order, p.ordering, p.variant
     order = "top to bottom, then left to right" if ordering == "sorted" else "in any order"
     first = "desc" if field_order == "desc_first" else "bbox_2d"
     text = f"List every object in the image {order} as CoordJSON, {first} first."
-    if variant == "coco_80":
-        text += " Restrict desc to this COCO-80 class list: " + _coco_list() + "."
+    if variant == "coco_80":  # the class list is in the system prompt only (once per sample)
+        text += " Use only the listed COCO-80 classes as desc."
     return text
 
 

@@ -18,6 +18,8 @@ Checks:
 - `round_trip`: decode(encode(answer)) == answer, and the strict parser reads the answer back to the
   same objects (from `--data` records, or built-in synthetic ones with tricky descs).
 - `stop_token`: the generation config's eos_token_id includes `<|im_end|>`.
+- `serving_decode`: `decode(ids, skip_special_tokens=True)` (the default of most serving stacks)
+  keeps every coordinate token, i.e. they are not special tokens (fix: `vlmdet expand-vocab SRC DST`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from vlmdet.model import chat
 from vlmdet.model.chat import COORD, DESC, IGNORE, STRUCT, desc_spans
 from vlmdet.model.load import load_model, token_pieces
 from vlmdet.parse import parse_prediction, parse_rollout
+from vlmdet.options import bounded
 
 CLASS_LETTER = {0: "-", 1: "S", 2: "D", 3: "C"}
 
@@ -202,6 +205,22 @@ def _check_stop_token(loaded) -> Check:
                  + ("" if ok else ": generation would not stop at the end of turn"))
 
 
+def _check_serving_decode(loaded) -> Check:
+    from vlmdet.format import render_answer
+
+    tok, ids = loaded.tokenizer, loaded.coord_ids
+    lost = [k for k, i in enumerate(ids) if tok.decode([i], skip_special_tokens=True) != COORD_TOKENS[k]]
+    answer = render_answer([("x", (3, 4, 997, 998))])
+    answer_ids = tok(answer, add_special_tokens=False)["input_ids"] + [loaded.eot_id]
+    text = tok.decode(answer_ids, skip_special_tokens=True)
+    if lost:
+        return Check("serving_decode", False, f"{len(lost)} coordinate tokens are special and vanish from "
+                     f"decode(skip_special_tokens=True) (a rendered box reads {text!r}); rerun `vlmdet expand-vocab`")
+    if text != answer:
+        return Check("serving_decode", False, f"decode(skip_special_tokens=True) of a rendered answer gives {text!r}")
+    return Check("serving_decode", True, "decode(skip_special_tokens=True) keeps all 1000 coordinate tokens")
+
+
 def run_doctor(checkpoint: str, data=None, field_order: str = "desc_first", limit: int = 20,
                out: Callable[[str], None] = print) -> list[Check]:
     """Load `checkpoint` ("tiny" or a folder), run every check, print one line per check, return them."""
@@ -210,6 +229,7 @@ def run_doctor(checkpoint: str, data=None, field_order: str = "desc_first", limi
     checks = [_check_coord_ids(loaded), *_check_rows(loaded)]
     checks += list(_check_supervision(loaded, _examples(data, limit), prompt_cfg, out))
     checks.append(_check_stop_token(loaded))
+    checks.append(_check_serving_decode(loaded))
     for c in checks:
         out(c.line())
     return checks
@@ -219,7 +239,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="checkpoint folder, or 'tiny'")
     parser.add_argument("--data", default=None, help="JSONL records whose answers to check (default: built-in examples)")
     parser.add_argument("--field-order", default="desc_first", choices=("desc_first", "geometry_first"))
-    parser.add_argument("--limit", type=int, default=20, help="at most this many records from --data")
+    parser.add_argument("--limit", type=bounded(int, lambda v: v >= 1, ">= 1"), default=20, help="at most this many records from --data")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -9,6 +9,10 @@ checkpoint's `preprocessor_config.json` (Qwen2-VL, Qwen2.5-VL and Qwen3-VL share
 tokenizer is loaded with `AutoTokenizer`. `Loaded.processor` is that image processor (not an
 `AutoProcessor`, whose video processor would need torchvision); chat rendering is done by
 `vlmdet.model.chat`.
+
+Names: "tiny", a local checkpoint folder, or a Hugging Face hub model id (`Qwen/Qwen3-VL-2B-Instruct`),
+resolved through transformers' own file resolution and cache (`HF_HUB_OFFLINE=1` respected): see
+`resolve_checkpoint`.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from typing import Any, Sequence
 from vlmdet.coords import COORD_TOKENS, NUM_BINS
 from vlmdet.errors import UsageError
 from vlmdet.model.tiny import IMAGE_MEAN, IMAGE_STD, TINY_MODEL_CONFIG, build_tiny_checkpoint
-from vlmdet.model.tokenizer import CHAT_TEMPLATE, PRETOKENIZE_PATTERN, STRUCTURE_PIECES, default_words
+from vlmdet.model.tokenizer import (CHAT_TEMPLATE, COORD_TOKENS_SPECIAL, PRETOKENIZE_PATTERN, STRUCTURE_PIECES,
+                                    default_words)
 
 TINY_NAME = "tiny"
 TINY_CACHE_NAME = "tiny-v1"
@@ -40,7 +45,9 @@ class Loaded:
 
     `coord_ids[k]` is the token id of `<|coord_k|>` (1000 distinct ids, bin order); `eot_id` the id of
     `<|im_end|>` (end of turn, the generation stop token); `pad_id` the padding id; `image_token_id` the
-    id of `<|image_pad|>`; `path` the checkpoint folder that was loaded."""
+    id of `<|image_pad|>`; `path` the checkpoint folder that was loaded (for a hub id: its snapshot folder
+    in the Hugging Face cache). `coord_ids` is empty only for a checkpoint without coordinate tokens
+    loaded with `coord_tokens=False` (a stock model evaluated in a digit answer format)."""
 
     model: Any
     processor: Any
@@ -50,6 +57,7 @@ class Loaded:
     pad_id: int
     image_token_id: int
     path: Path | None = None
+    contract: dict | None = None  # the checkpoint's vlmdet.json (model/contract.py), None without one
     coord_bin_of_id: dict[int, int] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -67,7 +75,7 @@ def tiny_cache_name() -> str:
     definition builds a fresh cache folder instead of loading a stale one."""
     blob = json.dumps(
         [TINY_MODEL_CONFIG, sorted(set(default_words())), STRUCTURE_PIECES, PRETOKENIZE_PATTERN, CHAT_TEMPLATE,
-         IMAGE_MEAN, IMAGE_STD],
+         IMAGE_MEAN, IMAGE_STD, COORD_TOKENS_SPECIAL],
         sort_keys=True,
     )
     return f"{TINY_CACHE_NAME}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
@@ -132,40 +140,116 @@ def token_pieces(tokenizer, ids: Sequence[int]) -> list[str]:
     return pieces
 
 
-def load_image_processor(path: Path):
+def checkpoint_file(source: str | Path, filename: str) -> Path | None:
+    """`filename` of checkpoint `source` (a local folder or a hub model id) through transformers' own
+    resolution (`transformers.utils.cached_file`: the Hugging Face cache, a download when online,
+    `HF_HUB_OFFLINE=1` respected); None when the checkpoint has no such file or it cannot be fetched."""
+    from transformers.utils import cached_file
+
+    try:
+        found = cached_file(str(source), filename, _raise_exceptions_for_missing_entries=False,
+                            _raise_exceptions_for_connection_errors=False, _raise_exceptions_for_gated_repo=False)
+    except (OSError, ValueError):  # an invalid repo id, an unreachable or unknown repo
+        return None
+    return Path(found) if found else None
+
+
+def resolve_checkpoint(name_or_path: str) -> tuple[str, Path]:
+    """`(source, folder)` for `name_or_path`: "tiny" (built on first use), a local checkpoint folder, or a
+    Hugging Face hub model id (`Qwen/Qwen3-VL-2B-Instruct`) resolved like `from_pretrained` resolves it.
+    `source` is what to pass to `from_pretrained`; `folder` the local folder holding its files (for a hub
+    id, its snapshot folder in the cache). UsageError naming what was tried when nothing resolves."""
+    import os
+
+    if name_or_path == TINY_NAME:
+        path = tiny_checkpoint_path()
+        return str(path), path
+    path = Path(name_or_path).expanduser()
+    if (path / "config.json").is_file() or (path / "adapter_config.json").is_file():  # a LoRA adapter folder too
+        return str(path), path
+    if path.exists() or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") != 1:
+        raise UsageError(f"{name_or_path}: not a checkpoint folder (no config.json); use 'tiny', a local HF "
+                         "checkpoint folder or a hub model id such as Qwen/Qwen3-VL-2B-Instruct")
+    found = checkpoint_file(name_or_path, "config.json")
+    if found is None:
+        from huggingface_hub import constants
+
+        offline = os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+        how = "HF_HUB_OFFLINE=1: the hub was not asked" if offline else "the hub did not provide it"
+        raise UsageError(f"{name_or_path}: not a local folder (./{name_or_path} has no config.json) and not a "
+                         f"model in the Hugging Face cache ({constants.HF_HUB_CACHE}); {how}")
+    return name_or_path, found.parent
+
+
+def load_part(path: Path, what: str, load):
+    """`load()` (a `from_pretrained` call on a user-given folder); any failure of it (a truncated or
+    garbage safetensors file, corrupt JSON, a missing tokenizer file: transformers, tokenizers and
+    safetensors each raise their own types) becomes a one-line `UsageError` naming the folder and
+    the part."""
+    try:
+        return load()
+    except UsageError:
+        raise
+    except Exception as err:  # noqa: BLE001 (the boundary to third-party loaders; the cause is chained)
+        text = " ".join(str(err).split()) or type(err).__name__
+        raise UsageError(f"{path}: cannot load the {what}: {text[:200]}") from err
+
+
+def load_image_processor(path: Path | str):
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    if not (path / "preprocessor_config.json").exists():
+    if checkpoint_file(path, "preprocessor_config.json") is None:
         raise UsageError(f"{path}: no preprocessor_config.json (not a vision-language checkpoint?)")
-    return Qwen2VLImageProcessorPil.from_pretrained(str(path))
+    return load_part(path, "image processor", lambda: Qwen2VLImageProcessorPil.from_pretrained(str(path)))
 
 
-def load_model(name_or_path: str, dtype: str = "float32", attn_implementation: str = "sdpa") -> Loaded:
-    """Load `name_or_path` ("tiny" or a local checkpoint folder) for training or generation.
+def load_model(name_or_path: str, dtype: str = "float32", attn_implementation: str = "sdpa", *,
+               coord_tokens: bool = True) -> Loaded:
+    """Load `name_or_path` ("tiny", a local checkpoint folder, a LoRA adapter folder (model/lora.py: loaded
+    onto its base model) or a hub model id, see `resolve_checkpoint`) for training or generation, with
+    its `vlmdet.json` contract when it has one.
 
-    Raises UsageError for a missing folder, an unknown dtype, or a tokenizer without the 1000
-    coordinate tokens (the message names `vlmdet expand-vocab`)."""
+    Raises UsageError for an unresolvable name, an unknown dtype, a tokenizer without the 1000
+    coordinate tokens (the message names `vlmdet expand-vocab`; `coord_tokens=False` accepts such a
+    checkpoint with `coord_ids == []`), or coordinate ids that disagree with the contract."""
     import torch
     from transformers import AutoModelForImageTextToText, AutoTokenizer
 
+    from vlmdet.model.contract import CONTRACT_FILE, check_coord_layout, read_contract
+
     if dtype not in DTYPES:
         raise UsageError(f"model.dtype must be one of {DTYPES}, got {dtype!r}")
-    path = tiny_checkpoint_path() if name_or_path == TINY_NAME else Path(name_or_path).expanduser()
-    if not (path / "config.json").exists():
-        raise UsageError(f"{name_or_path}: not a checkpoint folder (no config.json); use 'tiny' or a local HF checkpoint")
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
-    coord_ids = find_coord_ids(tokenizer)
-    processor = load_image_processor(path)
-    model = AutoModelForImageTextToText.from_pretrained(
-        str(path), dtype=getattr(torch, dtype), attn_implementation=attn_implementation
-    )
+    source, path = resolve_checkpoint(name_or_path)
+    from vlmdet.model.lora import adapter_base, load_adapter
+
+    base = adapter_base(path)
+    if base is not None and not (path / "config.json").is_file():  # a LoRA adapter: onto its base model
+        import dataclasses
+
+        loaded = load_model(base, dtype, attn_implementation, coord_tokens=coord_tokens)
+        contract = read_contract(path)
+        check_coord_layout(contract, loaded.coord_ids, str(path))
+        return dataclasses.replace(loaded, model=load_adapter(loaded.model, path), path=path,
+                                   contract=contract if contract is not None else loaded.contract)
+    contract_file = checkpoint_file(source, CONTRACT_FILE)
+    contract = read_contract(contract_file.parent) if contract_file is not None else None
+    tokenizer = load_part(path, "tokenizer", lambda: AutoTokenizer.from_pretrained(source))
+    vocab = tokenizer.get_vocab()
+    if coord_tokens or COORD_TOKENS[0] in vocab:
+        coord_ids = find_coord_ids(tokenizer)
+    else:
+        coord_ids = []
+    check_coord_layout(contract, coord_ids, str(path))
+    processor = load_image_processor(source)
+    model = load_part(path, "model", lambda: AutoModelForImageTextToText.from_pretrained(
+        source, dtype=getattr(torch, dtype), attn_implementation=attn_implementation
+    ))
     n_rows = model.get_input_embeddings().weight.shape[0]
-    if max(coord_ids) >= n_rows:
+    if coord_ids and max(coord_ids) >= n_rows:
         raise UsageError(
             f"{path}: coordinate token ids reach {max(coord_ids)} but the model has {n_rows} embedding rows; "
             "rerun `vlmdet expand-vocab`"
         )
-    vocab = tokenizer.get_vocab()
     eot_id = vocab.get(IM_END)
     if eot_id is None:
         raise UsageError(f"{path}: the tokenizer has no {IM_END} token (not a Qwen-style chat checkpoint)")
@@ -175,5 +259,5 @@ def load_model(name_or_path: str, dtype: str = "float32", attn_implementation: s
         image_token_id = vocab[IMAGE_PAD]
     return Loaded(
         model=model, processor=processor, tokenizer=tokenizer, coord_ids=coord_ids, eot_id=int(eot_id),
-        pad_id=int(pad_id), image_token_id=int(image_token_id), path=path,
+        pad_id=int(pad_id), image_token_id=int(image_token_id), path=path, contract=contract,
     )

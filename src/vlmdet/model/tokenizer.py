@@ -7,8 +7,9 @@ Layout of the vocabulary (ids in this order):
   CJK numerals, the words of the prompts, class names (synthetic + COCO-80) and common English words;
 - added special tokens: the chat tokens (`<|endoftext|>` = pad, `<|im_start|>`, `<|im_end|>`,
   `<|vision_start|>`, `<|vision_end|>`, `<|image_pad|>`, `<|video_pad|>`);
-- the 1000 coordinate tokens `<|coord_0|>`..`<|coord_999|>` as added special tokens: one id each,
-  contiguous, in bin order;
+- the 1000 coordinate tokens `<|coord_0|>`..`<|coord_999|>` as added tokens that are NOT special
+  (one id each, contiguous, in bin order), so `decode(..., skip_special_tokens=True)` (what most
+  serving stacks call) keeps them;
 - the CoordJSON structure pieces (`{"objects": [`, `{"desc": "`, `", "bbox_2d": [`, `]}`, `, `, and
   for `geometry_first` `{"bbox_2d": [`, `], "desc": "`, `"}`) as added (non-special) tokens, so each is
   one id wherever it occurs.
@@ -43,6 +44,8 @@ from vlmdet.model.chat import (
     prompt_vocabulary,
 )
 
+#: coordinate tokens are plain added tokens (survive `skip_special_tokens=True`)
+COORD_TOKENS_SPECIAL = False
 
 #: CoordJSON pieces that become single tokens (both field orders).
 STRUCTURE_PIECES = (
@@ -116,8 +119,9 @@ def build_tiny_tokenizer(words: Iterable[str] | None = None, *, coord_tokens: bo
     tok = Tokenizer(models.Unigram(vocab, unk_id=0, byte_fallback=True))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex(PRETOKENIZE_PATTERN), behavior="isolated")
     tok.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Fuse()])
-    special = list(CHAT_SPECIAL_TOKENS) + (list(COORD_TOKENS) if coord_tokens else [])
-    tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in special])
+    tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in CHAT_SPECIAL_TOKENS])
+    coords = list(COORD_TOKENS) if coord_tokens else []
+    tok.add_tokens([AddedToken(s, special=COORD_TOKENS_SPECIAL, normalized=False) for s in coords])
     tok.add_tokens([AddedToken(s, special=False, normalized=False) for s in STRUCTURE_PIECES])
 
     fast = PreTrainedTokenizerFast(

@@ -13,13 +13,15 @@ import argparse
 from pathlib import Path
 from typing import Sequence
 
+from vlmdet.options import bounded
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("runs", nargs="+", metavar="RUN", help="run directories (the first is the delta baseline)")
     parser.add_argument("--steps", default=None, help="comma-separated eval steps, e.g. 300,600,1200 (default: all)")
     parser.add_argument("--out", default=None, help="output folder (default: <first run>/report)")
     parser.add_argument("--title", default="vlmdet report", help="report title")
-    parser.add_argument("--examples", type=int, default=2, help="monitor-dump examples per run (default 2)")
+    parser.add_argument("--examples", type=bounded(int, lambda v: v >= 0, ">= 0"), default=2, help="monitor-dump examples per run (default 2)")
 
 
 def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path, steps: Sequence[int] | None = None,

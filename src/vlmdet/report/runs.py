@@ -212,7 +212,7 @@ def parse_steps(text: str | None) -> list[int] | None:
         part = part.strip()
         if not part:
             continue
-        if not part.isdigit():
+        if not (part.isascii() and part.isdigit()):  # "²".isdigit() is True, int("²") fails
             raise UsageError(f"--steps: {part!r} is not a non-negative integer (expected e.g. 300,600,1200)")
         steps.append(int(part))
     return sorted(set(steps))

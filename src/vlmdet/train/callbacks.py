@@ -4,8 +4,9 @@
   `coord_diag/*`, `learning_rate`, ...; the end-of-training summary; eval metrics) is appended to the
   run's `logging.jsonl` via `RunDir.log`, stamped with the optimizer step, on the main process only.
 - `ConsoleCallback()`: compact console lines instead of the Trainer's printed log dicts (`vlmdet.console`).
-- `SaveProcessorCallback(loaded)`: after each checkpoint save, writes the tokenizer and the image
-  processor into `checkpoint-<step>/` (main process), so a checkpoint loads with `model/load.load_model`.
+- `save_processor(loaded, folder, prompt_cfg)`: the tokenizer, the image processor and the contract
+  `vlmdet.json`, written into every checkpoint by `DetTrainer._save_checkpoint` before the checkpoint
+  is sealed (train/checkpoint.py), so a checkpoint loads with `model/load.load_model` and carries its prompt.
 - `RolloutEvalCallback(cfg, run, loaded, records)`: rollout eval (generate -> parse -> match ->
   metrics, docs/EVALUATION.md) at every `eval.eval_steps` optimizer steps (0 = off) and at each step listed in
   `eval.steps`. The work is done by `runner` (default `vlmdet.evaluate.runner.run_rollout_eval`).
@@ -104,23 +105,29 @@ class ConsoleCallback(TrainerCallback):
             self.bar = None
 
 
-def save_processor(loaded, folder) -> None:
-    """Write the tokenizer and image processor of `loaded` into `folder`."""
+#: processor / chat-template files that `AutoProcessor` and serving engines read, carried over from
+#: the source checkpoint into every checkpoint vlmdet writes (when the source has them).
+PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "video_preprocessor_config.json",
+                   "chat_template.json", "chat_template.jinja")
+
+
+def save_processor(loaded, folder, prompt_cfg=None) -> None:
+    """Write the tokenizer and image processor of `loaded` into `folder`, copy each of `PROCESSOR_FILES`
+    that `folder` still lacks from the source checkpoint `loaded.path`, and with `prompt_cfg` (the run's
+    `prompt` section) write the checkpoint's contract `vlmdet.json` (model/contract.py)."""
+    import shutil
+
     loaded.tokenizer.save_pretrained(str(folder))
     loaded.processor.save_pretrained(str(folder))
+    if loaded.path is not None:
+        for name in PROCESSOR_FILES:
+            src, dst = Path(loaded.path) / name, Path(folder) / name
+            if src.is_file() and not dst.exists():
+                shutil.copy2(src, dst)
+    if prompt_cfg is not None:
+        from vlmdet.model.contract import make_contract, write_contract
 
-
-class SaveProcessorCallback(TrainerCallback):
-    """Add tokenizer + image processor files to every `checkpoint-<step>/` (main process)."""
-
-    def __init__(self, loaded):
-        self.loaded = loaded
-
-    def on_save(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
-            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            if folder.is_dir():
-                save_processor(self.loaded, folder)
+        write_contract(folder, make_contract(prompt_cfg, loaded.coord_ids))
 
 
 def eval_due(step: int, eval_cfg) -> bool:

@@ -1,6 +1,6 @@
 """Stage-2 Channel-A: soft self-context over the GT teacher-forced sequence (see docs/STAGE2.md).
 
-Per batch, N = `stage2.n_softctx_iter` >= 1 full forwards over the same GT sequence:
+Per batch, N = `stage2.n_softctx_iter` >= 1 forwards over the same GT sequence:
 
 - iteration 0 ("A1"): plain teacher forcing; `inputs_embeds = E(input_ids)` (a call of the
   embedding module, so image placeholder rows are bitwise `E(image_token_id)`, which is how Qwen-VL
@@ -11,6 +11,11 @@ Per batch, N = `stage2.n_softctx_iter` >= 1 full forwards over the same GT seque
   Every other row (prompt, image placeholders, structure, desc) is bitwise identical to iteration 0;
 - mRoPE position ids are computed once from the GT ids and passed explicitly to every forward;
   `use_cache=False` (see `vlmdet.train.forward`);
+- prefix reuse (`stage2.reuse_prefix`, on by default; `vlmdet.train.prefix_kv`): the rows before the
+  batch's earliest coord slot are the same in every iteration, so iteration 0 keeps their per-layer
+  keys/values and iterations m > 0 run only the rows from there on (no vision encoder), with the same
+  losses and gradients as recomputing the whole sequence; models that cannot take it fall back to
+  the full path (warned once);
 - logits are gathered only at the rows a loss needs: CE rows (A1 only), coord rows p-1 (every
   iteration: they feed the next iteration's context and the final coord losses), text-gate rows on the
   final iteration when that term is on. Never a full `[B, L, V]` tensor.
@@ -44,7 +49,7 @@ import torch
 from vlmdet import losses as L
 from vlmdet.config import LossesConfig, Stage2Config
 from vlmdet.model.collate import position_ids as mrope_position_ids
-from vlmdet.train import forward
+from vlmdet.train import forward, prefix_kv
 from vlmdet.train.objective import (
     Logits,
     Rows,
@@ -89,7 +94,8 @@ class ChannelAOutput:
     `ce_logits` `[Nc, V]`: A1 logits at the CE rows; `a1_coord_logits` / `final_coord_logits` `[Ns, V]`:
     A1 / final-iteration logits at coord slots' predicting rows (the same tensor when N = 1);
     `final_text_logits` `[Nc, V]` final-iteration logits at the CE rows, or None when not requested;
-    `n_forwards`: forwards run.
+    `n_forwards`: forwards run; `prefix_reused`: iterations after the first ran on the suffix rows only
+    against iteration 0's prefix keys/values (`prefix_kv`).
     """
 
     ce_logits: torch.Tensor
@@ -97,6 +103,7 @@ class ChannelAOutput:
     final_coord_logits: torch.Tensor
     final_text_logits: torch.Tensor | None
     n_forwards: int
+    prefix_reused: bool = False
 
 
 def soft_context_forwards(
@@ -111,6 +118,7 @@ def soft_context_forwards(
     ctx_embed_mode: str = "soft",
     need_final_text: bool = False,
     position_ids: torch.Tensor | None = None,
+    reuse_prefix: bool = True,
 ) -> ChannelAOutput:
     """Run the N-iteration soft self-context loop (module docstring) and gather logits.
 
@@ -130,29 +138,28 @@ def soft_context_forwards(
     ce_rows = (rows.ce_b, rows.ce_t)
     outer_grad = torch.is_grad_enabled()
 
+    forwards = prefix_kv.plan(model, batch, rows, n_iter=n_iter, position_ids=position_ids, enabled=reuse_prefix)
+    slots = (rows.coord_b, rows.coord_t + 1)
     prev = a1_coord = ce_logits = final_text = None
     for m in range(n_iter):
         last = m == n_iter - 1
         record = outer_grad and (grad_mode == "unroll" or m == 0 or last)
         with torch.set_grad_enabled(record):
-            base = embed(input_ids)
-            if m == 0 or rows.coord_t.numel() == 0:
-                embeds = base
-            else:
+            ctx = None
+            if m > 0 and rows.coord_t.numel() > 0:
                 ctx = context_embeddings(prev.index_select(-1, cid), embed(cid), temperature, ctx_embed_mode)
                 if grad_mode == "em_detach":
                     ctx = ctx.detach()
-                embeds = base.index_put((rows.coord_b, rows.coord_t + 1), ctx.to(base.dtype))
             want_text = m == 0 or (last and need_final_text)
             sets = (coord_rows, ce_rows) if want_text else (coord_rows,)
-            got = forward.logits_at(model, batch, *sets, inputs_embeds=embeds, position_ids=position_ids)
+            got = forwards(m, sets, slots, ctx)
             coord_logits = got[0]
             if m == 0:
                 a1_coord, ce_logits = coord_logits, got[1]
             if last and need_final_text:
                 final_text = got[1]
         prev = coord_logits
-    return ChannelAOutput(ce_logits, a1_coord, prev, final_text, n_iter)
+    return ChannelAOutput(ce_logits, a1_coord, prev, final_text, n_iter, forwards.reused)
 
 
 def pass_terms(out: ChannelAOutput, rows: Rows, coord_ids, losses: LossesConfig, a1_anchor: Mapping[str, float]):
@@ -185,9 +192,10 @@ def channel_a_loss(
     """One Channel-A step on a collated GT batch: `(total loss, logs)`.
 
     `softctx`: the Stage-2 section (`n_softctx_iter`, `softctx_temperature`, `softctx_grad_mode`,
-    `ctx_embed_mode`, `a1_anchor`), or None for Stage 1 (N = 1, no anchors). logs: `loss/<term>`
-    (unweighted), `loss/total`, `coord_diag/*`; with `softctx` also `loss/a1_<term>` for anchors and
-    `stage2/n_forwards`.
+    `ctx_embed_mode`, `a1_anchor`, `reuse_prefix`), or None for Stage 1 (N = 1, no anchors). logs:
+    `loss/<term>` (unweighted), `loss/total`, `coord_diag/*`; with `softctx` also `loss/a1_<term>` for
+    anchors, `stage2/n_forwards` and `stage2/prefix_reused` (1 when iterations m > 0 ran on the suffix
+    rows, `prefix_kv`).
     """
     rows = supervised_rows(batch, losses)
     if softctx is None:
@@ -198,7 +206,7 @@ def channel_a_loss(
             model, batch, rows, coord_ids,
             n_iter=softctx.n_softctx_iter, temperature=softctx.softctx_temperature,
             grad_mode=softctx.softctx_grad_mode, ctx_embed_mode=softctx.ctx_embed_mode,
-            need_final_text=losses.text_gate != 0.0,
+            need_final_text=losses.text_gate != 0.0, reuse_prefix=softctx.reuse_prefix,
         )
         anchor_w = softctx.a1_anchor
     terms, anchors, diag = pass_terms(out, rows, coord_ids, losses, anchor_w)
@@ -209,5 +217,6 @@ def channel_a_loss(
     if softctx is not None:
         logs.update(log_terms(anchors, prefix="loss/a1_"))
         logs["stage2/n_forwards"] = float(out.n_forwards)
+        logs["stage2/prefix_reused"] = float(out.prefix_reused)
     logs.update(diag)
     return total, logs

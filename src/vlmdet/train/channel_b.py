@@ -2,7 +2,8 @@
 teacher-forced forward (see docs/STAGE2.md).
 
 Per sample:
-1. rollout with the HF backend (`evaluate/rollout.HFRollout`; greedy unless `rollout.do_sample`;
+1. rollout with the `rollout.backend` backend (`evaluate/rollout.make_backend`: HF `generate` or a
+   colocated vLLM engine whose weights are synced from the policy first; greedy unless `rollout.do_sample`;
    `rollout.repetition_penalty`, `rollout.max_new_tokens`); the seed is derived from the global step:
    `rollout_seed(seed, step) = (seed + 1000003 * step) & 0x7FFFFFFF` (0 -> 1);
 2. `parse.parse_rollout` on the response tokens (cut at the first end-of-turn);
@@ -39,7 +40,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from vlmdet.data.records import load_image
-from vlmdet.evaluate.rollout import HFRollout
+from vlmdet.evaluate.rollout import make_backend
 from vlmdet.format import ANSWER_PREFIX, ANSWER_SUFFIX, RECORD_SEP, render_records, sort_objects
 from vlmdet.match import hungarian_match
 from vlmdet.model.chat import COORD, DESC, IGNORE, STRUCT, desc_spans, encode_example
@@ -244,7 +245,7 @@ def channel_b_batch(loaded, records: Sequence[Any], cfg: Any, step: int, backend
     Returns `(batch, targets, rollouts, gen_seconds)`. `loaded`: `model.load.Loaded` whose `model` is the
     unwrapped model; `cfg`: the full `Config`; `step`: the optimizer step (seeds the rollout).
     """
-    backend = backend or HFRollout(loaded, cfg.rollout, cfg.prompt, progress=False)
+    backend = backend or make_backend(loaded, cfg, progress=False)
     t0 = time.perf_counter()
     rollouts = backend.generate(records, seed=rollout_seed(cfg.seed, step))
     gen_s = time.perf_counter() - t0

@@ -7,15 +7,17 @@ Two ways to get logits at chosen rows, both never building a full `[B, L, |V|]` 
 
 - `gathered_logits(model, batch, rows)` (use this in training code): one call of the *top-level*
   model (`model(...)`, so DDP / FSDP / DeepSpeed wrappers see a normal forward and synchronize as
-  usual) with `logits_to_keep=<bool mask [B, L]>`; transformers slices the final hidden states to the
-  masked rows before `lm_head`, so the output head runs on `[N, D]` only. Rows come back in row-major
-  (b, then t) order of the mask.
+  usual); a forward pre-hook on the output head (`lm_head`), in place only for that call, replaces
+  the head's input `[B, L, D]` by its masked rows `[N, D]`, so the head runs on `[N, D]` only. This
+  needs nothing from transformers beyond the standard `lm_head` call (no tensor `logits_to_keep`,
+  which only newer releases accept). Rows come back in row-major (b, then t) order of the mask.
 - `hidden_states(model, batch)` + `head_logits(model, hidden[N, D])`: the inner model's final hidden
   states `[B, L, D]`, then the output head on gathered rows. This calls `model.model(...)` directly,
   which bypasses a DDP/FSDP wrapper's forward (no gradient-sync bookkeeping, no FSDP parameter
   gathering): fine on one device, but multi-GPU code should use `gathered_logits`.
 
-Every forward passes `use_cache=False`, the batch's `attention_mask`, `pixel_values`,
+Every forward passes `use_cache=False` (a `cache` object, when given, still holds keys/values of
+earlier rows: `train/prefix_kv.py`), the batch's `attention_mask`, `pixel_values`,
 `image_grid_thw`, `mm_token_type_ids`, and explicit mRoPE `position_ids` (`[3, B, L]`, computed from
 the GT ids by `model/collate.position_ids` unless given), with either `input_ids` or `inputs_embeds`
 (image placeholder rows of `inputs_embeds` must be the embedding of the image token).
@@ -36,21 +38,26 @@ MODEL_KEYS = ("attention_mask", "pixel_values", "image_grid_thw", "mm_token_type
 
 
 def unwrap(model):
-    """The `PreTrainedModel` inside DDP / DeepSpeed / compile wrappers (`.module`, `._orig_mod`)."""
+    """The `PreTrainedModel` inside DDP / DeepSpeed / compile wrappers (`.module`, `._orig_mod`) and a
+    peft `PeftModel` (its base model, which holds the injected LoRA layers)."""
     while True:
         inner = getattr(model, "module", None)
         if inner is None:
             inner = getattr(model, "_orig_mod", None)
+        if inner is None and type(model).__name__.startswith("PeftModel"):
+            inner = model.get_base_model()
         if inner is None:
             return model
         model = inner
 
 
-def _model_kwargs(model, batch: Mapping[str, Any], inputs_embeds, position_ids) -> dict:
+def _model_kwargs(model, batch: Mapping[str, Any], inputs_embeds, position_ids, cache=None) -> dict:
     if position_ids is None:
         position_ids = mrope_position_ids(unwrap(model), batch)
     kwargs = {k: batch[k] for k in MODEL_KEYS if batch.get(k) is not None}
     kwargs.update(position_ids=position_ids, use_cache=False)
+    if cache is not None:
+        kwargs["cache"] = cache
     if inputs_embeds is None:
         kwargs["input_ids"] = batch["input_ids"]
     else:
@@ -72,14 +79,26 @@ def head_logits(model, hidden: torch.Tensor) -> torch.Tensor:
     return unwrap(model).get_output_embeddings()(hidden)
 
 
-def gathered_logits(model, batch: Mapping[str, Any], rows: torch.Tensor, inputs_embeds=None, position_ids=None) -> torch.Tensor:
+def gathered_logits(model, batch: Mapping[str, Any], rows: torch.Tensor, inputs_embeds=None, position_ids=None,
+                    cache=None) -> torch.Tensor:
     """Logits `[N, V]` (model dtype) at the True rows of `rows` (bool `[B, L]`, N = rows.sum()), in
-    row-major order, from one top-level forward (module docstring)."""
+    row-major order, from one top-level forward (module docstring). `cache`: a transformers `Cache`
+    holding keys/values of rows before the batch's (see `train/prefix_kv.py`), else None."""
     if rows.dtype != torch.bool:
         raise TypeError(f"rows must be a bool mask [B, L], got {rows.dtype}")
-    kwargs = _model_kwargs(model, batch, inputs_embeds, position_ids)
-    out = model(**kwargs, logits_to_keep=rows)
-    logits = out.logits
+    kwargs = _model_kwargs(model, batch, inputs_embeds, position_ids, cache)
+
+    def keep_rows(module, args):
+        (hidden,) = args
+        if hidden.shape[:2] != rows.shape:
+            raise RuntimeError(f"output head input {tuple(hidden.shape)} does not match rows {tuple(rows.shape)}")
+        return (hidden[rows],)
+
+    handle = unwrap(model).get_output_embeddings().register_forward_pre_hook(keep_rows)
+    try:
+        logits = model(**kwargs).logits
+    finally:
+        handle.remove()
     return logits.reshape(-1, logits.shape[-1])
 
 
@@ -91,12 +110,13 @@ def rows_mask(shape: tuple[int, int], *row_sets: tuple[torch.Tensor, torch.Tenso
     return mask
 
 
-def logits_at(model, batch: Mapping[str, Any], *row_sets, inputs_embeds=None, position_ids=None) -> list[torch.Tensor]:
+def logits_at(model, batch: Mapping[str, Any], *row_sets, inputs_embeds=None, position_ids=None, cache=None) -> list[torch.Tensor]:
     """Logits at several row sets `(b [Ni], t [Ni])` from ONE forward: a list of `[Ni, V]`, one per set,
-    in the order of each set's own indices (sets may overlap; duplicates are computed once)."""
+    in the order of each set's own indices (sets may overlap; duplicates are computed once).
+    `cache`: passed to the model (`gathered_logits`)."""
     ids = batch["input_ids"]
     B, L = ids.shape
     mask = rows_mask((B, L), *row_sets, device=ids.device)
-    logits = gathered_logits(model, batch, mask, inputs_embeds=inputs_embeds, position_ids=position_ids)
+    logits = gathered_logits(model, batch, mask, inputs_embeds=inputs_embeds, position_ids=position_ids, cache=cache)
     where = mask.flatten().long().cumsum(0) - 1  # flat (b, t) -> its row in `logits`
     return [logits.index_select(0, where[b * L + t]) for b, t in row_sets]

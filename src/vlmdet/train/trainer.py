@@ -22,6 +22,10 @@ where `loss` is the scalar to back-propagate and `logs` a dict of floats (`loss/
   weights (predictions for precision, GT objects for recall, ...), so the logged window value,
   combined across ranks, is the exact global ratio.
 
+Checkpoints: `_save_checkpoint` wraps the stock one with `train/checkpoint.save_trainer_checkpoint`
+(staged write + completion record + rename: a checkpoint-<step> folder only ever appears complete)
+and adds the tokenizer and image processor (`trainer.loaded`) before the rename.
+
 Logging: `compute_loss` adds each training micro-batch's `logs` to a `MetricWindow`; `log` (called by
 the Trainer on every rank at each `logging_steps`) merges the window means, combined across ranks,
 into the Trainer's own training log (`loss`, `grad_norm`, `learning_rate`, ...), from where
@@ -38,7 +42,9 @@ from transformers import Trainer
 from vlmdet.config import Config
 from vlmdet.errors import UsageError
 from vlmdet.train.channel_a import channel_a_loss
+from vlmdet.train.callbacks import save_processor
 from vlmdet.train.channel_b import channel_b_loss
+from vlmdet.train.checkpoint import save_trainer_checkpoint
 from vlmdet.train.forward import unwrap
 from vlmdet.train.schedule import is_channel_b, schedule_metrics
 
@@ -109,6 +115,7 @@ class DetTrainer(Trainer):
     `image_id` for Channel-B)."""
 
     loss_is_scaled_for_ga = False
+    _staging: str | None = None  # set by checkpoint.save_trainer_checkpoint while a save runs
 
     def __init__(self, *args, vlm_cfg: Config, loaded, records: Sequence[Any], **kwargs):
         super().__init__(*args, **kwargs)
@@ -123,6 +130,13 @@ class DetTrainer(Trainer):
         if model.training:
             self.metric_window.add(logs)
         return (loss, {"loss": loss}) if return_outputs else loss
+
+    def _get_output_dir(self, trial) -> str:
+        return self._staging if self._staging is not None else super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        extra = (lambda folder: save_processor(self.loaded, folder, self.cfg.prompt)) if self.loaded is not None else None
+        save_trainer_checkpoint(self, super()._save_checkpoint, model, trial, extra)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:  # a training log (eval logs carry eval_* keys, the end-of-train summary train_*)
