@@ -16,7 +16,7 @@ The first four run back to back on the same chunk of 10 answers, chunk after chu
 rounds; each ratio is the median over all (round, chunk) pairs, which shrugs off load bursts from
 other processes on a shared machine; objects/s is from each one's best round. The garbage collector
 is paused while timing (as `timeit` does) and results are not kept. `--breakdown` (desc_first only)
-instead times cumulative stages of the parser's fast loop, re-built here from `vlmdet.parse` internals,
+instead times cumulative stages of the parser's fast loop, re-built here from `vlmdet._parse_fast` internals,
 each against json.loads on the same chunks: where the time of a canonical answer goes.
 Figures: docs/BENCHMARKS.md.
 """
@@ -68,9 +68,11 @@ def breakdown(answers: list[str], plains: list[str], repeats: int, chunk: int = 
     """Median time / json.loads time per chunk for cumulative stages of the desc_first fast loop."""
     from json.decoder import scanstring
 
-    from vlmdet.parse import _BIN_OF_LITERAL, _FAST_RE, ParsedObject
+    from vlmdet._parse_fast import _BIN_OF_LITERAL, _RECORD
+    from vlmdet.parse import ParsedObject
 
-    scanner, bin_of, start = _FAST_RE["desc_first"].scanner, _BIN_OF_LITERAL, len('{"objects": [')
+    pattern, d, c0 = _RECORD["desc_first"]
+    scanner, bin_of, start = pattern.scanner, _BIN_OF_LITERAL, len('{"objects": [')
 
     def scan(a):
         for m in iter(scanner(a, start).match, None):
@@ -78,17 +80,17 @@ def breakdown(answers: list[str], plains: list[str], repeats: int, chunk: int = 
 
     def groups(a):
         for m in iter(scanner(a, start).match, None):
-            desc, l0, l1, l2, l3 = m.groups()
+            desc, l0, l1, l2, l3 = m.group(d, c0, c0 + 1, c0 + 2, c0 + 3)
 
     def checks(a, build=False):
         out = []
         for k, m in enumerate(iter(scanner(a, start).match, None)):
-            desc, l0, l1, l2, l3 = m.groups()
+            desc, l0, l1, l2, l3 = m.group(d, c0, c0 + 1, c0 + 2, c0 + 3)
             x1, y1, x2, y2 = bin_of[l0], bin_of[l1], bin_of[l2], bin_of[l3]
             if "\\" in desc:
-                desc = scanstring(a, m.start(1), True)[0]
+                desc = scanstring(a, m.start(d), True)[0]
             if x1 < x2 and y1 < y2 and desc.strip() and build:
-                out.append(ParsedObject(desc, (x1, y1, x2, y2), k, m, 2))
+                out.append(ParsedObject(desc, (x1, y1, x2, y2), k, m, c0))
 
     def spans(a):
         for o in parse_prediction(a).objects:
@@ -96,7 +98,7 @@ def breakdown(answers: list[str], plains: list[str], repeats: int, chunk: int = 
 
     stages = {
         "regex scan (Match objects)": scan,
-        "+ m.groups() (5 strings)": groups,
+        "+ m.group(...) (5 strings)": groups,
         "+ bin look-ups and checks": checks,
         "+ building ParsedObjects": lambda a: checks(a, True),
         "parse_prediction": parse_prediction,

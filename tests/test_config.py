@@ -141,6 +141,7 @@ def test_diamond_extends_is_not_a_cycle(tmp_path):
         ("rollout: {backend: sglang}\n", "is not one of 'hf', 'vllm'"),
         ("rollout: {vllm_gpu_memory_utilization: 1.5}\n", r"rollout.vllm_gpu_memory_utilization: 1.5 must be in \(0, 1\]"),
         ("stage2: {b_ratio: 1.5}\n", r"stage2.b_ratio: 1.5 must be in \[0, 1\]"),
+        ("stage2: {b_ratio: -0.1}\n", r"stage2.b_ratio: -0.1 must be in \[0, 1\]"),
         ("losses: {sigma: 0}\n", r"losses.sigma: 0.0 must be > 0"),
     ],
 )

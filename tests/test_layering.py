@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-CORE = ("vlmdet.coords", "vlmdet.format", "vlmdet.parse", "vlmdet.boxes", "vlmdet.match", "vlmdet.losses")
+CORE = ("vlmdet.coords", "vlmdet.format", "vlmdet.parse", "vlmdet._parse_fast", "vlmdet.boxes", "vlmdet.match", "vlmdet.losses")
 
 
 def _module_name(path: Path) -> str:

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from transformers import LogitsProcessor
 
+from vlmdet.config import PromptConfig, RolloutConfig
 from vlmdet.data.records import load_records
 from vlmdet.evaluate.rollout import HFRollout, Rollout, RolloutBackend
 
@@ -81,12 +82,12 @@ def teacher_forced_stats(loaded, record, gen_ids):
 
 
 def test_backend_protocol(loaded):
-    assert isinstance(HFRollout(loaded, {"max_new_tokens": 4}), RolloutBackend)
+    assert isinstance(HFRollout(loaded, RolloutConfig(max_new_tokens=4), PromptConfig()), RolloutBackend)
 
 
 def test_forced_answers_come_back_exactly(loaded, records):
     answers = {"im0": ANSWER, "im1": '{"objects": []}', "im2": ANSWER.replace("red circle", "blue square")}
-    be = HFRollout(loaded, {"max_new_tokens": 40, "batch_size": 2}, extra_processors=forcing(loaded, answers),
+    be = HFRollout(loaded, RolloutConfig(max_new_tokens=40, batch_size=2), PromptConfig(), extra_processors=forcing(loaded, answers),
                    progress=False)
     out = be.generate(records, seed=0)
     assert [type(r) for r in out] == [Rollout] * 3
@@ -99,7 +100,7 @@ def test_forced_answers_come_back_exactly(loaded, records):
 
 
 def test_max_new_tokens_hit(loaded, records):
-    be = HFRollout(loaded, {"max_new_tokens": 7, "batch_size": 3},
+    be = HFRollout(loaded, RolloutConfig(max_new_tokens=7, batch_size=3), PromptConfig(),
                    extra_processors=forcing(loaded, {r.image_id: ANSWER for r in records}), progress=False)
     out = be.generate(records)
     full = loaded.tokenizer(ANSWER, add_special_tokens=False)["input_ids"]
@@ -114,7 +115,7 @@ def test_statistics_are_the_unprocessed_distribution(loaded, records):
     equal to a teacher-forced forward over prompt + generated tokens, for every row of a left-padded
     batch of differently sized images."""
     answers = {r.image_id: ANSWER for r in records}
-    be = HFRollout(loaded, {"max_new_tokens": 40, "batch_size": 3, "repetition_penalty": 1.3},
+    be = HFRollout(loaded, RolloutConfig(max_new_tokens=40, batch_size=3, repetition_penalty=1.3), PromptConfig(),
                    extra_processors=forcing(loaded, answers), progress=False)
     out = be.generate(records)
     for rec, ro in zip(records, out):
@@ -126,8 +127,8 @@ def test_statistics_are_the_unprocessed_distribution(loaded, records):
 
 def test_batching_does_not_change_results(loaded, records):
     force = forcing(loaded, {r.image_id: ANSWER for r in records})
-    one = HFRollout(loaded, {"max_new_tokens": 40, "batch_size": 1}, extra_processors=force, progress=False)
-    three = HFRollout(loaded, {"max_new_tokens": 40, "batch_size": 3}, extra_processors=force, progress=False)
+    one = HFRollout(loaded, RolloutConfig(max_new_tokens=40, batch_size=1), PromptConfig(), extra_processors=force, progress=False)
+    three = HFRollout(loaded, RolloutConfig(max_new_tokens=40, batch_size=3), PromptConfig(), extra_processors=force, progress=False)
     for a, b in zip(one.generate(records), three.generate(records)):
         assert a.token_ids == b.token_ids
         np.testing.assert_allclose(a.logprobs, b.logprobs, atol=2e-4)
@@ -138,8 +139,8 @@ def test_batching_does_not_change_results(loaded, records):
 
 
 def test_sampling_seed_is_reproducible_and_isolated(loaded, records):
-    cfg = {"max_new_tokens": 6, "batch_size": 3, "do_sample": True, "temperature": 3.0}
-    be = HFRollout(loaded, cfg, progress=False)
+    cfg = RolloutConfig(max_new_tokens=6, batch_size=3, do_sample=True, temperature=3.0)
+    be = HFRollout(loaded, cfg, PromptConfig(), progress=False)
     torch.manual_seed(123)
     a = be.generate(records, seed=7)
     after_a = torch.rand(3)
@@ -159,8 +160,8 @@ def test_repetition_penalty_changes_tokens_not_the_recorded_distribution(loaded,
     from vlmdet.data.records import load_image
     from vlmdet.model.chat import encode_example
 
-    plain = HFRollout(loaded, {"max_new_tokens": 4}, progress=False).generate(records[:1])[0]
-    pen = HFRollout(loaded, {"max_new_tokens": 4, "repetition_penalty": 1e4}, progress=False).generate(records[:1])[0]
+    plain = HFRollout(loaded, RolloutConfig(max_new_tokens=4), PromptConfig(), progress=False).generate(records[:1])[0]
+    pen = HFRollout(loaded, RolloutConfig(max_new_tokens=4, repetition_penalty=1e4), PromptConfig(), progress=False).generate(records[:1])[0]
     prompt = set(encode_example(loaded, load_image(records[0]), None)["input_ids"].tolist())
     assert len(set(pen.token_ids)) == 4 and not set(pen.token_ids) & prompt
     assert pen.coord_mass[0] == pytest.approx(plain.coord_mass[0], abs=1e-6)
@@ -190,10 +191,10 @@ def test_extra_processors_accept_lists_single_processors_and_factories(loaded, r
     forced = forcing(loaded, {r.image_id: ANSWER for r in records[:1]})(records[:1])[0]
     for extra in ([forced], LogitsProcessorList([forced]), forced):
         forced.start = None
-        be = HFRollout(loaded, {"max_new_tokens": 40}, extra_processors=extra, progress=False)
+        be = HFRollout(loaded, RolloutConfig(max_new_tokens=40), PromptConfig(), extra_processors=extra, progress=False)
         assert be.generate(records[:1])[0].text == ANSWER
     factory_calls = []
-    be = HFRollout(loaded, {"max_new_tokens": 3, "batch_size": 2}, progress=False,
+    be = HFRollout(loaded, RolloutConfig(max_new_tokens=3, batch_size=2), PromptConfig(), progress=False,
                    extra_processors=lambda recs: factory_calls.append([r.image_id for r in recs]) or [])
     be.generate(records)
     assert factory_calls == [["im0", "im1"], ["im2"]]

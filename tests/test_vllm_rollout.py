@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from vlmdet.config import PromptConfig, config_from_dict
+from vlmdet.config import PromptConfig, RolloutConfig, config_from_dict
 from vlmdet.data.records import load_image, load_records
 from vlmdet.demo import shipped_stage1
 from vlmdet.errors import UsageError
@@ -25,7 +25,8 @@ from vlmdet.model.chat import encode_example
 PROMPT_TEXT = {"system": "You detect objects.", "user": "List every object in the image as CoordJSON."}
 PROMPT = PromptConfig(**PROMPT_TEXT)
 #: a small KV cache (CPU) and sequence cap
-ROLLOUT = {"max_new_tokens": 96, "batch_size": 8, "vllm_kv_cache_gib": 0.25, "vllm_max_model_len": 1024}
+ROLLOUT_KEYS = {"max_new_tokens": 96, "batch_size": 8, "vllm_kv_cache_gib": 0.25, "vllm_max_model_len": 1024}
+ROLLOUT = RolloutConfig(**ROLLOUT_KEYS)
 #: observed max |vLLM - HF| over these tests: ~1e-5 (float32, different kernels and summation order)
 LOGPROB_ATOL = 1e-4
 
@@ -83,7 +84,7 @@ def test_vllm_greedy_equals_hf_generate(vllm_backend, hf_greedy, records):
 
 
 def test_vllm_max_new_tokens(loaded, records, hf_greedy):
-    be = VLLMRollout(loaded, {**ROLLOUT, "max_new_tokens": 5}, PROMPT)
+    be = VLLMRollout(loaded, RolloutConfig(**{**ROLLOUT_KEYS, "max_new_tokens": 5}), PROMPT)
     for hf, vl in zip(hf_greedy, be.generate(records[:3])):
         assert vl.token_ids == hf.token_ids[:5]
         assert vl.hit_max and not vl.stopped
@@ -91,7 +92,7 @@ def test_vllm_max_new_tokens(loaded, records, hf_greedy):
 
 
 def test_vllm_sampling_is_seeded_per_call(loaded, records):
-    be = VLLMRollout(loaded, {**ROLLOUT, "do_sample": True, "temperature": 2.0, "max_new_tokens": 12}, PROMPT)
+    be = VLLMRollout(loaded, RolloutConfig(**{**ROLLOUT_KEYS, "do_sample": True, "temperature": 2.0, "max_new_tokens": 12}), PROMPT)
     a = be.generate(records[:4], seed=7)
     b = be.generate(records[:4], seed=7)
     c = be.generate(records[:4], seed=8)
@@ -101,11 +102,11 @@ def test_vllm_sampling_is_seeded_per_call(loaded, records):
     assert all(lp < 0 for r in a for lp in r.logprobs)
     assert request_seed(7, 0) != request_seed(7, 1) != request_seed(8, 0)
     with pytest.raises(UsageError, match="rollout.temperature: 3.0 must be in"):
-        VLLMRollout(loaded, {**ROLLOUT, "do_sample": True, "temperature": 3.0}, PROMPT)
+        VLLMRollout(loaded, RolloutConfig(**{**ROLLOUT_KEYS, "do_sample": True, "temperature": 3.0}), PROMPT)
 
 
 def test_vllm_repetition_penalty_matches_hf(loaded, records):
-    cfg = {**ROLLOUT, "repetition_penalty": 1.3, "max_new_tokens": 24}
+    cfg = RolloutConfig(**{**ROLLOUT_KEYS, "repetition_penalty": 1.3, "max_new_tokens": 24})
     hf = HFRollout(loaded, cfg, PROMPT, progress=False).generate(records[:4])
     vl = VLLMRollout(loaded, cfg, PROMPT).generate(records[:4])
     plain = HFRollout(loaded, {**cfg, "repetition_penalty": 1.0}, PROMPT, progress=False).generate(records[:4])
@@ -121,7 +122,7 @@ def test_vllm_repetition_penalty_matches_hf(loaded, records):
 def test_vllm_eval_metrics_equal_hf(loaded, records):
     from vlmdet.evaluate.runner import run_rollout_eval
 
-    cfg = config_from_dict({"prompt": PROMPT_TEXT, "rollout": {**ROLLOUT, "backend": "vllm"},
+    cfg = config_from_dict({"prompt": PROMPT_TEXT, "rollout": {**ROLLOUT_KEYS, "backend": "vllm"},
                             "eval": {"max_samples": 8}, "monitor": {"enabled": False}})
     backend = make_backend(loaded, cfg)
     assert isinstance(backend, VLLMRollout)

@@ -39,12 +39,11 @@ Records (each complete record is either a `ParsedObject` or exactly one `Dropped
   its 4 bins, its `index` in the array (dropped records counted), the character span of the record and
   of its 4 coordinate literals. Duplicated objects are not drops.
 
-Speed: canonical records (exact `", "` / `": "` separators, in-range unpadded tokens, any valid
-escapes in the desc) are read a whole run at a time by one compiled regex whose matches must follow
-each other without a gap (`Pattern.scanner`); the Python work per record is a few dict look-ups and
-building the `ParsedObject`, whose `span` and `coord_spans` are derived from the kept regex match only
-when read. Every other record, and any canonical one that turns out invalid, goes through the careful
-scanner above, which gives the same answer for canonical records. See docs/BENCHMARKS.md ("Parser").
+Speed: `parse_prediction` hands runs of canonical records (exactly as `format.render_answer` writes
+them) to a regex fast path, `vlmdet._parse_fast`, which stops at the first record that is not canonical
+or not valid; everything else goes through the scanner below. Both give the same `ParseResult`
+(`parse_prediction(..., fast=False)` runs the scanner alone; tests/test_parse_fast.py compares the
+two). See docs/BENCHMARKS.md ("Parser").
 
 `parse_rollout` is the token-level wrapper used for training rollouts (see its docstring).
 """
@@ -59,8 +58,8 @@ from json.decoder import scanstring
 from operator import attrgetter
 from typing import Collection, Mapping, Sequence
 
-from vlmdet.coords import COORD_TOKENS
-from vlmdet.format import DESC_KEY, FIELD_ORDERS, GEOMETRY_KEY
+from vlmdet import _parse_fast
+from vlmdet.format import ANSWER_PREFIX, DESC_KEY, FIELD_ORDERS, GEOMETRY_KEY
 
 __all__ = [
     "DROP_REASONS",
@@ -103,8 +102,9 @@ class ParsedObject:
     """
 
     # _span: the span tuple, or the fast path's `re.Match` of the record (group 0 = record plus an
-    # optional ", " separator; the record ends 2 chars after its last group's end: `]}` or `"}`).
-    # _coord_spans: the tuple, or (fast path) the int number of the match group of the first literal.
+    # optional ", " separator; the record ends 2 chars after its last group's end: `]}` or `"}`, see
+    # `_parse_fast.record_end`). _coord_spans: the tuple, or (fast path) the int number of the match
+    # group of the first literal.
     __slots__ = ("_desc", "_bins", "_index", "_span", "_coord_spans")
     __match_args__ = ("desc", "bins", "index", "span", "coord_spans")
 
@@ -189,7 +189,6 @@ _P = "+" if sys.version_info >= (3, 11) else ""
 
 _WS_RE = re.compile(r"[ \t\n\r]*")
 _CONTAINER_RE = re.compile(r'\{[ \t\n\r]*"objects"[ \t\n\r]*:[ \t\n\r]*\[')
-_CANONICAL_OPEN = '{"objects": ['
 _ATOM_RE = re.compile(r'[^ \t\n\r,:\[\]{}"]+')
 # Inside an array an element may be a run of atoms separated by spaces or tabs (`red triangle`,
 # `<| coord_2 |>`): one element, which `bbox_2d` then calls `non_coord_token` (not `malformed`).
@@ -200,28 +199,6 @@ _STRING_TAIL_RE = re.compile(rf'[^"\\]*{_P}(?:\\.[^"\\]*{_P})*{_P}"', re.DOTALL)
 _BRACE_OR_QUOTE_RE = re.compile(r'[{}"]')
 _MAX_DEPTH = 64
 
-# Fast path: a run of canonical records, read by a `Pattern.scanner` from the current position (the
-# undocumented but long-standing CPython API behind the stdlib's `re.Scanner`): each `.match()` starts
-# exactly where the previous one ended, so the run stops at the first record that is not canonical. A match is one record plus the ", " after it when a "{" follows; a record directly
-# followed by "{" (missing comma) does not match, so the scanner cannot run on past it. Groups: the
-# desc body (any valid JSON string body, no raw control characters; written with possessive loops it
-# matches as fast as an escape-free body) and the 4 coordinate literals, in record order. Digits are
-# `[0-9]{1,3}`: zero-padded literals miss `_BIN_OF_LITERAL` and go to the careful path, which calls
-# them `non_coord_token`.
-_FAST_DESC = rf'"([^"\\\x00-\x1f]*{_P}(?:\\(?:["\\/bfnrt]|u[0-9a-fA-F]{{4}})[^"\\\x00-\x1f]*{_P})*{_P})"'
-_FAST_COORD = rf"(<\|coord_[0-9]{{1,3}}{_P}\|>)"
-_FAST_BOX = r"\[" + ", ".join([_FAST_COORD] * 4) + r"\]"
-_FAST_SEP = r"(?:, (?=\{)|(?!\{))"
-
-
-def _fast_record_re(field_order: str) -> re.Pattern:
-    if field_order == "desc_first":
-        return re.compile(r'\{"desc": ' + _FAST_DESC + r', "bbox_2d": ' + _FAST_BOX + r"\}" + _FAST_SEP)
-    return re.compile(r'\{"bbox_2d": ' + _FAST_BOX + r', "desc": ' + _FAST_DESC + r"\}" + _FAST_SEP)
-
-
-_FAST_RE = {o: _fast_record_re(o) for o in FIELD_ORDERS}
-_BIN_OF_LITERAL = {tok: k for k, tok in enumerate(COORD_TOKENS)}
 _KEY_ORDER = {"desc_first": [DESC_KEY, GEOMETRY_KEY], "geometry_first": [GEOMETRY_KEY, DESC_KEY]}
 
 
@@ -374,114 +351,59 @@ def _classify(text: str, start: int, end: int, index: int, field_order: str):
     return ParsedObject(desc[1], (x1, y1, x2, y2), index, (start, end), tuple(spans))
 
 
-def _failed() -> ParseResult:
-    return ParseResult([], {}, [], True, False, 0, False, 0, 0)
-
-
-def _record_span(m: re.Match) -> tuple[int, int]:
-    """The record span of a fast-path match (the record ends 2 chars after its last group: `]}`/`"}`)."""
-    r = m.regs
-    return (r[0][0], r[-1][1] + 2)
-
-
-def parse_prediction(text: str, field_order: str = "desc_first") -> ParseResult:
+def parse_prediction(text: str, field_order: str = "desc_first", *, fast: bool = True) -> ParseResult:
     """Parse one CoordJSON answer (a model's raw response text; an end-of-turn string after it is ignored).
 
     Never raises for any `str` text; `field_order` must be one of `FIELD_ORDERS` (ValueError otherwise).
-    See the module docstring for the exact rules.
+    See the module docstring for the exact rules. `fast=False` reads every record with the careful
+    scanner instead of handing canonical runs to the regex fast path: the same result, slower.
     """
-    fast = _FAST_RE.get(field_order)
-    if fast is None:
+    if field_order not in FIELD_ORDERS:
         raise ValueError(f"field_order must be one of {FIELD_ORDERS}, got {field_order!r}")
-    scanner = fast.scanner
-    desc_first = field_order == "desc_first"
-    bin_of = _BIN_OF_LITERAL
-    cls = ParsedObject
-
-    if text.startswith(_CANONICAL_OPEN):
-        pos = len(_CANONICAL_OPEN)
+    if text.startswith(ANSWER_PREFIX):  # the common case, without a regex search
+        pos = len(ANSWER_PREFIX)
     else:
         m = _CONTAINER_RE.search(text)
         if m is None:
-            return _failed()
+            return ParseResult([], {}, [], True, False, 0, False, 0, 0)
         pos = m.end()
 
     n_text = len(text)
     ws = _WS_RE.match
     objects: list[ParsedObject] = []
-    append = objects.append
     dropped: list[DroppedRecord] = []
-    n = 0
+    n = 0  # complete records read
     prefix_end = pos
-    truncated = False
+    truncated = broken = closing = False
     tail = 0
-    broken = False
 
     pos = ws(text, pos).end()
     if pos >= n_text:
         truncated = True
-        closing = False
     elif text[pos] == "]":
         closing = True
     elif text[pos] != "{":
         broken = True
-        closing = False
     else:
-        closing = False
         while True:  # invariant: text[pos] == "{" opens record number n
-            # 1. the run of canonical records starting here (the two loops differ only in group order)
-            m = None
-            if desc_first:
-                for k, m in enumerate(iter(scanner(text, pos).match, None), n):
-                    desc, l0, l1, l2, l3 = m.groups()
-                    try:
-                        x1 = bin_of[l0]
-                        y1 = bin_of[l1]
-                        x2 = bin_of[l2]
-                        y2 = bin_of[l3]
-                    except KeyError:  # zero-padded: the careful path names it
-                        x1 = y1 = x2 = y2 = 0
-                    if "\\" in desc:  # decode escapes exactly like json.loads
-                        desc = scanstring(text, m.start(1), True)[0]
-                    if x1 < x2 and y1 < y2 and desc.strip():
-                        append(cls(desc, (x1, y1, x2, y2), k, m, 2))
-                    else:  # degenerate, blank desc or a padded literal: the careful path names it
-                        _careful(text, _record_span(m), k, field_order, objects, dropped)
+            # 1. a run of valid canonical records, or else one record read by the careful scanner
+            count, end = _parse_fast.read_run(text, pos, n, field_order, objects, ParsedObject) if fast else (0, pos)
+            if count:
+                n += count
             else:
-                for k, m in enumerate(iter(scanner(text, pos).match, None), n):
-                    l0, l1, l2, l3, desc = m.groups()
-                    try:
-                        x1 = bin_of[l0]
-                        y1 = bin_of[l1]
-                        x2 = bin_of[l2]
-                        y2 = bin_of[l3]
-                    except KeyError:
-                        x1 = y1 = x2 = y2 = 0
-                    if "\\" in desc:  # decode escapes exactly like json.loads
-                        desc = scanstring(text, m.start(5), True)[0]
-                    if x1 < x2 and y1 < y2 and desc.strip():
-                        append(cls(desc, (x1, y1, x2, y2), k, m, 1))
-                    else:
-                        _careful(text, _record_span(m), k, field_order, objects, dropped)
-            if m is None:
-                at_record = True
-            else:
-                n = k + 1
-                pos = m.end()
-                # a match that took the ", " stops at the next record, which is not canonical
-                at_record = text[pos - 1] == " "
-                prefix_end = pos - 2 if at_record else pos
-            # 2. one record that is not canonical (or an incomplete one): the careful path
-            if at_record:
                 end = _record_end(text, pos)
                 if end < 0:
                     truncated = True
                     tail = 1
                     break
-                _careful(text, (pos, end), n, field_order, objects, dropped)
+                obj = _classify(text, pos, end, n, field_order)
+                if obj.__class__ is str:
+                    dropped.append(DroppedRecord(obj, n, (pos, end)))
+                else:
+                    objects.append(obj)
                 n += 1
-                prefix_end = pos = end
-            # 3. the separator after the record ending at pos
+            prefix_end = pos = end
+            # 2. the separator after the record ending at pos
             if text.startswith(", {", pos):
                 pos += 2
                 continue
@@ -517,15 +439,6 @@ def parse_prediction(text: str, field_order: str = "desc_first") -> ParseResult:
             drops[d.reason] = drops.get(d.reason, 0) + 1
         drops = {r: drops[r] for r in DROP_REASONS if r in drops}
     return ParseResult(objects, drops, dropped, False, truncated, tail, broken, prefix_end, n)
-
-
-def _careful(text: str, span: tuple[int, int], index: int, field_order: str, objects: list, dropped: list) -> None:
-    """Classify the complete record text[span[0]:span[1]] on the careful path; append where it belongs."""
-    obj = _classify(text, span[0], span[1], index, field_order)
-    if obj.__class__ is str:
-        dropped.append(DroppedRecord(obj, index, span))
-    else:
-        objects.append(obj)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
+from vlmdet.console import progress as show_progress
 from vlmdet.errors import DataError, UsageError
 from vlmdet.io import atomic_write_bytes, atomic_write_json, atomic_write_jsonl, read_untrusted_json
 
@@ -135,7 +136,6 @@ def convert_coco(
     progress: bool = True,
 ) -> dict:
     """Convert one COCO-format instances file (see the module docstring for every rule)."""
-    from vlmdet.console import progress as show_progress
 
     instances_json, images_dir, out_dir = Path(instances_json), Path(images_dir), Path(out_dir)
     if max_objects is not None and max_objects < 1:

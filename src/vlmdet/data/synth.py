@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vlmdet.console import progress as show_progress
 from vlmdet.coords import NUM_BINS, pixel_box_to_bins
 from vlmdet.errors import UsageError
 from vlmdet.format import sort_objects
@@ -175,7 +176,6 @@ def make_synth(
     pairwise box overlap (intersection over the smaller box) <= `max_overlap`, so no object is
     more than that fraction covered by its box neighbours; `noise`: std of the background noise in grey levels.
     """
-    from vlmdet.console import progress as show_progress
 
     if size < 32 or size % 32:
         raise UsageError(f"size must be a positive multiple of 32, got {size}")

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Mapping
 
 from vlmdet.answer_format import get_format
+from vlmdet.console import is_count
 from vlmdet.data.records import load_records
 from vlmdet.errors import DataError
 from vlmdet.evaluate.detection import detection_metrics
@@ -88,7 +89,6 @@ def read_raw(path: Path, with_size: bool = False) -> list[tuple]:
 def format_metrics(metrics: Mapping[str, float | str], title: str = "") -> str:
     """A two-column text table of `metrics` (name, value) for the terminal; counts (`console.is_count`)
     print as integers, other floats with 4 decimals."""
-    from vlmdet.console import is_count
 
     width = max((len(k) for k in metrics), default=0)
     lines = [title] if title else []

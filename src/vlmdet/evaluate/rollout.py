@@ -37,6 +37,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
+from vlmdet.config import PromptConfig, RolloutConfig
+from vlmdet.console import progress
 from vlmdet.data.records import load_image
 from vlmdet.errors import UsageError
 from vlmdet.evaluate.constrained import grammar_for, CoordJSONLogitsProcessor
@@ -79,14 +81,6 @@ class RolloutBackend(Protocol):
 ExtraProcessors = Sequence[Any] | Callable[[Sequence[Any]], Sequence[Any]]
 
 
-def _cfg(cfg: Any, key: str, default: Any) -> Any:
-    if cfg is None:
-        return default
-    if isinstance(cfg, dict):
-        return cfg.get(key, default)
-    return getattr(cfg, key, default)
-
-
 class RawStatsRecorder:
     """A logits processor that records, per step, log p(chosen token) and the coord-vocab mass of the
     scores it receives (put it first: then they are the model's raw logits). The chosen token of step
@@ -123,9 +117,10 @@ class RawStatsRecorder:
 class HFRollout:
     """`RolloutBackend` on `transformers` `model.generate` (see the module docstring).
 
-    `loaded`: `model.load.Loaded`; `rollout_cfg`: the `rollout` config section (max_new_tokens,
+    `loaded`: `model.load.Loaded`; `rollout_cfg`: the loaded `rollout` config section (max_new_tokens,
     batch_size, do_sample, temperature, top_p, repetition_penalty, constrained); `prompt_cfg`: the
-    `prompt` section (prompt text and field order); `constrained`: overrides `rollout_cfg.constrained`;
+    `prompt` section (prompt text and field order); both were checked when the config was loaded.
+    `constrained`: overrides `rollout_cfg.constrained`;
     `extra_processors`: logits processors applied after the repetition penalty and before the grammar
     constraint (a list, a single `LogitsProcessor`, or a factory `(batch records) -> list` called per
     batch, e.g. to force per-record answers in tests); `grammar`: a prebuilt
@@ -137,8 +132,8 @@ class HFRollout:
     def __init__(
         self,
         loaded,
-        rollout_cfg: Any = None,
-        prompt_cfg: Any = None,
+        rollout_cfg: RolloutConfig,
+        prompt_cfg: PromptConfig,
         *,
         constrained: bool | None = None,
         extra_processors: ExtraProcessors = (),
@@ -147,15 +142,15 @@ class HFRollout:
     ):
         self.loaded = loaded
         self.prompt_cfg = prompt_cfg
-        self.max_new_tokens = int(_cfg(rollout_cfg, "max_new_tokens", 256))
-        self.batch_size = max(1, int(_cfg(rollout_cfg, "batch_size", 16)))
-        self.do_sample = bool(_cfg(rollout_cfg, "do_sample", False))
-        self.temperature = float(_cfg(rollout_cfg, "temperature", 1.0))
-        self.top_p = float(_cfg(rollout_cfg, "top_p", 1.0))
-        self.repetition_penalty = float(_cfg(rollout_cfg, "repetition_penalty", 1.0))
-        self.constrained = bool(_cfg(rollout_cfg, "constrained", False) if constrained is None else constrained)
+        self.max_new_tokens = rollout_cfg.max_new_tokens
+        self.batch_size = rollout_cfg.batch_size
+        self.do_sample = rollout_cfg.do_sample
+        self.temperature = rollout_cfg.temperature
+        self.top_p = rollout_cfg.top_p
+        self.repetition_penalty = rollout_cfg.repetition_penalty
+        self.constrained = rollout_cfg.constrained if constrained is None else constrained
         self.extra_processors = extra_processors
-        self.field_order = _cfg(prompt_cfg, "field_order", "desc_first")
+        self.field_order = prompt_cfg.field_order
         self._grammar = grammar
         self.progress = progress
 
@@ -274,8 +269,6 @@ class HFRollout:
     def generate(self, records: Sequence[Any], seed: int | None = None) -> list[Rollout]:
         """One `Rollout` per record, in order (batches of `batch_size`; `console.progress` over batches)."""
         import torch
-
-        from vlmdet.console import progress
 
         records = list(records)
         starts = range(0, len(records), self.batch_size)

@@ -56,7 +56,8 @@ import torch
 
 from vlmdet.data.records import load_image
 from vlmdet.errors import UsageError
-from vlmdet.evaluate.rollout import Rollout, _cfg
+from vlmdet.config import PromptConfig, RolloutConfig
+from vlmdet.evaluate.rollout import Rollout
 from vlmdet.model.chat import render_prompt, system_prompt, user_prompt
 from vlmdet.model.load import token_pieces
 
@@ -135,17 +136,17 @@ def _allow_torchvision_without_ops() -> None:
         ) from None
 
 
-def engine_key(path, dtype: str, rollout_cfg: Any) -> tuple:
+def engine_key(path, dtype: str, rollout_cfg: RolloutConfig) -> tuple:
     return (
         str(path),
         dtype,
-        int(_cfg(rollout_cfg, "vllm_max_model_len", 4096)),
-        float(_cfg(rollout_cfg, "vllm_gpu_memory_utilization", 0.3)),
-        _cfg(rollout_cfg, "vllm_kv_cache_gib", None),
+        rollout_cfg.vllm_max_model_len,
+        rollout_cfg.vllm_gpu_memory_utilization,
+        rollout_cfg.vllm_kv_cache_gib,
     )
 
 
-def get_engine(path, dtype: str, rollout_cfg: Any, coord_ids: Sequence[int], seed: int = 0):
+def get_engine(path, dtype: str, rollout_cfg: RolloutConfig, coord_ids: Sequence[int], seed: int = 0):
     """The process's `vllm.LLM` for this checkpoint folder and settings (created once)."""
     key = engine_key(path, dtype, rollout_cfg)
     if key in _ENGINES:
@@ -258,17 +259,17 @@ class VLLMRollout:
     name = "vllm"
     constrained = False
 
-    def __init__(self, loaded, rollout_cfg: Any = None, prompt_cfg: Any = None, *, dtype: str = "float32",
+    def __init__(self, loaded, rollout_cfg: RolloutConfig, prompt_cfg: PromptConfig, *, dtype: str = "float32",
                  seed: int = 0, sync: bool = True, progress: bool = False):
         if loaded.path is None:
             raise UsageError("rollout.backend vllm needs a model loaded from a checkpoint folder")
         self.loaded = loaded
         self.prompt_cfg = prompt_cfg
-        self.max_new_tokens = int(_cfg(rollout_cfg, "max_new_tokens", 256))
-        self.do_sample = bool(_cfg(rollout_cfg, "do_sample", False))
-        self.temperature = float(_cfg(rollout_cfg, "temperature", 1.0))
-        self.top_p = float(_cfg(rollout_cfg, "top_p", 1.0))
-        self.repetition_penalty = float(_cfg(rollout_cfg, "repetition_penalty", 1.0))
+        self.max_new_tokens = rollout_cfg.max_new_tokens
+        self.do_sample = rollout_cfg.do_sample
+        self.temperature = rollout_cfg.temperature
+        self.top_p = rollout_cfg.top_p
+        self.repetition_penalty = rollout_cfg.repetition_penalty
         if self.do_sample and not 0.0 < self.temperature <= 2.0:
             raise UsageError(f"rollout.temperature: {self.temperature} must be in (0, 2] with rollout.backend vllm")
         self.sync_weights = sync

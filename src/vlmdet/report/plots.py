@@ -11,6 +11,7 @@ import io
 from dataclasses import dataclass
 from typing import Sequence
 
+from vlmdet.evaluate.monitor import draw_sample as draw
 from vlmdet.report.runs import RunData
 
 #: Axis kinds: "rate" values live in [0, 1] and the axis is fixed to [0, 1] (a 3-point dip stays a 3-point
@@ -193,7 +194,6 @@ def draw_sample(sample: dict) -> bytes | None:
     """A monitor-dump sample drawn by `evaluate.monitor.draw_sample` (GT dashed white, predictions magenta,
     labels, pairs, legend) as PNG bytes; None when the image file cannot be read (the report then shows
     the text only)."""
-    from vlmdet.evaluate.monitor import draw_sample as draw
 
     try:
         img = draw(sample)

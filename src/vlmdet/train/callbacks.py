@@ -26,6 +26,8 @@ import torch
 import torch.distributed as dist
 from transformers import TrainerCallback
 
+from vlmdet import console
+from vlmdet.console import is_tty
 from vlmdet.evaluate.runner import run_rollout_eval
 from vlmdet.train.forward import unwrap
 
@@ -63,8 +65,6 @@ class ConsoleCallback(TrainerCallback):
     own progress/printer callbacks (which print every log dict)."""
 
     def __init__(self, tty: bool | None = None):
-        from vlmdet.console import is_tty
-
         self.tty = is_tty() if tty is None else tty
         self.bar = None
         self._done = 0
@@ -89,8 +89,6 @@ class ConsoleCallback(TrainerCallback):
             self._done = state.global_step
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        from vlmdet import console
-
         if not state.is_world_process_zero or not logs:
             return
         step = int(state.global_step)

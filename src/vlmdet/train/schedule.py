@@ -6,21 +6,13 @@ on the global step, so a resumed run replays exactly the same sequence. r = 0: C
 original method's setting); r = 1: Channel-B only; r = 0.5: A, B, A, B, ...; r = 0.05: B at s = 19, 39, ...
 
 Pure module (no torch): the trainer asks `channel(step, r)` once per optimizer step and logs
-`schedule_metrics(step, r)`.
+`schedule_metrics(step, r)`. `r` is the loaded config's `stage2.b_ratio`, checked to lie in [0, 1] when
+the config is loaded (`config.RANGES`), not here.
 """
 
 from __future__ import annotations
 
 import math
-
-from vlmdet.errors import UsageError
-
-
-def check_b_ratio(b_ratio: float) -> float:
-    r = float(b_ratio)
-    if not (0.0 <= r <= 1.0) or math.isnan(r):
-        raise UsageError(f"stage2.b_ratio must be in [0, 1], got {b_ratio!r}")
-    return r
 
 
 def _floor(x: float) -> int:
@@ -32,15 +24,14 @@ def _floor(x: float) -> int:
 
 def n_channel_b(steps: int, b_ratio: float) -> int:
     """Number of Channel-B steps among steps 0..steps-1 (= floor(steps·r))."""
-    return _floor(steps * check_b_ratio(b_ratio))
+    return _floor(steps * b_ratio)
 
 
 def is_channel_b(step: int, b_ratio: float) -> bool:
     """True iff optimizer step `step` (0-based) runs Channel-B: floor((s+1)r) > floor(sr)."""
     if step < 0:
         raise ValueError(f"step must be >= 0, got {step}")
-    r = check_b_ratio(b_ratio)
-    return _floor((step + 1) * r) > _floor(step * r)
+    return _floor((step + 1) * b_ratio) > _floor(step * b_ratio)
 
 
 def channel(step: int, b_ratio: float) -> str:
