@@ -17,6 +17,7 @@ Needs the vLLM environment (`scripts/setup.sh vllm`):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import tempfile
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from vlmdet.config import PromptConfig
+    from vlmdet.config import PromptConfig, RolloutConfig
     from vlmdet.data.records import load_records
     from vlmdet.data.synth import make_synth
     from vlmdet.demo import shipped_stage1
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     records = load_records(os.path.join(tmp, "val.jsonl"))
     loaded = load_model(ckpt)
     prompt = PromptConfig(system="You detect objects.", user="List every object in the image as CoordJSON.")
-    base = {"max_new_tokens": args.max_new_tokens, "vllm_kv_cache_gib": 0.25, "vllm_max_model_len": 1024}
+    base = RolloutConfig(max_new_tokens=args.max_new_tokens, vllm_kv_cache_gib=0.25, vllm_max_model_len=1024)
 
     t0 = time.perf_counter()
     vl = VLLMRollout(loaded, base, prompt)
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---|---|---|---|---|")
     for b in args.batches:
         recs = records[:b]
-        hf = HFRollout(loaded, {**base, "batch_size": b}, prompt, progress=False)
+        hf = HFRollout(loaded, dataclasses.replace(base, batch_size=b), prompt, progress=False)
         a, c = hf.generate(recs), vl.generate(recs)  # warm-up, and the same answers from both
         same = sum(x.token_ids == y.token_ids for x, y in zip(a, c))
         best = {"hf": None, "vllm": None}

@@ -9,6 +9,7 @@ teacher-forced prompt built by `model.chat.encode_example`, HF again after a rea
 """
 
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
@@ -109,7 +110,7 @@ def test_vllm_repetition_penalty_matches_hf(loaded, records):
     cfg = RolloutConfig(**{**ROLLOUT_KEYS, "repetition_penalty": 1.3, "max_new_tokens": 24})
     hf = HFRollout(loaded, cfg, PROMPT, progress=False).generate(records[:4])
     vl = VLLMRollout(loaded, cfg, PROMPT).generate(records[:4])
-    plain = HFRollout(loaded, {**cfg, "repetition_penalty": 1.0}, PROMPT, progress=False).generate(records[:4])
+    plain = HFRollout(loaded, dataclasses.replace(cfg, repetition_penalty=1.0), PROMPT, progress=False).generate(records[:4])
     assert [r.token_ids for r in hf] != [r.token_ids for r in plain]  # the penalty changed the answers
     for h, v in zip(hf, vl):
         assert v.token_ids == h.token_ids
