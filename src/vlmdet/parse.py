@@ -51,6 +51,7 @@ two). See docs/BENCHMARKS.md ("Parser").
 from __future__ import annotations
 
 import bisect
+import itertools
 import re
 import sys
 from dataclasses import dataclass
@@ -484,11 +485,7 @@ def parse_rollout(
         if t in eot_ids:
             n_tokens, stopped = i, True
             break
-    ends: list[int] = []
-    total = 0
-    for piece in pieces[:n_tokens]:
-        total += len(piece)
-        ends.append(total)
+    ends = list(itertools.accumulate(len(piece) for piece in pieces[:n_tokens]))  # end offset of each token
     text = "".join(pieces[:n_tokens])
     result = parse_prediction(text, field_order)
 

@@ -32,6 +32,7 @@ Two readings:
 from __future__ import annotations
 
 import bisect
+import itertools
 import re
 from dataclasses import dataclass
 from typing import Collection, Iterable, Sequence
@@ -125,11 +126,7 @@ def rollout_slots(
     """Slots of a rollout at token level. `token_ids` / `pieces` (decoded text per token, same length)
     are the response tokens; the text is `"".join(pieces[:n_tokens])` (the tokens before the first
     end-of-turn, which is token `n_tokens` when `stopped`); `coord_ids` the coordinate-token ids."""
-    ends: list[int] = []
-    total = 0
-    for piece in pieces[:n_tokens]:
-        total += len(piece)
-        ends.append(total)
+    ends = list(itertools.accumulate(len(piece) for piece in pieces[:n_tokens]))  # end offset of each token
     text = "".join(pieces[:n_tokens])
     offsets, pending = value_offsets(text)
     slots = []
