@@ -252,6 +252,8 @@ def test_training_arguments_mapping(tmp_path):
     assert args.dataloader_drop_last is True
     assert args.remove_unused_columns is False
     assert args.gradient_checkpointing is True
+    # checkpointing without kwargs: vlmdet pins the non-reentrant kind (whatever transformers' default is)
+    assert args.gradient_checkpointing_kwargs == {"use_reentrant": False}
     assert getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type) == "cosine_with_min_lr"
 
 
@@ -262,6 +264,10 @@ def test_training_arguments_mapping(tmp_path):
         ("{lerning_rate: 1.0}", r"did you mean 'training.learning_rate'\?"),
         ("{max_steps: 3}", r"training.extra.max_steps: set it as 'training.max_steps' instead"),
         ("{seed: 3}", r"training.extra.seed: set it as 'seed' instead"),
+        ("{gradient_checkpointing_kwargs: {}}", r"training.extra.gradient_checkpointing_kwargs: set it as "
+                                                r"'training.gradient_checkpointing_kwargs' instead"),
+        ("{activation_checkpointing_kwargs: {}}", r"training.extra.activation_checkpointing_kwargs: set it as "
+                                                  r"'training.gradient_checkpointing_kwargs' instead"),
     ],
 )
 def test_training_arguments_extra_is_checked(tmp_path, extra, match):
@@ -388,3 +394,43 @@ def test_pass_through_conflicts_and_bad_values_are_one_line(tmp_path):
     with pytest.raises(UsageError, match="^training: TrainingArguments refused the settings: ") as err:
         training_arguments(cfg, tmp_path / "out")
     assert "\n" not in str(err.value) and "not_an_optimizer" in str(err.value)
+
+
+@pytest.mark.slow  # imports transformers
+def test_explicit_checkpointing_kwargs_pass_through(tmp_path):
+    cfg = load_config(_yaml(tmp_path / "c.yaml", "training: {report_to: [], gradient_checkpointing: true, "
+                                                 "gradient_checkpointing_kwargs: {use_reentrant: true}}\n"))
+    assert training_arguments(cfg, tmp_path / "out").gradient_checkpointing_kwargs == {"use_reentrant": True}
+
+
+@pytest.mark.parametrize(
+    "settings, world, refused",
+    [
+        ("stage: 2, training: {gradient_checkpointing: true, gradient_checkpointing_kwargs: {use_reentrant: true}}", 2, True),
+        ("stage: 2, training: {gradient_checkpointing: true, gradient_checkpointing_kwargs: {preserve_rng_state: true}}", 2, True),  # torch's default is reentrant
+        ("stage: 2, training: {gradient_checkpointing: true, gradient_checkpointing_kwargs: {use_reentrant: true}}", 1, False),
+        ("stage: 2, training: {gradient_checkpointing: true}", 2, False),  # vlmdet's default: non-reentrant
+        ("stage: 2, training: {gradient_checkpointing: true, gradient_checkpointing_kwargs: {use_reentrant: false}}", 2, False),
+        ("stage: 2, training: {gradient_checkpointing: false, gradient_checkpointing_kwargs: {use_reentrant: true}}", 2, False),
+        ("stage: 1, training: {gradient_checkpointing: true, gradient_checkpointing_kwargs: {use_reentrant: true}}", 2, False),
+        ("stage: 2, stage2: {n_softctx_iter: 1}, training: {gradient_checkpointing: true, gradient_checkpointing_kwargs: {use_reentrant: true}}", 2, False),
+        ("stage: 2, stage2: {b_ratio: 1.0}, training: {gradient_checkpointing: true, gradient_checkpointing_kwargs: {use_reentrant: true}}", 2, False),
+    ],
+)
+def test_reentrant_checkpointing_refused_only_with_ddp_channel_a_n2(tmp_path, settings, world, refused):
+    from vlmdet.config import check_checkpointing
+
+    cfg = load_config(_yaml(tmp_path / "c.yaml", "{" + settings + "}\n"))
+    if refused:
+        with pytest.raises(UsageError, match=r"^training.gradient_checkpointing_kwargs.use_reentrant: .* on 2 processes; "
+                                             r"set use_reentrant: false$"):
+            check_checkpointing(cfg, world)
+    else:
+        check_checkpointing(cfg, world)
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.rglob("*.yaml")), ids=lambda p: str(p.relative_to(CONFIGS)))
+def test_shipped_configs_with_checkpointing_pin_non_reentrant(path):
+    cfg = load_config(path)
+    if cfg.training.gradient_checkpointing:
+        assert cfg.training.gradient_checkpointing_kwargs == {"use_reentrant": False}

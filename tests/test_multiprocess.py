@@ -119,3 +119,107 @@ def test_torchrun_two_ranks_trains_both_channels(tmp_path):
             assert train_ev[step + 1][key] == pytest.approx(num / den, rel=1e-6)
         rollouts = sum(w for m, w in groups if "rollout/gt_objects_mean" in m)
         assert rollouts == 4  # 2 samples per rank
+
+
+# ------------------------------------------------------------------------------------------------
+# Multi-rank runs against one process: the same samples, the same updates, the same losses.
+#
+# With per-device batch b on W ranks, rank r's micro-batch of step s is batch W*s + r of the shared
+# seeded sampler; one process with batch b and W accumulation steps sees the same batches as the
+# micro-batches of step s, and (losses are per-micro-batch means, the Trainer divides by the
+# accumulation steps, DDP averages gradients) makes the same update. So rank r's losses at step s
+# must equal the single process's losses of micro-batch r of step s.
+
+PARITY_WORKER = r'''
+import json, os, sys
+import torch.distributed as dist
+import vlmdet.train.trainer as tr
+from vlmdet.config import load_config
+from vlmdet.train.cli import train
+
+out_path, config, overrides = sys.argv[1], sys.argv[2], sys.argv[3:]
+cfg = load_config(config, overrides)
+logs, real = [], tr.OBJECTIVES[cfg.stage]
+
+def recorded(trainer, model, batch):
+    loss, lg = real(trainer, model, batch)
+    if model.training:
+        logs.append((int(trainer.state.global_step), dict(lg), type(model).__name__))
+    return loss, lg
+
+tr.OBJECTIVES[cfg.stage] = recorded
+summary = train(cfg, ["parity"])
+mine = {"logs": logs, "summary": summary}
+if dist.is_available() and dist.is_initialized():
+    ranks = [None] * dist.get_world_size()
+    dist.all_gather_object(ranks, mine)
+else:
+    ranks = [mine]
+if int(os.environ.get("RANK", "0")) == 0:
+    with open(out_path, "w") as f:
+        json.dump(ranks, f)
+'''
+
+ENV = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+
+
+def run_parity_worker(tmp_path: Path, name: str, config: Path, overrides: list[str], nproc: int, timeout: int = 240):
+    """Run PARITY_WORKER on `nproc` ranks (torchrun, gloo) or in one process (`nproc` = 1); returns
+    the per-rank results `[{"logs": [(step, logs, wrapper type)], "summary": {...}}]`."""
+    worker = tmp_path / "parity_worker.py"
+    worker.write_text(PARITY_WORKER)
+    result = tmp_path / f"{name}.json"
+    launch = [sys.executable]
+    if nproc > 1:
+        launch += ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
+        overrides = [*overrides, "training.ddp_backend=gloo"]
+    cmd = [*launch, str(worker), str(result), str(config), *overrides, f"run_name={name}"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env={**os.environ, **ENV}, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    return json.loads(result.read_text())
+
+
+def assert_rank_losses_match(ranks: list[dict], single: dict, steps: int, rel: float = 1e-4) -> None:
+    """Rank r's logged `loss/*` at step s == the single process's micro-batch r of step s."""
+    world = len(ranks)
+    for r, res in enumerate(ranks):
+        assert [s for s, _, _ in res["logs"]] == list(range(steps))
+    assert [s for s, _, _ in single["logs"]] == [s for s in range(steps) for _ in range(world)]
+    for s in range(steps):
+        for r, res in enumerate(ranks):
+            got, want = res["logs"][s][1], single["logs"][s * world + r][1]
+            keys = sorted(k for k in want if k.startswith("loss/"))
+            assert keys and keys == sorted(k for k in got if k.startswith("loss/"))
+            for k in keys:
+                assert got[k] == pytest.approx(want[k], rel=rel, abs=1e-6), (s, r, k)
+    # the ranks saw different samples (else the comparison would not show the sharding)
+    assert ranks[0]["logs"][0][1]["loss/token_ce"] != ranks[1]["logs"][0][1]["loss/token_ce"]
+
+
+def parity_overrides(tmp_path: Path, steps: int, *extra: str) -> list[str]:
+    from vlmdet.data.synth import make_synth
+
+    data = tmp_path / "data"
+    if not (data / "train.jsonl").exists():
+        make_synth(data, n_train=8, n_val=4, seed=0, size=64)
+    return [
+        "model.name_or_path=tiny", f"data.train={data / 'train.jsonl'}", f"data.val={data / 'val.jsonl'}",
+        f"output_dir={tmp_path / 'runs'}", f"training.max_steps={steps}", "training.per_device_train_batch_size=2",
+        "training.logging_steps=1", "training.warmup_steps=0", "training.report_to=[]", "training.save_steps=1000",
+        "eval.eval_steps=0", "monitor.draw_images=false", *extra,
+    ]
+
+
+@pytest.mark.slow
+def test_ddp_gradient_checkpointing_channel_a_n2_matches_one_process(tmp_path):
+    """DDP + gradient checkpointing (the default non-reentrant kind) + Channel-A N = 2: the 2-rank losses
+    of 3 steps equal one process's accumulated micro-batches."""
+    steps = 3
+    common = parity_overrides(tmp_path, steps, "training.gradient_checkpointing=true", "stage2.n_softctx_iter=2",
+                              "training.learning_rate=0.01")
+    config = ROOT / "configs" / "stage2" / "a_only.yaml"
+    ranks = run_parity_worker(tmp_path, "ddp_gc", config, common, nproc=2)
+    (single,) = run_parity_worker(tmp_path, "one_gc", config, [*common, "training.gradient_accumulation_steps=2"], 1)
+    assert {w for r in ranks for _, _, w in r["logs"]} == {"DistributedDataParallel"}
+    assert all(lg["stage2/n_forwards"] == 2.0 for r in ranks for _, lg, _ in r["logs"])
+    assert_rank_losses_match(ranks, single, steps)

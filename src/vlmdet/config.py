@@ -140,6 +140,8 @@ class TrainingConfig:
     """bfloat16 mixed precision"""
     gradient_checkpointing: bool = False
     """activation checkpointing"""
+    gradient_checkpointing_kwargs: Optional[dict] = None
+    """checkpointing keyword arguments (null with checkpointing on: {use_reentrant: false})"""
     dataloader_num_workers: int = 0
     """data loader worker processes"""
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
@@ -748,6 +750,28 @@ def check_training_precision(cfg: Config) -> None:
     )
 
 
+#: the checkpointing kwargs vlmdet passes when checkpointing is on and `training.gradient_checkpointing_kwargs`
+#: is not set: reentrant checkpointing under DDP with Channel-A N >= 2 stops at the first backward
+#: ("Expected to mark a variable ready only once") and gives no gradient to kept prefix keys/values.
+NON_REENTRANT = {"use_reentrant": False}
+
+
+def check_checkpointing(cfg: Config, world_size: int) -> None:
+    """Refuse reentrant gradient checkpointing in a multi-process run whose Stage-2 runs Channel-A with
+    N >= 2 (every forward of the soft-context loop runs the same checkpointed layers inside one backward,
+    which reentrant checkpointing reports to DDP as a second "ready" of the same parameters).
+    Raises `UsageError` (one line) before any work starts."""
+    t = cfg.training
+    reentrant = bool((t.gradient_checkpointing_kwargs or NON_REENTRANT).get("use_reentrant", True))
+    channel_a_n = cfg.stage == 2 and cfg.stage2.n_softctx_iter >= 2 and cfg.stage2.b_ratio < 1.0
+    if t.gradient_checkpointing and reentrant and channel_a_n and world_size > 1:
+        raise UsageError(
+            "training.gradient_checkpointing_kwargs.use_reentrant: reentrant checkpointing cannot train Channel-A "
+            f"with stage2.n_softctx_iter={cfg.stage2.n_softctx_iter} on {world_size} processes; "
+            "set use_reentrant: false"
+        )
+
+
 def load_config(path: str | os.PathLike, overrides: typing.Sequence[str] = ()) -> Config:
     """Load a YAML config with `extends` and `key.sub=value` overrides into a checked `Config`."""
     data = _load_tree(Path(path), ())
@@ -821,8 +845,9 @@ def training_arguments(cfg: Config, output_dir: str | os.PathLike):
     `training.extra` adds any other TrainingArguments field (names are checked, with a "did you
     mean"; an `extra` key that duplicates a typed field or one set here is an error).
     `remove_unused_columns` defaults to False (vlmdet batches carry extra columns); set it in `extra`
-    to change it. `gradient_checkpointing` is passed as `activation_checkpointing` where transformers
-    has that newer name. TensorBoard: transformers 5 has no `logging_dir` argument; the tensorboard
+    to change it. `gradient_checkpointing(_kwargs)` is passed as `activation_checkpointing(_kwargs)` where
+    transformers has that newer name; with checkpointing on and no kwargs the kwargs are `NON_REENTRANT`
+    (whatever the installed transformers' default is). TensorBoard: transformers 5 has no `logging_dir` argument; the tensorboard
     callback reads the `TENSORBOARD_LOGGING_DIR` environment variable (default `<output_dir>/runs/...`).
     """
     import torch  # heavy: only here, so that loading a config (every command) stays torch-free
@@ -832,12 +857,19 @@ def training_arguments(cfg: Config, output_dir: str | os.PathLike):
     extra = t.pop("extra")
     valid = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
     fixed = {"output_dir": str(output_dir), "run_name": cfg.run_name, "seed": cfg.seed}
-    if "activation_checkpointing" in valid:  # transformers >= 5.x renamed gradient_checkpointing
-        t["activation_checkpointing"] = t.pop("gradient_checkpointing")
+    if t["gradient_checkpointing"] and t["gradient_checkpointing_kwargs"] is None:
+        t["gradient_checkpointing_kwargs"] = dict(NON_REENTRANT)
+    renamed = {}
+    if "activation_checkpointing" in valid:  # transformers >= 5.x renamed gradient_checkpointing(_kwargs)
+        renamed = {"activation_checkpointing": "gradient_checkpointing",
+                   "activation_checkpointing_kwargs": "gradient_checkpointing_kwargs"}
+        for new, old in renamed.items():
+            t[new] = t.pop(old)
     for key in extra:
-        if key in t or key in fixed:
-            typed = "gradient_checkpointing" if key == "activation_checkpointing" else key
-            raise UsageError(f"training.extra.{key}: set it as {'training.' + typed if key in t else key!r} instead")
+        if key in t or key in fixed or key in renamed.values():
+            typed = renamed.get(key, key)
+            where = f"training.{typed}" if key in t or key in renamed.values() else key
+            raise UsageError(f"training.extra.{key}: set it as {where!r} instead")
         if key not in valid:
             close = difflib.get_close_matches(key, sorted(valid), n=1)
             where = "training." if close and close[0] in t else "training.extra."

@@ -213,7 +213,7 @@ def train(cfg, argv, resume=None, overwrite=False, loaded=None, override_prompt:
     complete checkpoint) or a checkpoint path. Nothing is written before every check passed."""
     from contextlib import nullcontext
 
-    from vlmdet.config import check_training_precision, config_notes
+    from vlmdet.config import check_checkpointing, check_training_precision, config_notes
     from vlmdet.rundir import RunDir, RunLock, check_run_name
     from vlmdet.model.lora import is_lora, save_final
     from vlmdet.train.callbacks import save_processor
@@ -224,6 +224,7 @@ def train(cfg, argv, resume=None, overwrite=False, loaded=None, override_prompt:
         raise UsageError("--overwrite: cannot be combined with --resume / --resume-from")
     check_run_name(cfg.run_name)
     check_training_precision(cfg)
+    check_checkpointing(cfg, int(os.environ.get("WORLD_SIZE", "1")))
     run = RunDir(Path(cfg.output_dir) / cfg.run_name)
     run.check_reuse(resume=resume is not None, overwrite=overwrite)
     target, notes = resume_target(run, resume, cfg.training.max_steps)
