@@ -83,12 +83,21 @@ CASES = [
         ("eval.max_samples", "-1", r"eval.max_samples: -1 must be >= 0 \(0 = all\) or null"),
         ("seed", "-3", r"seed: -3 must be in \[0, 2\*\*32\)"),
         ("losses.coord_gate", "-0.5", r"losses.coord_gate: -0.5 must be >= 0"),
+        ("eval.early_stopping_patience", "-1", r"eval.early_stopping_patience: -1 must be >= 0"),
     ]],
     # TrainingArguments / Trainer checks (the model and data load first; still nothing is written)
     ("targs-unknown-scheduler", {"t.jsonl": GOOD, "a.png": "{png}"}, ["train", *TRAIN, "training.lr_scheduler_type=bogus"],
      r"training: .*bogus"),
     ("targs-unknown-optimizer", {"t.jsonl": GOOD, "a.png": "{png}"}, ["train", *TRAIN, "training.extra={optim: bogus}"],
      r"training: .*bogus is not a valid OptimizerNames.*"),
+    ("metric-for-best-not-rollout", {"t.jsonl": GOOD, "a.png": "{png}"},
+     ["train", *TRAIN, "training.metric_for_best_model=eval_loss"],
+     r"training.metric_for_best_model: 'eval_loss' is not a rollout-eval metric \(the eval computes eval_rollout/\*, "
+     r"e.g. eval_rollout/bbox_AP50\)"),
+    ("early-stopping-without-best-model", {"t.jsonl": GOOD, "a.png": "{png}"},
+     ["train", *TRAIN, "eval.early_stopping_patience=2"],
+     r"eval.early_stopping_patience: needs eval.eval_steps > 0, data.val and training.load_best_model_at_end: true "
+     r"with training.metric_for_best_model \(e.g. eval_rollout/bbox_AP50\)"),
     ("targs-deepspeed-missing", {"t.jsonl": GOOD, "a.png": "{png}", "ds.json": "{}"},
      ["train", *TRAIN, "training.deepspeed={d}/ds.json"], r"training: .*"),
     ("output-dir-under-a-file", {"t.jsonl": GOOD, "a.png": "{png}", "runs": "a file"}, ["train", *TRAIN],

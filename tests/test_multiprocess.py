@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -223,3 +224,161 @@ def test_ddp_gradient_checkpointing_channel_a_n2_matches_one_process(tmp_path):
     assert {w for r in ranks for _, _, w in r["logs"]} == {"DistributedDataParallel"}
     assert all(lg["stage2/n_forwards"] == 2.0 for r in ranks for _, lg, _ in r["logs"])
     assert_rank_losses_match(ranks, single, steps)
+
+
+# ------------------------------------------------------------------------------------------------
+# Multi-rank rollout eval: each rank generates its shard, rank 0 gathers; the numbers of one process.
+# The answers are forced (tests/test_runner.py's logits processor), so the metrics are known by hand.
+
+EVAL_WORKER = r'''
+import json, os, sys
+from pathlib import Path
+import torch.distributed as dist
+sys.path.insert(0, sys.argv[1])
+import test_runner as tr
+from vlmdet.data.records import load_records
+from vlmdet.evaluate.runner import run_rollout_eval
+from vlmdet.model.load import load_model
+from vlmdet.rundir import RunDir
+
+work, result = Path(sys.argv[2]), sys.argv[3]
+if "WORLD_SIZE" in os.environ:
+    dist.init_process_group("gloo")
+rank = dist.get_rank() if dist.is_initialized() else 0
+loaded = load_model("tiny")
+cfg = tr.make_cfg(rollout={"batch_size": 1})
+records = load_records(tr.write_val(work)) if rank == 0 else None
+if dist.is_initialized():
+    dist.barrier()
+records = load_records(work / "val.jsonl")
+backend = tr.forced_backend(loaded, cfg, tr.ANSWERS)
+metrics = run_rollout_eval(loaded, records, cfg, run_dir=RunDir(work / "run"), step=7, backend=backend)
+mine = {"metrics": metrics, "generated": [len(backend.rollouts)]}
+ranks = [None] * (dist.get_world_size() if dist.is_initialized() else 1)
+if dist.is_initialized():
+    dist.all_gather_object(ranks, mine)
+else:
+    ranks = [mine]
+if rank == 0:
+    Path(result).write_text(json.dumps(ranks))
+'''
+
+
+def run_eval_worker(tmp_path: Path, name: str, nproc: int) -> tuple[list[dict], Path]:
+    work = tmp_path / name
+    work.mkdir()
+    worker = tmp_path / "eval_worker.py"
+    worker.write_text(EVAL_WORKER)
+    launch = [sys.executable]
+    if nproc > 1:
+        launch += ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
+    result = work / "result.json"
+    proc = subprocess.run([*launch, str(worker), str(ROOT / "tests"), str(work), str(result)], cwd=tmp_path,
+                          env={**os.environ, **ENV}, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    return json.loads(result.read_text()), work / "run"
+
+
+@pytest.mark.slow
+def test_two_rank_rollout_eval_equals_one_process(tmp_path):
+    ranks, run2 = run_eval_worker(tmp_path, "two", 2)
+    (single,), run1 = run_eval_worker(tmp_path, "one", 1)
+    # 5 records: rank 0 generated records 0, 2, 4 and rank 1 records 1, 3; both returned rank 0's metrics
+    assert [r["generated"] for r in ranks] == [[3], [2]] and single["generated"] == [5]
+    assert ranks[0]["metrics"] == ranks[1]["metrics"]
+    got, want = ranks[0]["metrics"], single["metrics"]
+    assert sorted(got) == sorted(want)
+    for k in want:
+        if not k.startswith("eval_time/"):
+            assert got[k] == pytest.approx(want[k], rel=1e-6, abs=1e-9), k
+    # the hand-computed numbers of tests/test_runner.py::test_hand_computed_metrics
+    assert (got["eval_rollout/tp"], got["eval_rollout/fp"], got["eval_rollout/fn"]) == (3, 3, 4)
+    assert got["eval_rollout/f1"] == pytest.approx(6 / 13) and got["eval_rollout/hit_max_new_tokens_rate"] == 0.2
+    # rank 0 wrote the predictions of every record, in record order, like one process
+    preds = lambda run: [json.loads(line) for line in (run / "eval" / "step_000007" / "predictions.jsonl").read_text().splitlines()]  # noqa: E731
+    p2, p1 = preds(run2), preds(run1)
+    assert [p["image_id"] for p in p2] == ["s1_valid", "s2_drift", "s3_leak", "s4_trunc", "s5_empty"]
+    assert [[o["bbox_2d"] for o in p["objects"]] for p in p2] == [[o["bbox_2d"] for o in p["objects"]] for p in p1]
+    for a, b in zip(p2, p1):
+        assert [o.get("score") for o in a["objects"]] == pytest.approx([o.get("score") for o in b["objects"]], rel=1e-6)
+
+
+TRAIN_EVAL_WORKER = r'''
+import json, os, sys
+from pathlib import Path
+import torch.distributed as dist
+sys.path.insert(0, sys.argv[1])
+import test_runner as tr
+import vlmdet.evaluate.runner as runner
+import vlmdet.train.trainer as trainer_mod
+from vlmdet.config import load_config
+from vlmdet.train.cli import train
+
+result, config, overrides = sys.argv[2], sys.argv[3], sys.argv[4:]
+# eval call n forces answer set n: nothing, the test_runner answers (F1 6/13), only s1 (F1 4/9), ...
+EMPTY = {k: tr.answer() for k in tr.ANSWERS}
+SETS = [EMPTY, tr.ANSWERS, {**EMPTY, "s1_valid": tr.ANSWERS["s1_valid"]}]
+calls = []
+
+def make_backend(loaded, cfg, **kw):
+    answers = SETS[min(len(calls), len(SETS) - 1)]
+    calls.append(len(calls))
+    return tr.forced_backend(loaded, cfg, answers)
+
+runner.make_backend = make_backend
+returned = []
+real_evaluate = trainer_mod.DetTrainer.evaluate
+
+def evaluate(self, *a, **kw):
+    metrics = real_evaluate(self, *a, **kw)
+    returned.append((int(self.state.global_step), metrics.get("eval_rollout/f1")))
+    return metrics
+
+trainer_mod.DetTrainer.evaluate = evaluate
+summary = train(load_config(config, overrides), ["eval_worker"])
+ranks = [None] * dist.get_world_size()
+dist.all_gather_object(ranks, {"returned": returned, "summary": summary})
+if dist.get_rank() == 0:
+    Path(result).write_text(json.dumps(ranks))
+'''
+
+
+@pytest.mark.slow
+def test_rollout_metric_picks_the_best_checkpoint_and_stops_early_on_two_ranks(tmp_path):
+    """metric_for_best_model: eval_rollout/f1 with load_best_model_at_end and early stopping (patience 1)
+    on 2 ranks: evals at steps 1, 2, 3 give F1 0, 6/13, 4/9; training stops at step 3 (max_steps 4), the
+    best checkpoint is step 2's, and the final model is its weights."""
+    from safetensors.torch import load_file
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_runner import MAX_NEW, write_val
+
+    (tmp_path / "val").mkdir()
+    val = write_val(tmp_path / "val")
+    overrides = parity_overrides(tmp_path, 4, f"data.val={val}", "eval.eval_steps=1", "training.save_steps=1",
+                                 "training.save_total_limit=2", "eval.early_stopping_patience=1",
+                                 "training.load_best_model_at_end=true", "training.metric_for_best_model=eval_rollout/f1",
+                                 f"rollout.max_new_tokens={MAX_NEW}", "rollout.batch_size=1",
+                                 "training.ddp_backend=gloo", "run_name=best")
+    worker = tmp_path / "train_eval_worker.py"
+    worker.write_text(TRAIN_EVAL_WORKER)
+    result = tmp_path / "best.json"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(worker),
+           str(ROOT / "tests"), str(result), str(ROOT / "configs" / "stage1" / "tiny.yaml"), *overrides]
+    proc = subprocess.run(cmd, cwd=tmp_path, env={**os.environ, **ENV}, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    r0, r1 = json.loads(result.read_text())
+    expected = [[1, 0.0], [2, pytest.approx(6 / 13)], [3, pytest.approx(4 / 9)]]
+    assert r0["returned"] == r1["returned"] == expected  # every rank got rank 0's metrics
+    assert r0["summary"]["global_step"] == 3  # early stopping: one eval without a better F1
+    run = tmp_path / "runs" / "best"
+    state = json.loads((run / "checkpoint-final" / "trainer_state.json").read_text())
+    assert state["best_metric"] == pytest.approx(6 / 13) and state["best_global_step"] == 2
+    assert Path(state["best_model_checkpoint"]).name == "checkpoint-2"
+    # save_total_limit 2: step 1's checkpoint rotated out
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3", "checkpoint-final"]
+    final, best, last = (load_file(run / c / "model.safetensors") for c in ("checkpoint-final", "checkpoint-2", "checkpoint-3"))
+    assert all(torch.equal(final[k], best[k]) for k in best)
+    assert not all(torch.equal(final[k], last[k]) for k in last)  # step 3 moved the weights: the best was loaded
+    events = [json.loads(line) for line in (run / "logging.jsonl").read_text().splitlines()]
+    assert [[e["step"], e["eval_rollout/f1"]] for e in events if "eval_rollout/f1" in e] == expected

@@ -63,7 +63,11 @@ def loaded():
 
 @pytest.fixture(scope="module")
 def val(tmp_path_factory):
-    d = tmp_path_factory.mktemp("runner_data")
+    return write_val(tmp_path_factory.mktemp("runner_data"))
+
+
+def write_val(d: Path) -> Path:
+    """The 5 val images and `d/val.jsonl` with the GT above (also used by tests/test_multiprocess.py)."""
     rows = []
     for i, (image_id, objs) in enumerate(GT.items()):
         Image.new("RGB", (W, H), (100 + 20 * i, 100, 100)).save(d / f"{image_id}.png")

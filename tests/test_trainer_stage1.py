@@ -295,33 +295,33 @@ def test_run_log_callback_writes_numbers_with_step(tmp_path):
     assert rows[0]["nan"] is None and "note" not in rows[0]
 
 
-def test_rollout_eval_hook_calls_runner_and_logs(monkeypatch, tmp_path):
+def test_rollout_eval_callback_requests_due_steps_and_runs_the_runner():
     from vlmdet.config import Config
     from vlmdet.train.callbacks import RolloutEvalCallback
 
-    calls, logged = [], []
+    calls = []
 
     def run_rollout_eval(**kw):
-        assert kw["log"] is False and kw["records"] == ["r1"]
-        calls.append((kw["step"], kw["model"].training, torch.is_grad_enabled()))
+        assert kw["log"] is False and kw["records"] == ["r1"]  # logged once, by DetTrainer.evaluate
+        calls.append((kw["step"], kw["model"], kw["model"].training, torch.is_grad_enabled()))
         return {"eval_rollout/f1": 0.5}
 
     cfg = Config()
-    cfg.eval.eval_steps = 2
+    cfg.eval.eval_steps, cfg.eval.steps = 2, [3]
     model = torch.nn.Linear(2, 2)
-    loaded = types.SimpleNamespace(model=model)
-    cb = RolloutEvalCallback(cfg, run=None, loaded=loaded, records=["r1"], runner=run_rollout_eval)
-    control = types.SimpleNamespace(should_log=True)
-
-    def log(metrics):  # like Trainer.log: its on_log handler clears should_log
-        logged.append(metrics)
-        control.should_log = False
-
-    cb.trainer = types.SimpleNamespace(log=log)
-    for step in (1, 2, 3, 4):
-        control.should_log = step % 2 == 0
-        cb.on_step_end(None, _State(step), control, model=model)
-        assert control.should_log == (step % 2 == 0)  # the step's own training log is not swallowed
-    assert calls == [(2, False, False), (4, False, False)]  # eval mode, no grad, at the due steps
+    cb = RolloutEvalCallback(cfg, run=None, loaded=types.SimpleNamespace(model=model), records=["r1"],
+                             runner=run_rollout_eval)
+    control = types.SimpleNamespace(should_evaluate=False)
+    requested = []
+    for step in (1, 2, 3, 4, 5):
+        control.should_evaluate = step == 5  # the Trainer's flow callback asks at the last step: overruled
+        cb.on_step_end(None, _State(step), control)
+        requested.append(control.should_evaluate)
+    assert requested == [False, True, True, True, False]
+    wrapped = types.SimpleNamespace(module=model)  # a DDP-style wrapper: generation uses the module inside
+    assert cb.evaluate(wrapped, 4) == {"eval_rollout/f1": 0.5}
+    assert calls == [(4, model, False, False)]  # eval mode, no grad
     assert model.training  # restored
-    assert logged == [{"eval_rollout/f1": 0.5}, {"eval_rollout/f1": 0.5}]
+    idle = RolloutEvalCallback(cfg, run=None, loaded=None, records=[], runner=run_rollout_eval)
+    idle.on_step_end(None, _State(2), control)
+    assert control.should_evaluate is False  # no val records: never

@@ -268,6 +268,8 @@ class EvalConfig:
     """IoU threshold of P/R/F1"""
     also_constrained: bool = False
     """also run a grammar-constrained pass"""
+    early_stopping_patience: int = 0
+    """stop after N rollout evals without a better training.metric_for_best_model (0 = off)"""
 
 
 @dataclass
@@ -341,6 +343,7 @@ RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "match.iou_gate": (lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
     "eval.f1_iou": (lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
     "eval.eval_steps": (lambda v: v >= 0, ">= 0"),
+    "eval.early_stopping_patience": (lambda v: v >= 0, ">= 0"),
     "rollout.max_new_tokens": (lambda v: v >= 1, ">= 1"),
     "rollout.batch_size": (lambda v: v >= 1, ">= 1"),
     "rollout.vllm_gpu_memory_utilization": (lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
@@ -845,7 +848,8 @@ def training_arguments(cfg: Config, output_dir: str | os.PathLike):
     `training.extra` adds any other TrainingArguments field (names are checked, with a "did you
     mean"; an `extra` key that duplicates a typed field or one set here is an error).
     `remove_unused_columns` defaults to False (vlmdet batches carry extra columns); set it in `extra`
-    to change it. `gradient_checkpointing(_kwargs)` is passed as `activation_checkpointing(_kwargs)` where
+    to change it. `eval_strategy` / `eval_steps` follow `eval.eval_steps` (the rollout eval is the Trainer's
+    evaluation) when `data.val` is set, unless `extra` sets them. `gradient_checkpointing(_kwargs)` is passed as `activation_checkpointing(_kwargs)` where
     transformers has that newer name; with checkpointing on and no kwargs the kwargs are `NON_REENTRANT`
     (whatever the installed transformers' default is). TensorBoard: transformers 5 has no `logging_dir` argument; the tensorboard
     callback reads the `TENSORBOARD_LOGGING_DIR` environment variable (default `<output_dir>/runs/...`).
@@ -877,6 +881,13 @@ def training_arguments(cfg: Config, output_dir: str | os.PathLike):
             raise UsageError(f"training.extra.{key}: not a TrainingArguments field{hint}")
     kwargs = {**t, "remove_unused_columns": False, **extra, **fixed}
 
+    if "eval_strategy" not in extra and "eval_steps" not in extra:
+        # the rollout eval is the Trainer's evaluation (train/trainer.DetTrainer.evaluate): its period is
+        # the Trainer's, so load_best_model_at_end / save_strategy checks see the real schedule
+        periodic = int(cfg.eval.eval_steps) > 0 and bool(cfg.data.val)
+        kwargs["eval_strategy"] = "steps" if periodic else "no"
+        if periodic:
+            kwargs["eval_steps"] = int(cfg.eval.eval_steps)
     if "dataloader_pin_memory" not in extra:
         kwargs["dataloader_pin_memory"] = torch.cuda.is_available()  # pinning needs an accelerator
     if kwargs.get("ddp_backend") == "gloo" and "use_cpu" not in extra:

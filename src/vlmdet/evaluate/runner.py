@@ -12,6 +12,11 @@ definitions: docs/EVALUATION.md) and, with a `run_dir`, writes
 and appends the metrics to logging.jsonl (`RunDir.log`). The eval folder is filled as a hidden
 sibling and renamed into place (`io.replace_folder`): it holds predictions and metrics, or nothing.
 
+Multi-process (torch.distributed initialized, e.g. during `torchrun` training): every rank generates
+its strided shard of the records, rank 0 gathers the parsed samples (`gather_object`), computes the
+metrics over all of them in record order and writes the files, and the metrics are broadcast so every
+rank returns the same dict (with greedy decoding: the numbers one process gets).
+
 Per sample: the backend's tokens are parsed with `parse.parse_rollout` (the one strict parser; coord
 literals must be real coordinate-token ids), valid objects' bins become pixel boxes
 (`coords.bins_to_pixel_box` with the record's size), and each box is scored by the geometric mean of
@@ -234,17 +239,49 @@ def _prefixed(metrics: dict[str, float], prefix: str) -> dict[str, float]:
     return {f"{prefix}/{k}": v for k, v in metrics.items()}
 
 
+def rank_and_world() -> tuple[int, int]:
+    """`(rank, world size)` of the initialized torch.distributed process group, else `(0, 1)`."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def shard_indices(n: int, rank: int, world: int) -> list[int]:
+    """The record indices rank `rank` of `world` evaluates: every `world`-th from `rank` (strided, so
+    the shards differ in size by at most one and each spans the whole set)."""
+    return list(range(rank, n, world))
+
+
 def evaluate_pass(loaded, records, cfg, backend, seed: int | None = None):
-    """One generation pass: (samples, unprefixed metrics, timing dict, score_source)."""
+    """One generation pass: (samples, unprefixed metrics, timing dict, score_source).
+
+    Under torch.distributed every rank generates and parses its shard (`shard_indices`) and rank 0
+    gathers the `SampleEval`s (`gather_object`), restores the record order and computes the metrics:
+    the same numbers as one process with greedy decoding. Other ranks return `(None, None, None, None)`.
+    Timing: `generate_s` is the slowest rank's generation time, the rates count every rank's tokens."""
+    import torch.distributed as dist
+
+    rank, world = rank_and_world()
+    mine = shard_indices(len(records), rank, world)
     t0 = time.perf_counter()
-    rollouts = backend.generate(records, seed=seed)
+    rollouts = backend.generate([records[i] for i in mine], seed=seed)
     gen_s = time.perf_counter() - t0
-    if len(rollouts) != len(records):
-        raise RuntimeError(f"backend returned {len(rollouts)} rollouts for {len(records)} records")
-    samples = [evaluate_sample(rec, ro, cfg, loaded) for rec, ro in zip(records, rollouts)]
+    if len(rollouts) != len(mine):
+        raise RuntimeError(f"backend returned {len(rollouts)} rollouts for {len(mine)} records")
+    samples = [evaluate_sample(records[i], ro, cfg, loaded) for i, ro in zip(mine, rollouts)]
+    if world > 1:
+        parts: list | None = [None] * world if rank == 0 else None
+        dist.gather_object((mine, samples, gen_s), parts, dst=0)
+        if rank != 0:
+            return None, None, None, None
+        by_index = {i: s for idx, ss, _ in parts for i, s in zip(idx, ss)}
+        samples = [by_index[i] for i in range(len(records))]
+        gen_s = max(g for _, _, g in parts)
     metrics, score_source = sample_metrics(samples, records, cfg)
     total_s = time.perf_counter() - t0
-    tokens = sum(len(r.token_ids) for r in rollouts)
+    tokens = sum(len(s.rollout.token_ids) for s in samples)
     timing = {
         "generate_s": gen_s,
         "total_s": total_s,
@@ -267,7 +304,11 @@ def run_rollout_eval(loaded, records, cfg, run_dir=None, step: int = 0, backend=
     `model`: the module to generate with instead of `loaded.model` (the trainer's unwrapped model);
     `constrained_backend`: the backend of the `eval.also_constrained` pass (default: `HFRollout` with
     the grammar constraint on); `log`: append the metrics to the run's logging.jsonl (a caller that
-    logs them itself, e.g. through `Trainer.log`, may pass False). Returns the metrics (floats)."""
+    logs them itself, e.g. through `Trainer.log`, may pass False). Returns the metrics (floats).
+
+    Multi-process (torch.distributed initialized): call it on every rank; each generates its shard of
+    the records (`evaluate_pass`), rank 0 computes the metrics and writes the files, and every rank
+    returns rank 0's metrics."""
     if model is not None and model is not loaded.model:
         loaded = dataclasses.replace(loaded, model=model)
 
@@ -280,32 +321,51 @@ def run_rollout_eval(loaded, records, cfg, run_dir=None, step: int = 0, backend=
         run_dir = RunDir(run_dir)
     seed = int(cfg.seed) + int(step)
 
+    rank, world = rank_and_world()
+    progress = progress and rank == 0
     if backend is None:
         backend = make_backend(loaded, cfg, progress=progress)
     samples, metrics, timing, score_source = evaluate_pass(loaded, records, cfg, backend, seed)
-    out = {**_prefixed(metrics, PREFIX), **_prefixed(timing, "eval_time")}
     passes = [("predictions.jsonl", samples)]
-
+    constrained = None
     if cfg.eval.also_constrained and not getattr(backend, "constrained", False):
         if constrained_backend is None:
             grammar = getattr(backend, "_grammar", None)
             constrained_backend = make_backend(loaded, cfg, constrained=True, progress=progress, grammar=grammar)
         c_samples, c_metrics, c_timing, _ = evaluate_pass(loaded, records, cfg, constrained_backend, seed)
-        out.update(_prefixed(c_metrics, PREFIX_CONSTRAINED))
-        out.update(_prefixed(c_timing, "eval_time_constrained"))
         passes.append(("predictions_constrained.jsonl", c_samples))
+        constrained = (c_metrics, c_timing)
 
-    if run_dir is not None:
-        folder = run_dir.eval_dir(step)
-        staged = staging_folder(folder)  # the eval folder appears whole: predictions and metrics, or none
-        for name, ss in passes:
-            atomic_write_jsonl(staged / name, [prediction_row(s) for s in ss])
-        if cfg.monitor.enabled:
-            write_dump(run_dir.dump_path(step), step, [dump_sample(s) for s in samples],
-                       n_samples=cfg.monitor.n_samples, max_text_chars=cfg.monitor.max_text_chars,
-                       draw_images=cfg.monitor.draw_images)
-        atomic_write_json(staged / "metrics.json", {"step": int(step), "metrics": out, "score_source": score_source})
-        replace_folder(staged, folder)
-        if log:
-            run_dir.log({"step": int(step), **out})
+    out = None
+    if rank == 0:  # the gathered samples: metrics and files
+        out = {**_prefixed(metrics, PREFIX), **_prefixed(timing, "eval_time")}
+        if constrained is not None:
+            out.update(_prefixed(constrained[0], PREFIX_CONSTRAINED))
+            out.update(_prefixed(constrained[1], "eval_time_constrained"))
+        if run_dir is not None:
+            write_eval(run_dir, step, out, score_source, passes, cfg, log)
+    if world > 1:  # every rank returns the same metrics (the Trainer picks the best checkpoint on each)
+        import torch.distributed as dist
+
+        box = [out]
+        dist.broadcast_object_list(box, src=0)
+        out = box[0]
     return out
+
+
+def write_eval(run_dir: RunDir, step: int, out: dict, score_source: str, passes, cfg, log: bool) -> None:
+    """The eval folder of `step` (predictions per pass, metrics.json; staged, then renamed into
+    place), the monitor dump, and with `log` the metrics row in logging.jsonl."""
+    samples = passes[0][1]
+    folder = run_dir.eval_dir(step)
+    staged = staging_folder(folder)  # the eval folder appears whole: predictions and metrics, or none
+    for name, ss in passes:
+        atomic_write_jsonl(staged / name, [prediction_row(s) for s in ss])
+    if cfg.monitor.enabled:
+        write_dump(run_dir.dump_path(step), step, [dump_sample(s) for s in samples],
+                   n_samples=cfg.monitor.n_samples, max_text_chars=cfg.monitor.max_text_chars,
+                   draw_images=cfg.monitor.draw_images)
+    atomic_write_json(staged / "metrics.json", {"step": int(step), "metrics": out, "score_source": score_source})
+    replace_folder(staged, folder)
+    if log:
+        run_dir.log({"step": int(step), **out})

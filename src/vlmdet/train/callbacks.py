@@ -9,11 +9,13 @@
   is sealed (train/checkpoint.py), so a checkpoint loads with `model/load.load_model` and carries its prompt.
 - `RolloutEvalCallback(cfg, run, loaded, records)`: rollout eval (generate -> parse -> match ->
   metrics, docs/EVALUATION.md) at every `eval.eval_steps` optimizer steps (0 = off) and at each step listed in
-  `eval.steps`. The work is done by `runner` (default `vlmdet.evaluate.runner.run_rollout_eval`).
-  It runs on the main process with the unwrapped model in eval mode under `no_grad`; other ranks wait at a barrier. The returned
-  metrics (`eval_rollout/*`) are logged through `trainer.log`, so they reach TensorBoard and
-  logging.jsonl like any other log. `trainer` is attached after the Trainer is built
-  (`callback.trainer = trainer`).
+  `eval.steps`. At those steps it sets the Trainer's `control.should_evaluate`; the Trainer then calls
+  `DetTrainer.evaluate`, which calls `RolloutEvalCallback.evaluate` on every rank. The work is done by
+  `runner` (default `vlmdet.evaluate.runner.run_rollout_eval`: each rank generates its shard of the val
+  records, rank 0 gathers them and computes the metrics, every rank returns them). The metrics
+  (`eval_rollout/*`) are logged through `trainer.log` (TensorBoard, logging.jsonl) and returned by the
+  Trainer's evaluate, so `metric_for_best_model: eval_rollout/bbox_AP50`, `load_best_model_at_end` and
+  `EarlyStoppingCallback` use them.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
-import torch.distributed as dist
 from transformers import TrainerCallback
 
 from vlmdet import console
@@ -145,28 +146,18 @@ class RolloutEvalCallback(TrainerCallback):
         self.loaded = loaded
         self.records = list(records or [])
         self.runner = runner or run_rollout_eval
-        self.trainer = None
 
-    def on_step_end(self, args, state, control, model=None, **kwargs):
-        step = int(state.global_step)
-        if not self.records or not eval_due(step, self.cfg.eval):
-            return
-        metrics = None
-        if state.is_world_process_zero:
-            metrics = self.evaluate(model, step)
-
-        if dist.is_available() and dist.is_initialized():
-            dist.barrier()
-        if metrics and self.trainer is not None:
-            # Trainer.log resets control.should_log (its on_log handler does); keep the flag the flow
-            # callback set for this step so the step's training log is still written
-            should_log = control.should_log
-            self.trainer.log(dict(metrics))
-            control.should_log = should_log
+    def on_step_end(self, args, state, control, **kwargs):
+        """Ask the Trainer for an evaluation (`DetTrainer.evaluate`, after the step's training log) at
+        exactly the due steps, on every rank (this runs after the Trainer's flow callback, which would
+        add one at the last step)."""
+        control.should_evaluate = bool(self.records) and eval_due(int(state.global_step), self.cfg.eval)
         return control
 
     def evaluate(self, model, step: int) -> dict:
-        """Call the runner with the unwrapped model in eval mode; returns its metrics dict."""
+        """Call the runner on this rank with the model in eval mode, under `no_grad`; returns its metrics
+        (every rank gets rank 0's, see `evaluate/runner.py`). `model`: the Trainer's (possibly wrapped)
+        model; generation uses `forward.unwrap(model)`."""
         net = unwrap(model if model is not None else self.loaded.model)
         was_training = net.training
         net.eval()

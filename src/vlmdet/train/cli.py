@@ -116,7 +116,7 @@ def build_trainer(cfg, run, loaded=None, override_prompt: bool = False):
     """The `DetTrainer` for `cfg` writing into `run` (model loaded unless `loaded` is given);
     returns `(trainer, loaded)`. The checkpoint's `vlmdet.json` sets the prompt settings the config
     leaves unset (`model/contract.apply_contract`; `override_prompt` lets explicit ones differ)."""
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+    from transformers.trainer_callback import EarlyStoppingCallback, PrinterCallback, ProgressCallback
 
     from vlmdet.config import training_arguments
     from vlmdet.evaluate.budget import rollout_budget_note
@@ -145,6 +145,15 @@ def build_trainer(cfg, run, loaded=None, override_prompt: bool = False):
         targs = training_arguments(cfg, run.root)
     except (ValueError, TypeError, ImportError, OSError) as err:  # TrainingArguments.__post_init__ checks
         raise UsageError(f"training: {_first_line(err)}") from err  # the cause shows with --debug
+    best = targs.metric_for_best_model
+    if best is not None and not (best if best.startswith("eval_") else f"eval_{best}").startswith("eval_rollout"):
+        raise UsageError(f"training.metric_for_best_model: {best!r} is not a rollout-eval metric (the eval computes "
+                         "eval_rollout/*, e.g. eval_rollout/bbox_AP50)")
+    if cfg.eval.early_stopping_patience > 0:  # the callback itself only asserts
+        if not (targs.load_best_model_at_end and targs.metric_for_best_model and targs.eval_strategy != "no"):
+            raise UsageError("eval.early_stopping_patience: needs eval.eval_steps > 0, data.val and "
+                             "training.load_best_model_at_end: true with training.metric_for_best_model "
+                             "(e.g. eval_rollout/bbox_AP50)")
     eval_records = val[: cfg.eval.max_samples] if cfg.eval.max_samples else val
     note = rollout_budget_note(eval_records, loaded, cfg)
     if note and int(os.environ.get("RANK", "0")) == 0:
@@ -157,14 +166,17 @@ def build_trainer(cfg, run, loaded=None, override_prompt: bool = False):
             train_dataset=DetDataset(train, loaded, cfg.prompt, seed=cfg.seed),
             data_collator=make_collator(loaded),
             processing_class=loaded.tokenizer,
+            eval_dataset=eval_records or None,  # the rollout eval's records (DetTrainer.evaluate)
             callbacks=[RunLogCallback(run), eval_cb],  # tokenizer, image processor, vlmdet.json: DetTrainer._save_checkpoint
             vlm_cfg=cfg,
             loaded=loaded,
             records=train,
+            rollout_eval=eval_cb.evaluate,
         )
     except (ValueError, ImportError, RuntimeError) as err:  # e.g. a report_to integration that is not installed
         raise UsageError(f"training: {_first_line(err)}") from err
-    eval_cb.trainer = trainer
+    if cfg.eval.early_stopping_patience > 0:
+        trainer.add_callback(EarlyStoppingCallback(cfg.eval.early_stopping_patience))
     for printer in (ProgressCallback, PrinterCallback):  # they print every raw log dict
         trainer.remove_callback(printer)
     trainer.add_callback(ConsoleCallback())

@@ -111,14 +111,16 @@ class DetTrainer(Trainer):
     """`Trainer` with the vlmdet objectives (module docstring).
 
     Extra keyword arguments: `vlm_cfg` (the `vlmdet.config.Config`), `loaded` (the `model.load.Loaded`
-    whose `.model` is trained) and `records` (the training `data.records.Record`s, looked up by
-    `image_id` for Channel-B)."""
+    whose `.model` is trained), `records` (the training `data.records.Record`s, looked up by
+    `image_id` for Channel-B) and `rollout_eval(model, step) -> metrics` (what `evaluate` runs)."""
 
     loss_is_scaled_for_ga = False
     _staging: str | None = None  # set by checkpoint.save_trainer_checkpoint while a save runs
 
-    def __init__(self, *args, vlm_cfg: Config, loaded, records: Sequence[Any], **kwargs):
+    def __init__(self, *args, vlm_cfg: Config, loaded, records: Sequence[Any],
+                 rollout_eval: Callable[[Any, int], dict[str, float]] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.rollout_eval = rollout_eval
         self.cfg = vlm_cfg
         self.loaded = loaded
         self.coord_ids = [int(i) for i in loaded.coord_ids]
@@ -130,6 +132,19 @@ class DetTrainer(Trainer):
         if model.training:
             self.metric_window.add(logs)
         return (loss, {"loss": loss}) if return_outputs else loss
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """The rollout eval instead of the stock loss eval: `rollout_eval(model, global_step)` on every
+        rank (train/callbacks.RolloutEvalCallback.evaluate); its metrics (`eval_rollout/*`,
+        `eval_time/*`) are logged and passed to the callbacks' `on_evaluate`, and returned, so the
+        Trainer's `metric_for_best_model` (e.g. `eval_rollout/bbox_AP50`: the key as written, it
+        already starts with `eval_`) picks the best checkpoint and `EarlyStoppingCallback` sees them."""
+        if self.rollout_eval is None:
+            return {}
+        metrics = dict(self.rollout_eval(self.model_wrapped, int(self.state.global_step)))
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
 
     def _get_output_dir(self, trial) -> str:
         return self._staging if self._staging is not None else super()._get_output_dir(trial)
