@@ -53,17 +53,23 @@ def stage2_cfg(**stage2) -> Config:
 
 
 class Recorder:
-    """Records every call of the inner multimodal model (`model.model`): grad mode and kwargs."""
+    """Records every call of the inner multimodal model (`model.model`): grad mode and kwargs, and as
+    `embeds` what its input-embedding module returned in that call (soft context included)."""
 
     def __init__(self, model):
         self.calls = []
         self.handle = model.model.register_forward_pre_hook(self._hook, with_kwargs=True)
+        self.embed_handle = model.get_input_embeddings().register_forward_hook(self._embeds)
 
     def _hook(self, module, args, kwargs):
         self.calls.append({"grad": torch.is_grad_enabled(), **kwargs})
 
+    def _embeds(self, module, args, out):
+        self.calls[-1]["embeds"] = out
+
     def close(self):
         self.handle.remove()
+        self.embed_handle.remove()
 
 
 @pytest.fixture
@@ -74,14 +80,15 @@ def recorder(loaded):
 
 
 @pytest.mark.parametrize("n", [1, 2, 3])
-def test_runs_exactly_n_forwards_with_embeds_positions_and_no_cache(loaded, batch, recorder, n):
+def test_runs_exactly_n_forwards_with_ids_positions_and_no_cache(loaded, batch, recorder, n):
     cfg = stage2_cfg(n_softctx_iter=n, reuse_prefix=False)
     loss, logs = channel_a_loss(loaded.model, batch, cfg.losses, loaded.coord_ids, cfg.stage2)
     assert len(recorder.calls) == n
     assert logs["stage2/n_forwards"] == n
     B, L = batch["input_ids"].shape
     for call in recorder.calls:
-        assert call.get("input_ids") is None and call["inputs_embeds"].shape[:2] == (B, L)
+        assert call.get("inputs_embeds") is None and call["input_ids"].shape == (B, L)
+        assert call["embeds"].shape[:2] == (B, L)
         assert call["position_ids"].shape == (3, B, L)
         assert call.get("use_cache") is False and call.get("cache") is None
         assert call["pixel_values"] is not None
@@ -97,11 +104,11 @@ def test_prefix_reuse_runs_later_iterations_on_the_suffix_rows(loaded, batch, re
     coord_pos = ((batch["slot_class"] == COORD) & (batch["labels"] != -100)).nonzero()[:, 1]
     start = int(coord_pos.min()) - 1  # the predicting row of the earliest coord slot
     first, *later = recorder.calls
-    assert first["inputs_embeds"].shape[:2] == (B, L) and first["pixel_values"] is not None
+    assert first["embeds"].shape[:2] == (B, L) and first["pixel_values"] is not None
     assert first["cache"].get_seq_length() == 0  # the recording cache: the full forward as without one
     full_pos = first["position_ids"]
     for call in later:
-        assert call["inputs_embeds"].shape[:2] == (B, L - start)
+        assert call["embeds"].shape[:2] == (B, L - start) and call["input_ids"].shape == (B, L - start)
         assert call.get("pixel_values") is None and call.get("image_grid_thw") is None
         assert torch.equal(call["position_ids"], full_pos[..., start:])
         assert call["cache"].get_seq_length() == start and call["attention_mask"].shape == (B, L)
@@ -112,7 +119,7 @@ def test_prefix_reuse_runs_later_iterations_on_the_suffix_rows(loaded, batch, re
 def test_only_coord_rows_change_across_iterations(loaded, batch, recorder, reuse):
     cfg = stage2_cfg(n_softctx_iter=3, reuse_prefix=reuse)
     channel_a_loss(loaded.model, batch, cfg.losses, loaded.coord_ids, cfg.stage2)
-    e0, e1, e2 = (c["inputs_embeds"].detach() for c in recorder.calls)
+    e0, e1, e2 = (c["embeds"].detach() for c in recorder.calls)  # the soft context is written inside the forward
     coord = (batch["slot_class"] == COORD) & (batch["labels"] != -100)
     assert int(coord.sum()) == 12
     start = e0.shape[1] - e1.shape[1]  # 0 on the full path; suffix rows only with prefix reuse
@@ -122,7 +129,7 @@ def test_only_coord_rows_change_across_iterations(loaded, batch, recorder, reuse
         assert torch.equal(e[~coord], e0[~coord])  # bitwise: prompt, image placeholders, text, padding
         assert (e[coord] != e0[coord]).any(-1).all()  # every coord slot row replaced
     assert not torch.equal(e1[coord], e2[coord])  # iteration 2 uses iteration 1's logits
-    # image placeholder rows are exactly the <|image_pad|> embedding (the model finds them by equality)
+    # image placeholder rows are exactly the <|image_pad|> embedding (the vision features replace them later)
     pad_row = loaded.model.get_input_embeddings().weight[loaded.image_token_id].detach()
     img = batch["input_ids"][:, start:] == loaded.image_token_id
     assert (int(img.sum()) > 0) != reuse  # the suffix holds no image row

@@ -133,6 +133,9 @@ def test_torchrun_two_ranks_trains_both_channels(tmp_path):
 
 PARITY_WORKER = r'''
 import json, os, sys
+if os.environ.get("CPU_FSDP"):  # tests/cpu_fsdp.py: accelerate's FSDP plugin on gloo CPU ranks
+    sys.path.insert(0, os.environ["CPU_FSDP"])
+    import cpu_fsdp
 import torch.distributed as dist
 import vlmdet.train.trainer as tr
 from vlmdet.config import load_config
@@ -164,7 +167,8 @@ if int(os.environ.get("RANK", "0")) == 0:
 ENV = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
 
 
-def run_parity_worker(tmp_path: Path, name: str, config: Path, overrides: list[str], nproc: int, timeout: int = 240):
+def run_parity_worker(tmp_path: Path, name: str, config: Path, overrides: list[str], nproc: int, timeout: int = 240,
+                      env: dict | None = None):
     """Run PARITY_WORKER on `nproc` ranks (torchrun, gloo) or in one process (`nproc` = 1); returns
     the per-rank results `[{"logs": [(step, logs, wrapper type)], "summary": {...}}]`."""
     worker = tmp_path / "parity_worker.py"
@@ -175,7 +179,8 @@ def run_parity_worker(tmp_path: Path, name: str, config: Path, overrides: list[s
         launch += ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
         overrides = [*overrides, "training.ddp_backend=gloo"]
     cmd = [*launch, str(worker), str(result), str(config), *overrides, f"run_name={name}"]
-    proc = subprocess.run(cmd, cwd=tmp_path, env={**os.environ, **ENV}, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, cwd=tmp_path, env={**os.environ, **ENV, **(env or {})}, capture_output=True, text=True,
+                          timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     return json.loads(result.read_text())
 
@@ -382,3 +387,24 @@ def test_rollout_metric_picks_the_best_checkpoint_and_stops_early_on_two_ranks(t
     assert not all(torch.equal(final[k], last[k]) for k in last)  # step 3 moved the weights: the best was loaded
     events = [json.loads(line) for line in (run / "logging.jsonl").read_text().splitlines()]
     assert [[e["step"], e["eval_rollout/f1"]] for e in events if "eval_rollout/f1" in e] == expected
+
+
+FSDP2 = ["training.fsdp=full_shard auto_wrap",
+         "training.fsdp_config={version: 2, transformer_layer_cls_to_wrap: [Qwen3VLTextDecoderLayer, Qwen3VLVisionBlock]}"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("grad_mode", ["unroll", "em_detach"])
+def test_fsdp2_full_shard_channel_a_n2_matches_one_process(tmp_path, grad_mode):
+    """FSDP2 full sharding through accelerate's plugin (TrainingArguments fsdp / fsdp_config version 2):
+    Channel-A N = 2 (the soft context is written inside the sharded forward) on 2 gloo ranks gives the
+    losses of one process accumulating the same micro-batches, for 3 steps."""
+    steps = 3
+    common = parity_overrides(tmp_path, steps, "stage2.n_softctx_iter=2", f"stage2.softctx_grad_mode={grad_mode}",
+                              "training.learning_rate=0.01")
+    config = ROOT / "configs" / "stage2" / "a_only.yaml"
+    ranks = run_parity_worker(tmp_path, "fsdp", config, [*common, *FSDP2], nproc=2, env={"CPU_FSDP": str(ROOT / "tests")})
+    (single,) = run_parity_worker(tmp_path, "one", config, [*common, "training.gradient_accumulation_steps=2"], 1)
+    assert {w for r in ranks for _, _, w in r["logs"]} == {"FSDPQwen3VLForConditionalGeneration"}
+    assert all(lg["stage2/n_forwards"] == 2.0 for r in ranks for _, lg, _ in r["logs"])
+    assert_rank_losses_match(ranks, single, steps)

@@ -123,22 +123,23 @@ def soft_context_forwards(
     """Run the N-iteration soft self-context loop (module docstring) and gather logits.
 
     Every forward is one call of the top-level `model` (DDP/FSDP wrappers see a normal forward) through
-    `forward.logits_at`, with `inputs_embeds` and explicit `position_ids` `[3, B, L]` (default:
+    `forward.logits_at`, with `input_ids` and explicit `position_ids` `[3, B, L]` (default:
     `collate.position_ids(model, batch)`, mRoPE from the GT ids). The soft-context slots are the supervised coord slots
-    (`rows.coord_t + 1`). `n_iter` >= 1, `grad_mode` unroll | em_detach, `ctx_embed_mode` soft | st |
+    (`rows.coord_t + 1`); their context embeddings replace the input embeddings inside the forward
+    (`forward.slot_embeddings`: the embedding weight is the gathered one there under FSDP). `n_iter` >= 1, `grad_mode` unroll | em_detach, `ctx_embed_mode` soft | st |
     hard (checked when the config is loaded).
     """
     inner = forward.unwrap(model)
     if position_ids is None:
         position_ids = mrope_position_ids(inner, batch)
-    embed = inner.get_input_embeddings()
     input_ids = batch["input_ids"]
     cid = torch.as_tensor(coord_ids, device=input_ids.device)
     coord_rows = (rows.coord_b, rows.coord_t)
     ce_rows = (rows.ce_b, rows.ce_t)
     outer_grad = torch.is_grad_enabled()
 
-    forwards = prefix_kv.plan(model, batch, rows, n_iter=n_iter, position_ids=position_ids, enabled=reuse_prefix)
+    forwards = prefix_kv.plan(model, batch, rows, n_iter=n_iter, position_ids=position_ids, enabled=reuse_prefix,
+                              coord_ids=coord_ids)
     slots = (rows.coord_b, rows.coord_t + 1)
     prev = a1_coord = ce_logits = final_text = None
     for m in range(n_iter):
@@ -147,9 +148,8 @@ def soft_context_forwards(
         with torch.set_grad_enabled(record):
             ctx = None
             if m > 0 and rows.coord_t.numel() > 0:
-                ctx = context_embeddings(prev.index_select(-1, cid), embed(cid), temperature, ctx_embed_mode)
-                if grad_mode == "em_detach":
-                    ctx = ctx.detach()
+                # called with E(C) inside the forward (forward.slot_embeddings), where FSDP has gathered it
+                ctx = _context(prev.index_select(-1, cid), temperature, ctx_embed_mode, grad_mode == "em_detach")
             want_text = m == 0 or (last and need_final_text)
             sets = (coord_rows, ce_rows) if want_text else (coord_rows,)
             got = forwards(m, sets, slots, ctx)
@@ -160,6 +160,14 @@ def soft_context_forwards(
                 final_text = got[1]
         prev = coord_logits
     return ChannelAOutput(ce_logits, a1_coord, prev, final_text, n_iter, forwards.reused)
+
+
+def _context(coord_logits: torch.Tensor, temperature: float, mode: str, detach: bool):
+    """`E(C) -> [S, D]` context embeddings of the slots from the previous iteration's coord logits."""
+    def ctx(coord_embeds: torch.Tensor) -> torch.Tensor:
+        out = context_embeddings(coord_logits, coord_embeds, temperature, mode)
+        return out.detach() if detach else out
+    return ctx
 
 
 def pass_terms(out: ChannelAOutput, rows: Rows, coord_ids, losses: LossesConfig, a1_anchor: Mapping[str, float]):

@@ -27,6 +27,7 @@ Which rows carry a loss is `train/objective.supervised_rows`.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Mapping
 
 import torch
@@ -100,6 +101,37 @@ def gathered_logits(model, batch: Mapping[str, Any], rows: torch.Tensor, inputs_
     finally:
         handle.remove()
     return logits.reshape(-1, logits.shape[-1])
+
+
+@contextlib.contextmanager
+def slot_embeddings(model, shape: tuple[int, int], slots: tuple[torch.Tensor, torch.Tensor], ctx, coord_ids):
+    """While active, the input-embedding module's output `[B, L, D]` (`shape` = (B, L)) gets
+    `ctx(E(C))` written at the positions `slots` `(b [S], p [S])`, where `E(C)` `[1000, D]` are the
+    embedding rows of `coord_ids` and `ctx` returns `[S, D]`. The replacement runs inside the
+    top-level forward (a forward hook put in front of the module's other hooks), so under FSDP the
+    embedding weight is the gathered one there and its gradient flows back through the wrapper; the
+    caller passes `input_ids`, not `inputs_embeds`. `ctx` None: nothing is replaced."""
+    if ctx is None:
+        yield
+        return
+    embed = unwrap(model).get_input_embeddings()
+    done = []
+
+    def replace(module, args, out):
+        if done or tuple(out.shape[:2]) != tuple(shape):  # only the call that embeds the batch's ids
+            return out
+        done.append(True)
+        cid = torch.as_tensor(coord_ids, device=out.device)
+        values = ctx(torch.nn.functional.embedding(cid, module.weight))
+        return out.index_put(slots, values.to(out.dtype))
+
+    handle = embed.register_forward_hook(replace, prepend=True)
+    try:
+        yield
+    finally:
+        handle.remove()
+    if not done:
+        raise RuntimeError("the forward did not embed the batch's input_ids: no coordinate slot was replaced")
 
 
 def rows_mask(shape: tuple[int, int], *row_sets: tuple[torch.Tensor, torch.Tensor], device=None) -> torch.Tensor:

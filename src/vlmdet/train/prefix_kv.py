@@ -140,10 +140,10 @@ class IterationForwards:
     suffix rows (module docstring); when iteration 0 leaves a layer unrecorded the step continues on the
     full path (warned once)."""
 
-    def __init__(self, model, batch: Mapping[str, Any], position_ids: torch.Tensor, start: int | None):
+    def __init__(self, model, batch: Mapping[str, Any], position_ids: torch.Tensor, start: int | None, coord_ids=()):
         self.model, self.batch, self.position_ids, self.start = model, batch, position_ids, start
+        self.coord_ids = coord_ids
         inner = fwd.unwrap(model)
-        self.embed = inner.get_input_embeddings()
         self.n_layers = int(inner.config.get_text_config().num_hidden_layers)
         self.kept: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         self.first: list[torch.Tensor] = []
@@ -156,20 +156,18 @@ class IterationForwards:
                  ctx: torch.Tensor | None) -> list[torch.Tensor]:
         if m > 0 and self.kept is not None:
             return self._suffix(row_sets, slots, ctx)
-        ids = self.batch["input_ids"]
-        base = self.embed(ids)
-        embeds = base if ctx is None else base.index_put(slots, ctx.to(base.dtype))
         if m > 0 or self.start is None:
-            return fwd.logits_at(self.model, self.batch, *row_sets, inputs_embeds=embeds, position_ids=self.position_ids)
-        got = self._record(row_sets, embeds)
+            with fwd.slot_embeddings(self.model, self.batch["input_ids"].shape, slots, ctx, self.coord_ids):
+                return fwd.logits_at(self.model, self.batch, *row_sets, position_ids=self.position_ids)
+        got = self._record(row_sets)
         self.first = got
         return got
 
-    def _record(self, row_sets, embeds) -> list[torch.Tensor]:
+    def _record(self, row_sets) -> list[torch.Tensor]:
         """Iteration 0: the full forward, keeping rows `< start` of every layer's keys/values."""
         layers = [_RecordLayer(self.start) for _ in range(self.n_layers)]
         with _cache_through_checkpointing(fwd.unwrap(self.model)):
-            got = fwd.logits_at(self.model, self.batch, *row_sets, inputs_embeds=embeds, position_ids=self.position_ids,
+            got = fwd.logits_at(self.model, self.batch, *row_sets, position_ids=self.position_ids,
                                 cache=Cache(layers=layers))
         if all(layer.kept is not None for layer in layers):
             self.kept = [layer.kept for layer in layers]
@@ -182,22 +180,21 @@ class IterationForwards:
         of a set come from iteration 0's logits of the same set."""
         s = self.start
         ids = self.batch["input_ids"][:, s:]
-        base = self.embed(ids)
-        embeds = base if ctx is None else base.index_put((slots[0], slots[1] - s), ctx.to(base.dtype))
         later = [t >= s for _, t in row_sets]
         shifted = [(b[keep], t[keep] - s) for (b, t), keep in zip(row_sets, later)]
         cache = Cache(layers=[_ContextLayer(k, v) for k, v in self.kept])
         suffix = {"input_ids": ids, "attention_mask": self.batch["attention_mask"]}
-        with _cache_through_checkpointing(fwd.unwrap(self.model)):
-            got = fwd.logits_at(self.model, suffix, *shifted, inputs_embeds=embeds,
-                                position_ids=self.position_ids[..., s:], cache=cache)
+        with _cache_through_checkpointing(fwd.unwrap(self.model)), \
+                fwd.slot_embeddings(self.model, ids.shape, (slots[0], slots[1] - s), ctx, self.coord_ids):
+            got = fwd.logits_at(self.model, suffix, *shifted, position_ids=self.position_ids[..., s:], cache=cache)
         out = []
         for logits, keep, first in zip(got, later, self.first):
             out.append(logits if bool(keep.all()) else first.index_put((keep.nonzero().squeeze(1),), logits))
         return out
 
 
-def plan(model, batch: Mapping[str, Any], rows, *, n_iter: int, position_ids: torch.Tensor, enabled: bool = True) -> IterationForwards:
+def plan(model, batch: Mapping[str, Any], rows, *, n_iter: int, position_ids: torch.Tensor, enabled: bool = True,
+         coord_ids=()) -> IterationForwards:
     """The `IterationForwards` of one Channel-A step: suffix-only iterations when `enabled`, N >= 2, the
     batch has a coord slot and the model can take it (`unsupported_reason`, warned once per reason);
     otherwise the full path. `rows`: the step's `objective.Rows`."""
@@ -208,4 +205,4 @@ def plan(model, batch: Mapping[str, Any], rows, *, n_iter: int, position_ids: to
             start = int(rows.coord_t.min())
         else:
             _warn_once(reason)
-    return IterationForwards(model, batch, position_ids, start)
+    return IterationForwards(model, batch, position_ids, start, coord_ids)
