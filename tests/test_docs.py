@@ -17,7 +17,7 @@ Swaps -- the GPU-only and long parts, so the commands run on the tiny model in s
 - `make demo` -> `vlmdet demo --smoke`; `make test` is not run (it would run this suite inside itself);
 - `.venv/bin/python` -> this interpreter (scripts run in this process via runpy; `-m pytest` in its own);
 - `vlmdet train`: `TRAIN_SMALL` overrides go before the first option (2 steps, batch 2, float32, no bf16,
-  no gradient checkpointing, no dataloader workers, no DDP backend, tiny evals); `--resume` gets one
+  no gradient checkpointing, no dataloader workers, no DDP backend, no FSDP, tiny evals); `--resume` gets one
   more step (`training.max_steps=3`), since the run it continues finished;
 - `vlmdet eval`: `EVAL_SMALL` (2 images, 16 new tokens, float32);
 - `vlmdet demo` -> `--smoke`; `vlmdet data synth` -> `--train 16 --val 4`;
@@ -58,7 +58,7 @@ TRAIN_SMALL = [
     "training.max_steps=2", "training.per_device_train_batch_size=2", "training.gradient_accumulation_steps=1",
     "training.warmup_steps=0", "training.logging_steps=1", "training.save_steps=2", "training.bf16=false",
     "training.gradient_checkpointing=false", "training.dataloader_num_workers=0", "training.ddp_backend=null",
-    "training.report_to=[]", "model.dtype=float32", "data.max_train_samples=8", "data.max_val_samples=2",
+    "training.report_to=[]", "training.fsdp=''", "training.fsdp_config=null", "model.dtype=float32", "data.max_train_samples=8", "data.max_val_samples=2",
     "eval.eval_steps=2", "eval.steps=[]", "eval.max_samples=2", "rollout.max_new_tokens=16", "rollout.batch_size=2",
     "monitor.n_samples=1",
 ]

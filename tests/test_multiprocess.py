@@ -394,17 +394,45 @@ FSDP2 = ["training.fsdp=full_shard auto_wrap",
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("grad_mode", ["unroll", "em_detach"])
-def test_fsdp2_full_shard_channel_a_n2_matches_one_process(tmp_path, grad_mode):
+@pytest.mark.parametrize("grad_mode, checkpointing", [("unroll", "false"), ("em_detach", "true")])
+def test_fsdp2_full_shard_channel_a_n2_matches_one_process(tmp_path, grad_mode, checkpointing):
     """FSDP2 full sharding through accelerate's plugin (TrainingArguments fsdp / fsdp_config version 2):
     Channel-A N = 2 (the soft context is written inside the sharded forward) on 2 gloo ranks gives the
-    losses of one process accumulating the same micro-batches, for 3 steps."""
+    losses of one process accumulating the same micro-batches, for 3 steps (em_detach also with
+    gradient checkpointing)."""
     steps = 3
     common = parity_overrides(tmp_path, steps, "stage2.n_softctx_iter=2", f"stage2.softctx_grad_mode={grad_mode}",
-                              "training.learning_rate=0.01")
+                              "training.learning_rate=0.01", f"training.gradient_checkpointing={checkpointing}")
     config = ROOT / "configs" / "stage2" / "a_only.yaml"
     ranks = run_parity_worker(tmp_path, "fsdp", config, [*common, *FSDP2], nproc=2, env={"CPU_FSDP": str(ROOT / "tests")})
     (single,) = run_parity_worker(tmp_path, "one", config, [*common, "training.gradient_accumulation_steps=2"], 1)
     assert {w for r in ranks for _, _, w in r["logs"]} == {"FSDPQwen3VLForConditionalGeneration"}
     assert all(lg["stage2/n_forwards"] == 2.0 for r in ranks for _, lg, _ in r["logs"])
     assert_rank_losses_match(ranks, single, steps)
+
+
+@pytest.mark.slow
+def test_fsdp2_channel_b_and_rollout_eval_match_one_process(tmp_path):
+    """FSDP2 full sharding, Stage-2 AB (A, B, A): Channel-B generates through the sharded model on every
+    rank (synced_gpus) and the rollout eval at step 2 runs sharded; losses and eval metrics equal one
+    process's."""
+    steps = 3
+    common = parity_overrides(tmp_path, steps, "stage2.b_ratio=0.5", "eval.steps=[2]", "eval.max_samples=4",
+                              "rollout.max_new_tokens=16", "rollout.batch_size=1", "training.learning_rate=0.01")
+    config = ROOT / "configs" / "stage2" / "ab_mixed.yaml"
+    ranks = run_parity_worker(tmp_path, "fsdp_ab", config, [*common, *FSDP2], nproc=2,
+                              env={"CPU_FSDP": str(ROOT / "tests")})
+    (single,) = run_parity_worker(tmp_path, "one_ab", config, [*common, "training.gradient_accumulation_steps=2"], 1)
+    assert {w for r in ranks for _, _, w in r["logs"]} == {"FSDPQwen3VLForConditionalGeneration"}
+    assert [lg["stage2/channel_b"] for _, lg, _ in ranks[0]["logs"]] == [0.0, 1.0, 0.0]
+    assert_rank_losses_match(ranks, single, steps)
+    evals = []
+    for res in (ranks[0], single):
+        rows = [json.loads(line) for line in (Path(res["summary"]["run_dir"]) / "logging.jsonl").read_text().splitlines()]
+        (row,) = [r for r in rows if "eval_rollout/gen_tokens_mean" in r]
+        evals.append(row)
+    got, want = evals
+    assert got["step"] == want["step"] == 2 and got["eval_rollout/samples"] == 4
+    for k in want:
+        if k.startswith("eval_rollout/"):
+            assert got[k] == pytest.approx(want[k], rel=1e-5, abs=1e-7), k

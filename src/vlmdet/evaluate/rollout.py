@@ -28,6 +28,11 @@ and passes neutral values (temperature 1, top_p 1, top_k 0, repetition_penalty 1
 the checkpoint's own `generation_config` (e.g. Qwen's sampling defaults) cannot slip processors in.
 The recorder keeps one `[B, V]` buffer (not the `[steps, B, V]` that `output_logits` would).
 
+Sharded models (FSDP2 full sharding: parameters are DTensors, `is_sharded`): every forward gathers
+parameters across ranks, so `generate` passes `synced_gpus=True` (a rank that is done keeps stepping
+until every rank is) and a rank with fewer batches than another runs extra, discarded batches, so that
+all ranks make the same number of `generate` calls.
+
 Seeding: `generate(records, seed)` seeds torch inside `torch.random.fork_rng`, so sampling is
 reproducible per call and the caller's RNG state (e.g. the trainer's) is left untouched.
 """
@@ -231,6 +236,7 @@ class HFRollout:
                     logits_processor=LogitsProcessorList(self._processors(records, prompt_len, recorder)),
                     return_dict_in_generate=True,
                     use_cache=True,
+                    synced_gpus=is_sharded(model),  # every rank keeps stepping until all are done (FSDP)
                 )
         finally:
             if was_training:
@@ -275,12 +281,29 @@ class HFRollout:
         device = next(self.loaded.model.parameters()).device
         devices = [device] if device.type == "cuda" else []
         out: list[Rollout] = []
+        extra = 0
+        if is_sharded(self.loaded.model):  # every rank must run as many generate calls (their forwards gather)
+            n = torch.tensor([len(starts)], device=device)
+            torch.distributed.all_reduce(n, op=torch.distributed.ReduceOp.MAX)
+            extra = int(n) - len(starts)
+            if extra and not records:
+                raise UsageError("rollout: a rank with no records cannot join the other ranks' sharded generation")
         with torch.random.fork_rng(devices=devices):
             if seed is not None:
                 torch.manual_seed(int(seed))
             for s in progress(starts, "rollout", unit="batch", enabled=self.progress):
                 out += self._generate_batch(records[s : s + self.batch_size])
+            for _ in range(extra):  # results dropped: only there to keep the ranks in step
+                self._generate_batch(records[:1])
         return out
+
+
+def is_sharded(model) -> bool:
+    """Whether `model`'s parameters are FSDP2 shards (DTensors): its forwards then gather parameters
+    across ranks, so every rank must generate in step (`synced_gpus`, equal numbers of calls)."""
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in model.parameters())
 
 
 def make_backend(loaded, cfg, *, constrained: bool | None = None, **kwargs) -> RolloutBackend:
