@@ -1,4 +1,4 @@
-"""`DetTrainer`: a `transformers.Trainer` that overrides `compute_loss` and `log` only (TRL style).
+"""`DetTrainer`: a `transformers.Trainer` that overrides `compute_loss`, `log` and `evaluate` (TRL style).
 
 Everything else (TrainingArguments, gradient accumulation, optimizer/scheduler, checkpoint/resume,
 `report_to`, DDP/FSDP/DeepSpeed, `torchrun` / `accelerate launch`) is the stock Trainer. The
@@ -25,6 +25,10 @@ where `loss` is the scalar to back-propagate and `logs` a dict of floats (`loss/
 Checkpoints: `_save_checkpoint` wraps the stock one with `train/checkpoint.save_trainer_checkpoint`
 (staged write + completion record + rename: a checkpoint-<step> folder only ever appears complete)
 and adds the tokenizer and image processor (`trainer.loaded`) before the rename.
+
+Evaluation: `evaluate` runs the rollout eval (`rollout_eval(model, step)`, train/callbacks.py) on every
+rank instead of a loss eval and returns its metrics, so `metric_for_best_model: eval_rollout/bbox_AP50`,
+`load_best_model_at_end` and `EarlyStoppingCallback` work on them.
 
 Logging: `compute_loss` adds each training micro-batch's `logs` to a `MetricWindow`; `log` (called by
 the Trainer on every rank at each `logging_steps`) merges the window means, combined across ranks,
