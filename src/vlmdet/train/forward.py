@@ -122,7 +122,7 @@ def slot_embeddings(model, shape: tuple[int, int], slots: tuple[torch.Tensor, to
             return out
         done.append(True)
         cid = torch.as_tensor(coord_ids, device=out.device)
-        values = ctx(torch.nn.functional.embedding(cid, module.weight))
+        values = ctx(module.forward(cid))  # the module's own forward (a peft wrapper adds its deltas), no hooks
         return out.index_put(slots, values.to(out.dtype))
 
     handle = embed.register_forward_hook(replace, prepend=True)
