@@ -2,11 +2,11 @@
 
 Per batch, N = `stage2.n_softctx_iter` >= 1 forwards over the same GT sequence:
 
-- iteration 0 ("A1"): plain teacher forcing; `inputs_embeds = E(input_ids)` (a call of the
-  embedding module, so image placeholder rows are bitwise `E(image_token_id)`, which is how Qwen-VL
-  finds them when `input_ids` is not passed);
-- iteration m > 0: `E(input_ids)` rebuilt fresh, then every coord slot row p (all at once) is replaced by
-  the context embedding of the previous iteration's coord distribution at row p-1:
+- iteration 0 ("A1"): plain teacher forcing on `input_ids`;
+- iteration m > 0: the model embeds `input_ids` itself and, inside that forward, every coord slot row p
+  (all at once) of the embedding output is replaced by the context embedding of the previous
+  iteration's coord distribution at row p-1 (`forward.slot_embeddings`: a forward hook on the input
+  embeddings, so under FSDP `E` is the gathered weight there):
   `soft`: sum_k softmax(z[p-1, C] / T)_k · E(C_k); `hard`: E(C_argmax); `st`: hard value, soft gradient.
   Every other row (prompt, image placeholders, structure, desc) is bitwise identical to iteration 0;
 - mRoPE position ids are computed once from the GT ids and passed explicitly to every forward;

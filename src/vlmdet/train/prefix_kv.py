@@ -10,8 +10,8 @@ rows also have the same hidden states, keys and values in every iteration, so:
   decoder layer's attention hands the cache its keys/values after RoPE, `[B, H_kv, L, d]`; the cache
   keeps rows `< start` (views that carry iteration 0's graph) and hands the layer's own keys/values
   back, so the forward computes exactly what it computes without a cache;
-- iteration m > 0 runs only the suffix rows `start..L-1`: inputs_embeds `[B, L - start, D]` (the
-  soft context written at the coord slots), the explicit mRoPE positions `position_ids[..., start:]`,
+- iteration m > 0 runs only the suffix rows `start..L-1`: input_ids `[B, L - start]` (the soft
+  context written at the coord slots of their embeddings inside the forward, `forward.slot_embeddings`), the explicit mRoPE positions `position_ids[..., start:]`,
   the full `attention_mask` `[B, L]`, no pixel values (no vision encoder and no deepstack: the
   suffix holds no image rows), and a fresh context cache whose layers return `cat(kept, new)` along
   the sequence without storing anything, so no cache is ever mutated and the kept tensors serve
@@ -44,7 +44,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
@@ -133,9 +133,11 @@ class IterationForwards:
     """The forwards of one Channel-A step: `forwards(m, row_sets, slots, ctx)` -> logits per row set.
 
     model: the (possibly wrapped) training model; batch: the collated GT batch; position_ids `[3, B, L]`;
-    `start`: the first suffix row, or None for the full path (`plan`). Per iteration m: `row_sets` are
+    `start`: the first suffix row, or None for the full path (`plan`); `coord_ids`: the 1000 coordinate-token
+    ids (the rows of `E(C)`). Per iteration m: `row_sets` are
     `(b [Ni], t [Ni])` predicting rows, the first iteration's sets first in the same order; `slots`
-    `(b, p)` the coord-slot positions and `ctx` `[S, D]` their context embeddings (None at m = 0). Returns
+    `(b, p)` the coord-slot positions and `ctx` the function `E(C) [1000, D] -> [S, D]` of their context
+    embeddings (None at m = 0), called inside the forward (`forward.slot_embeddings`). Returns
     a list of `[Ni, V]` logits like `forward.logits_at`. `reused` says whether iterations m > 0 ran on the
     suffix rows (module docstring); when iteration 0 leaves a layer unrecorded the step continues on the
     full path (warned once)."""
@@ -153,7 +155,7 @@ class IterationForwards:
         return self.kept is not None
 
     def __call__(self, m: int, row_sets: Sequence, slots: tuple[torch.Tensor, torch.Tensor],
-                 ctx: torch.Tensor | None) -> list[torch.Tensor]:
+                 ctx: Callable[[torch.Tensor], torch.Tensor] | None) -> list[torch.Tensor]:
         if m > 0 and self.kept is not None:
             return self._suffix(row_sets, slots, ctx)
         if m > 0 or self.start is None:
