@@ -175,6 +175,10 @@ def build_trainer(cfg, run, loaded=None, override_prompt: bool = False):
         )
     except (ValueError, ImportError, RuntimeError) as err:  # e.g. a report_to integration that is not installed
         raise UsageError(f"training: {_first_line(err)}") from err
+    if targs.fsdp and not trainer.is_fsdp_enabled and int(os.environ.get("RANK", "0")) == 0:
+        # accelerate turns its FSDP plugin on only for multi-process runs on accelerator devices
+        print(f"vlmdet train: warning: training.fsdp is set but accelerate did not enable FSDP "
+              f"({device_text(targs)}): the model is trained unsharded", file=sys.stderr, flush=True)
     if cfg.eval.early_stopping_patience > 0:
         trainer.add_callback(EarlyStoppingCallback(cfg.eval.early_stopping_patience))
     for printer in (ProgressCallback, PrinterCallback):  # they print every raw log dict
