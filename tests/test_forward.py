@@ -155,3 +155,43 @@ def test_unwrap_strips_wrappers(loaded):
 
     assert F.unwrap(Wrap(Wrap(loaded.model))) is loaded.model
     assert F.unwrap(loaded.model) is loaded.model
+
+
+def test_slot_embeddings_equal_hand_built_inputs_embeds_with_gradients(loaded, batch):
+    """The soft context written inside the forward (a hook on the input embeddings) gives the logits and
+    the gradients (into E and into the context's source) of the hand-built `inputs_embeds` path."""
+    model = loaded.model
+    sup = _Sup(batch)
+    pos = position_ids(model, batch)
+    coord_ids = loaded.coord_ids
+    answer = [(batch["labels"][b] != -100).nonzero()[:, 0] for b in (0, 1)]  # answer positions (no image row)
+    slots = (torch.tensor([0, 0, 1]), torch.cat([answer[0][2:4], answer[1][5:6]]))
+    weight = model.get_input_embeddings().weight
+    runs = []
+    for hooked in (True, False):
+        model.zero_grad()
+        torch.manual_seed(0)
+        source = torch.randn(3, 1000, requires_grad=True)  # stands in for the previous iteration's coord logits
+
+        def ctx(e_c):  # [1000, D] -> [3, D]
+            return torch.softmax(source, -1) @ e_c
+
+        if hooked:
+            with F.slot_embeddings(model, batch["input_ids"].shape, slots, ctx, coord_ids):
+                logits = F.gathered_logits(model, batch, sup.rows, position_ids=pos)
+        else:
+            base = model.get_input_embeddings()(batch["input_ids"])
+            e_c = model.get_input_embeddings()(torch.tensor(coord_ids))
+            embeds = base.index_put(slots, ctx(e_c))
+            logits = F.gathered_logits(model, batch, sup.rows, inputs_embeds=embeds, position_ids=pos)
+        logits.float().logsumexp(-1).mean().backward()
+        runs.append((logits.detach(), source.grad.clone(), weight.grad.clone()))
+    (l1, s1, w1), (l2, s2, w2) = runs
+    torch.testing.assert_close(l1, l2, rtol=1e-5, atol=1e-5)
+    assert s1.abs().sum() > 0 and w1[coord_ids].abs().sum() > 0  # gradient reaches the source and E(C)
+    torch.testing.assert_close(s1, s2, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(w1, w2, rtol=1e-4, atol=1e-6)
+    model.zero_grad()
+    with pytest.raises(RuntimeError, match="no coordinate slot was replaced"):
+        with F.slot_embeddings(model, (9, 9), slots, ctx, coord_ids), torch.no_grad():
+            F.gathered_logits(model, batch, sup.rows, position_ids=pos)

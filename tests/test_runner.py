@@ -391,3 +391,17 @@ def test_eval_inside_a_short_training_run(tmp_path):
     rows = [json.loads(line) for line in run.log_path.read_text().splitlines()]
     eval_steps = sorted({r["step"] for r in rows if "eval_rollout/f1" in r})
     assert eval_steps == [2, 4]
+
+
+@pytest.mark.parametrize("n, world, shards", [
+    (5, 2, [[0, 2, 4], [1, 3]]),
+    (4, 2, [[0, 2], [1, 3]]),
+    (2, 3, [[0], [1], []]),
+    (3, 1, [[0, 1, 2]]),
+])
+def test_shard_indices_cover_every_record_once(n, world, shards):
+    from vlmdet.evaluate.runner import shard_indices
+
+    got = [shard_indices(n, r, world) for r in range(world)]
+    assert got == shards
+    assert sorted(i for s in got for i in s) == list(range(n))
