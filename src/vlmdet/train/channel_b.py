@@ -2,7 +2,7 @@
 teacher-forced forward (see docs/STAGE2.md).
 
 Per sample:
-1. rollout with the `rollout.backend` backend (`evaluate/rollout.make_backend`: HF `generate` or a
+1. rollout with the `rollout.backend` backend (`evaluate/backend.make_backend`: HF `generate` or a
    colocated vLLM engine whose weights are synced from the policy first; greedy unless `rollout.do_sample`;
    `rollout.repetition_penalty`, `rollout.max_new_tokens`); the seed is derived from the global step:
    `rollout_seed(seed, step) = (seed + 1000003 * step) & 0x7FFFFFFF` (0 -> 1);
@@ -40,7 +40,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from vlmdet.data.records import load_image
-from vlmdet.evaluate.rollout import make_backend
+from vlmdet.evaluate.backend import make_backend
 from vlmdet.format import ANSWER_PREFIX, ANSWER_SUFFIX, RECORD_SEP, render_records, sort_objects
 from vlmdet.match import hungarian_match
 from vlmdet.model.chat import COORD, DESC, IGNORE, STRUCT, desc_spans, encode_example
