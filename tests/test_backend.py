@@ -11,13 +11,6 @@ from vlmdet.evaluate.backend import make_backend
 from vlmdet.evaluate.rollout import HFRollout
 
 
-@pytest.fixture(scope="module")
-def loaded():
-    from vlmdet.model.load import load_model
-
-    return load_model("tiny")
-
-
 def test_hf_backend_is_hf_rollout(loaded):
     assert isinstance(make_backend(loaded, config_from_dict({"rollout": {"backend": "hf"}})), HFRollout)
 

@@ -202,19 +202,17 @@ class FakeBackend:
 
 
 @pytest.mark.slow
-def test_channel_b_step_on_tiny_model(tmp_path):
+def test_channel_b_step_on_tiny_model(tmp_path, loaded):
     import torch
 
     from vlmdet.config import Config
     from vlmdet.data.records import load_records
     from vlmdet.data.synth import make_synth
     from vlmdet.format import render_answer, sort_objects
-    from vlmdet.model.load import load_model
     from vlmdet.train.channel_b import channel_b_loss
 
     make_synth(tmp_path, n_train=2, n_val=1, seed=0, size=64)
     records = load_records(tmp_path / "train.jsonl")
-    loaded = load_model("tiny")
     cfg = Config(stage=2)
     cfg.losses.ce_on_coord_slots, cfg.losses.smoothl1, cfg.losses.coord_gate = False, 1.0, 1.0
     gt0 = sort_objects(records[0].bins())

@@ -19,13 +19,6 @@ ANSWER = '{"objects": [{"desc": "red circle", "bbox_2d": [<|coord_111|>, <|coord
 
 
 @pytest.fixture(scope="module")
-def loaded():
-    from vlmdet.model.load import load_model
-
-    return load_model("tiny")
-
-
-@pytest.fixture(scope="module")
 def records(tmp_path_factory):
     """Three noise images of two sizes (so left padding is exercised)."""
     d = tmp_path_factory.mktemp("rollout_data")
