@@ -13,8 +13,9 @@ alternating old and new; the child's peak RSS is `ru_maxrss` from `os.wait4`. `p
 input, without the interpreter and the libraries. The metrics JSON files of old and new are compared
 (`identical` = same keys, bit-identical values).
 
-`--breakdown N` instead runs the old revision's evaluation stages in one process on N predictions and
-prints the RSS growth after each (where the old path's memory goes).
+`--breakdown` instead runs the evaluation stages in one process on the first `--predictions` size and
+prints the RSS growth after each stage, for the old revision (where its memory goes) and for this
+source (the flat arrays, then the peak of the COCO evaluation and of the F1 matching above them).
 Figures: docs/BENCHMARKS.md.
 """
 
@@ -102,8 +103,30 @@ def commands(paths: dict[str, Path], out: Path) -> dict[str, list[str]]:
             "parse --gt": ["parse", str(paths["raw"]), "--gt", str(paths["gt"]), "--out", str(out)]}
 
 
+NEW_STAGES = """
+import gc, resource
+from pathlib import Path
+from vlmdet.evaluate.detection import coco_metrics, f1_counts
+from vlmdet.evaluate.offline_parse import read_ground_truth
+from vlmdet.evaluate.offline_preds import read_predictions
+def rss():
+    gc.collect()
+    return int(open('/proc/self/statm').read().split()[1]) * 4096
+def peak():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+n, start = {n_images}, rss()
+ds = read_ground_truth(Path({gt!r})); read_predictions(Path({pred!r}), ds)
+print(f"{{'DetectionSet (GT + predictions, flat arrays)':<46}} {{(rss() - start) / n / 1024:8.2f}} KB/image")
+base = rss()
+coco_metrics(ds)
+print(f"{{'COCO per category, chunked: peak above the set':<46}} {{(peak() - base) / n / 1024:8.2f}} KB/image")
+f1_counts(ds, 0.5)
+print(f"{{'all stages: peak above the start':<46}} {{(peak() - start) / n / 1024:8.2f}} KB/image")
+"""
+
+
 def breakdown(old_src: Path, folder: Path, n_images: int) -> None:
-    """RSS growth per stage of the old evaluation path, in a child process running the old source."""
+    """RSS growth per stage of the old and the new evaluation path, each in a child process."""
     paths = write_set(folder, n_images)
     script = f"""
 import gc
@@ -134,13 +157,18 @@ ev.evaluate(); stage("faster-coco-eval evaluate (+accumulate)")
     env = dict(os.environ, PYTHONPATH=str(old_src), OMP_NUM_THREADS="1")
     print(f"old path, {n_images} images, {n_images * PREDS_PER_IMAGE} predictions: RSS growth per stage")
     subprocess.run([sys.executable, "-c", script], env=env, check=True)
+    print("new path")
+    env["PYTHONPATH"] = str(ROOT / "src")
+    new = NEW_STAGES.format(n_images=n_images, gt=str(paths["gt"]), pred=str(paths["pred"]))
+    subprocess.run([sys.executable, "-c", new], env=env, check=True)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--predictions", type=int, nargs="+", default=[10_000, 100_000])
     ap.add_argument("--old", default=OLD_REF, help=f"git revision to compare against (default {OLD_REF})")
-    ap.add_argument("--breakdown", type=int, default=0, metavar="N", help="per-stage RSS of the old path on N predictions")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="per-stage RSS of the old and the new path on the first --predictions size")
     ap.add_argument("--keep", type=Path, default=None, help="write the generated sets here and keep them")
     args = ap.parse_args()
 
@@ -151,7 +179,7 @@ def main() -> None:
         work = args.keep or tmp
         work.mkdir(parents=True, exist_ok=True)
         if args.breakdown:
-            breakdown(old_src, work, args.breakdown // PREDS_PER_IMAGE)
+            breakdown(old_src, work, args.predictions[0] // PREDS_PER_IMAGE)
             return
         small = work / "base"
         small.mkdir(exist_ok=True)
