@@ -3,7 +3,7 @@
 RAW.jsonl holds one line per image: `{"image_id": "...", "text": "<the model's raw answer>"}`
 (`image_id` a non-empty string, unique; `text` a string, possibly empty). Each text goes through the
 strict parser (`parse.parse_prediction`, `--field-order`), and the per-sample results are
-aggregated by `evaluate.health.parse_health` (drop histogram, truncation/failure rates, ...) and
+aggregated by `evaluate.health.ParseHealth` (drop histogram, truncation/failure rates, ...) and
 `slots.leak_metrics` over `slots.text_slots` (coord_slots, coord_slot_leak_rate, leak/<kind>: every
 `bbox_2d` element of every lexically complete record is one coordinate slot; raw text has no token
 ids and no probabilities, so there is no coord_vocab_mass_gen here).
