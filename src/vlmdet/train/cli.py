@@ -23,6 +23,8 @@ checkpoint's step, so no step is logged twice. A run that already reached `train
 refuses to train further unless `training.max_steps` is raised.
 Multi-GPU: launch the same command with `torchrun --nproc-per-node N -m vlmdet.cli train ...` or
 `accelerate launch`; DeepSpeed / FSDP via `training.deepspeed` / `training.fsdp` in the config.
+Rank 0 alone takes the run's lock, writes and cleans the run folder and picks the checkpoint to
+resume from; the other ranks take that choice from it (a broadcast) once it is done.
 """
 
 from __future__ import annotations
@@ -206,6 +208,18 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
+def from_rank_zero(value):
+    """`value` as rank 0 has it, on every rank (a broadcast, which is also a barrier); `value` itself
+    in a single process."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def train(cfg, argv, resume=None, overwrite=False, loaded=None, override_prompt: bool = False) -> dict:
     """Run training; returns a summary dict (also printed by `run`). `resume`: None, True (newest
     complete checkpoint) or a checkpoint path. Nothing is written before every check passed."""
@@ -245,6 +259,8 @@ def train(cfg, argv, resume=None, overwrite=False, loaded=None, override_prompt:
             for note in config_notes(cfg):
                 print(f"vlmdet train: warning: {note}", file=sys.stderr, flush=True)
             print(start_banner(cfg, run, trainer.args), flush=True)
+        # every rank resumes from what rank 0 chose under the lock, and only once rank 0 has cleaned up
+        target = from_rank_zero(target)
         t0 = time.time()
         result = trainer.train(resume_from_checkpoint=target)
         final = run.root / FINAL_CHECKPOINT
