@@ -17,7 +17,8 @@ tokens), does to CoordJSON.
 - the added tokens of the Qwen2 / Qwen3(-VL) tokenizers with their ids (`QWEN_ADDED_TOKENS`: 151643
   `<|endoftext|>` .. 151668 `</think>`; 151,669 tokens in all, the 2B model has 151,936 embedding rows);
 - pad `<|endoftext|>`, end of turn `<|im_end|>`, the chat template of `model.tokenizer`.
-No coordinate tokens: `vlmdet expand-vocab` adds them to a checkpoint that carries this tokenizer.
+No coordinate tokens unless `coord_tokens=True`, which adds `<|coord_0|>`..`<|coord_999|>` (ids 151669..
+152668) the way `vlmdet expand-vocab` adds them to a checkpoint (plain added tokens, not normalized).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import functools
 import sys
 from pathlib import Path
 
+from vlmdet.coords import COORD_TOKENS
 from vlmdet.errors import UsageError
 from vlmdet.model.tokenizer import CHAT_TEMPLATE
 
@@ -62,11 +64,11 @@ def ranks_file() -> Path:
     return path
 
 
-@functools.lru_cache(maxsize=2)
-def build_qwen_tokenizer(path: str | Path | None = None):
+@functools.lru_cache(maxsize=4)
+def build_qwen_tokenizer(path: str | Path | None = None, *, coord_tokens: bool = False):
     """The Qwen tokenizer (module docstring) from the ranks file `path` (default `ranks_file()`).
 
-    Cached per path (building takes a few seconds): callers must not add tokens to the returned
+    Cached per arguments (building takes a few seconds): callers must not add tokens to the returned
     object; save it and load a copy, or build a fresh one with `build_qwen_tokenizer.__wrapped__`."""
     from tokenizers import AddedToken, normalizers
     from transformers import PreTrainedTokenizerFast
@@ -82,6 +84,8 @@ def build_qwen_tokenizer(path: str | Path | None = None):
         (tok.add_special_tokens if special else tok.add_tokens)([added])
         if tok.token_to_id(content) != tid:
             raise RuntimeError(f"{content} got id {tok.token_to_id(content)}, expected {tid}")
+    if coord_tokens:
+        tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in COORD_TOKENS])
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         pad_token="<|endoftext|>",
