@@ -92,7 +92,7 @@ class BTarget:
     n_gt: int
     matched: list[tuple[int, int]]
     fn: list[int]
-    text: str = ""
+    text: str
     parse: Any = field(repr=False, default=None)
 
 
