@@ -1,7 +1,7 @@
 """COCO bbox evaluation time: faster-coco-eval (what vlmdet uses) vs pycocotools, side by side.
 
 Both libraries score the same generated detection set (same COCO dicts, built by
-`vlmdet.evaluate.detection.coco_inputs`); each timing covers building the GT index, loading the
+`vlmdet.evaluate.detection.coco_inputs` from a `DetectionSet`); each timing covers building the GT index, loading the
 results, evaluate, accumulate and summarize. Each library runs `--repeats` times (alternating);
 the best time of each is reported, with the ratio and a check that the 12 COCO stats agree.
 
@@ -81,10 +81,15 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
 
-    from vlmdet.evaluate.detection import coco_inputs
+    from vlmdet.evaluate.detection import DetectionSet, coco_inputs
 
     gts, preds = make_set(args.images, args.classes, args.preds)
-    dataset, dets = coco_inputs(gts, preds)
+    ds = DetectionSet()
+    for image_id, w, h, objs in gts:
+        ds.add_image(image_id, w, h, objs)
+    for image_id, ps in preds.items():
+        ds.add_predictions(ds.index[image_id], ps)
+    dataset, dets = coco_inputs(ds)
     print(f"set: {args.images} images, {args.classes} classes, {len(dataset['annotations'])} GT boxes, "
           f"{len(dets)} predictions")
     best = {"faster-coco-eval": float("inf"), "pycocotools": float("inf")}

@@ -1,6 +1,7 @@
 """Throughput of the strict CoordJSON parser against `json.loads` on the same objects as plain JSON.
 
     python benchmarks/bench_parse.py [--answers 2000] [--repeats 5] [--field-order desc_first] [--breakdown]
+                                     [--against OTHER/parse.py]
 
 Workload: seeded canonical answers (`format.render_answer`, 1-30 objects each; multi-word, CJK and
 5 % quoted descs) and, side by side in the same run, the equivalent plain JSON (the same objects with
@@ -17,7 +18,10 @@ rounds; each ratio is the median over all (round, chunk) pairs, which shrugs off
 other processes on a shared machine; objects/s is from each one's best round. The garbage collector
 is paused while timing (as `timeit` does) and results are not kept. `--breakdown` (desc_first only)
 instead times cumulative stages of the parser's fast loop, re-built here from `vlmdet._parse_fast` internals,
-each against json.loads on the same chunks: where the time of a canonical answer goes.
+each against json.loads on the same chunks: where the time of a canonical answer goes. `--against FILE`
+instead times another version of `vlmdet/parse.py` (e.g. one from git history; it imports the rest of
+vlmdet from this checkout) side by side with this checkout's parser: per chunk json.loads first, then
+the two parsers in alternating order; both as time / json.loads, and the per-chunk time ratio.
 Figures: docs/BENCHMARKS.md.
 """
 
@@ -25,9 +29,11 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib.util
 import json
 import random
 import statistics
+import sys
 import time
 
 from vlmdet.format import render_answer
@@ -62,6 +68,57 @@ def validate_plain(text: str) -> list[tuple[str, tuple[int, ...]]]:
             continue
         out.append((desc, tuple(box)))
     return out
+
+
+def timed(fn, items) -> float:
+    t0 = time.perf_counter()
+    for x in items:
+        fn(x)
+    return time.perf_counter() - t0
+
+
+def quartiles(rs: list[float]) -> tuple[float, float, float]:
+    rs = sorted(rs)
+    return rs[len(rs) // 4], statistics.median(rs), rs[(3 * len(rs)) // 4]
+
+
+def load_parser(path: str):
+    """The module in `path` (another version of vlmdet/parse.py) under a private name."""
+    spec = importlib.util.spec_from_file_location("_parse_against", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their class's module up while it is created
+    spec.loader.exec_module(module)
+    return module
+
+
+def against(path: str, answers: list[str], plains: list[str], order: str, repeats: int, chunk: int = 10) -> None:
+    """This checkout's parse_prediction and the one in `path`, side by side on the same chunks."""
+    other = load_parser(path)
+    for a in answers:  # the same answer, else the timing compares different work
+        assert [(o.desc, o.bins) for o in other.parse_prediction(a, order).objects] == \
+            [(o.desc, o.bins) for o in parse_prediction(a, order).objects]
+    mine, theirs = (lambda a: parse_prediction(a, order)), (lambda a: other.parse_prediction(a, order))
+    ratios: dict[str, list[float]] = {"this checkout": [], path: [], "this / other": []}
+    gc.disable()
+    try:
+        for _ in range(repeats):
+            for j, i in enumerate(range(0, len(answers), chunk)):
+                ans, pl = answers[i : i + chunk], plains[i : i + chunk]
+                t_json = timed(json.loads, pl)
+                if j % 2:
+                    t_theirs, t_mine = timed(theirs, ans), timed(mine, ans)
+                else:
+                    t_mine, t_theirs = timed(mine, ans), timed(theirs, ans)
+                ratios["this checkout"].append(t_mine / t_json)
+                ratios[path].append(t_theirs / t_json)
+                ratios["this / other"].append(t_mine / t_theirs)
+    finally:
+        gc.enable()
+    print(f"{len(answers)} answers, field_order={order}, {repeats} rounds; median over chunks (quartiles):")
+    for name, rs in ratios.items():
+        q1, med, q3 = quartiles(rs)
+        what = "time / json.loads" if name != "this / other" else "time ratio, per chunk"
+        print(f"  {name:40s} {what:22s} {med:.3f}x  ({q1:.2f}-{q3:.2f}x)")
 
 
 def breakdown(answers: list[str], plains: list[str], repeats: int, chunk: int = 10) -> None:
@@ -132,6 +189,7 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--field-order", default="desc_first", choices=["desc_first", "geometry_first"])
     ap.add_argument("--breakdown", action="store_true", help="time stages of the fast path (desc_first)")
+    ap.add_argument("--against", metavar="FILE", help="another vlmdet/parse.py, timed side by side with this one")
     args = ap.parse_args()
     if args.breakdown and args.field_order != "desc_first":
         ap.error("--breakdown is desc_first only")
@@ -157,6 +215,9 @@ def main() -> int:
     if args.breakdown:
         breakdown(answers, plains, args.repeats)
         return 0
+    if args.against:
+        against(args.against, answers, plains, args.field_order, args.repeats)
+        return 0
 
     order = args.field_order
     # Time the four on the same chunk of 10 answers back to back, many rounds: the ratio of each
@@ -168,12 +229,6 @@ def main() -> int:
     def parse_with_spans(a: str) -> None:
         for o in parse_prediction(a, order).objects:
             o.span, o.coord_spans
-
-    def timed(fn, items):
-        t0 = time.perf_counter()
-        for x in items:
-            fn(x)
-        return time.perf_counter() - t0
 
     totals = {name: [] for name in names}  # per round: seconds for all chunks
     ratios = {"json.loads": [], "json.loads + validation": [], "spans: json.loads": []}  # per (round, chunk)
@@ -214,9 +269,7 @@ def main() -> int:
         "spans: json.loads": "(parse_prediction + spans) time / json.loads",
     }
     for name, rs in ratios.items():
-        rs = sorted(rs)
-        med = statistics.median(rs)
-        q1, q3 = rs[len(rs) // 4], rs[(3 * len(rs)) // 4]
+        q1, med, q3 = quartiles(rs)
         print(f"  {labels[name]:48s} median {med:.2f}x  (quartiles {q1:.2f}-{q3:.2f}x)")
     return 0
 

@@ -3,7 +3,8 @@
 #   scripts/setup.sh          runtime dependencies (what `vlmdet demo` needs)
 #   scripts/setup.sh dev      runtime + test dependencies
 #   scripts/setup.sh --print-torch-command   only print the torch install command this machine gets
-# Downloads: pip, torch (below), vlmdet's dependencies from pyproject.toml; `dev` adds the test tools
+# Downloads: pip, torch (below), vlmdet's dependencies from pyproject.toml; `dev` adds the test tools,
+# Qwen's BPE ranks file qwen.tiktoken (the one file, out of the dashscope wheel: see qwen_ranks below)
 # and, as root on Debian, the chromium package.
 # torch: with an NVIDIA GPU the default build; without one the CPU build of torch==2.13.0: the PyTorch
 # CPU index ($VLMDET_TORCH_CPU_INDEX, default https://download.pytorch.org/whl/cpu) is added as an
@@ -34,6 +35,30 @@ if [ "$extra" = "--print-torch-command" ]; then
 fi
 
 gpu() { command -v nvidia-smi >/dev/null 2>&1; }
+
+# qwen.tiktoken (Qwen's byte-level BPE ranks, read by src/vlmdet/model/qwen_bpe.py for the tests and
+# benchmarks/realdim.py) ships inside the dashscope wheel: download that wheel (pinned, no
+# dependencies, not installed) and copy the file, checked against its sha256, to $1/share/vlmdet/.
+DASHSCOPE_WHEEL_VERSION=2.0.2
+QWEN_RANKS_SHA256=b2b1b8dfb5cc5f024bafc373121c6aba3f66f9a5a0269e243470a1de16a33186
+qwen_ranks() {  # $1: the venv
+    local dest="$1/share/vlmdet/qwen.tiktoken" tmp
+    [ -f "$dest" ] && return 0
+    tmp="$(mktemp -d)"
+    "$1/bin/python" -m pip download -q --no-deps "dashscope==$DASHSCOPE_WHEEL_VERSION" -d "$tmp"
+    mkdir -p "$(dirname "$dest")"
+    "$1/bin/python" - "$tmp"/dashscope-*.whl "$dest" "$QWEN_RANKS_SHA256" <<'EOF_PY'
+import hashlib, os, sys, zipfile
+wheel, dest, sha = sys.argv[1:]
+data = zipfile.ZipFile(wheel).read("dashscope/resources/qwen.tiktoken")
+if hashlib.sha256(data).hexdigest() != sha:
+    sys.exit(f"setup: {wheel}: qwen.tiktoken does not have the expected sha256 {sha}")
+with open(dest + ".tmp", "wb") as f:
+    f.write(data)
+os.replace(dest + ".tmp", dest)
+EOF_PY
+    rm -rf "$tmp"
+}
 
 install_torch() {  # $1: the venv's python
     if ! "$1" -c "import torch" 2>/dev/null; then
@@ -83,6 +108,7 @@ fi
 install_torch .venv/bin/python
 if [ "$extra" = "dev" ]; then
     .venv/bin/python -m pip install -q -e ".[dev]"
+    qwen_ranks .venv
     # headless Chromium for the report-HTML test (Debian's package; only where we may install it)
     if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         echo "setup: installing Debian's chromium for the HTML report test" >&2

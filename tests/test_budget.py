@@ -59,10 +59,7 @@ def test_note_names_the_cut_answers_and_the_budget_that_fits():
     assert f"fit in {b.max_new_tokens}" in note
 
 
-def test_rollout_note_with_the_tiny_tokenizer(tmp_path):
-    from vlmdet.model.load import load_model
-
-    loaded = load_model("tiny")
+def test_rollout_note_with_the_tiny_tokenizer(tmp_path, loaded):
     records = [_record(0, ["red circle"] * 6)]
     answer = render_answer(records[0].bins())
     n = len(loaded.tokenizer(answer, add_special_tokens=False)["input_ids"]) + 1

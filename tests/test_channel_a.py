@@ -6,14 +6,10 @@ import copy
 
 import pytest
 import torch
-from PIL import Image
 
 import vlmdet.train.forward as fwd
 from vlmdet.config import Config
-from vlmdet.format import render_answer
-from vlmdet.model.chat import COORD, encode_example
-from vlmdet.model.collate import Collator
-from vlmdet.model.load import load_model
+from vlmdet.model.chat import COORD
 from vlmdet.train.channel_a import (
     channel_a_loss,
     context_embeddings,
@@ -22,23 +18,7 @@ from vlmdet.train.channel_a import (
 )
 from vlmdet.train.objective import supervised_rows
 
-
-@pytest.fixture(scope="module")
-def loaded():
-    ld = load_model("tiny")
-    ld.model.train()
-    return ld
-
-
-@pytest.fixture(scope="module")
-def batch(loaded):
-    img_a = Image.new("RGB", (64, 64), (200, 10, 10))
-    img_b = Image.new("RGB", (64, 32), (10, 10, 200))
-    exs = [
-        encode_example(loaded, img_a, render_answer([("red circle", (10, 20, 300, 400)), ("blue square", (50, 60, 70, 80))])),
-        encode_example(loaded, img_b, render_answer([("green triangle", (1, 2, 903, 904))])),
-    ]
-    return Collator(loaded.pad_id)(exs)
+MODEL_MODE = "train"  # conftest's `loaded`
 
 
 def stage2_cfg(**stage2) -> Config:

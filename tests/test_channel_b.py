@@ -202,19 +202,17 @@ class FakeBackend:
 
 
 @pytest.mark.slow
-def test_channel_b_step_on_tiny_model(tmp_path):
+def test_channel_b_step_on_tiny_model(tmp_path, loaded):
     import torch
 
     from vlmdet.config import Config
     from vlmdet.data.records import load_records
     from vlmdet.data.synth import make_synth
     from vlmdet.format import render_answer, sort_objects
-    from vlmdet.model.load import load_model
     from vlmdet.train.channel_b import channel_b_loss
 
     make_synth(tmp_path, n_train=2, n_val=1, seed=0, size=64)
     records = load_records(tmp_path / "train.jsonl")
-    loaded = load_model("tiny")
     cfg = Config(stage=2)
     cfg.losses.ce_on_coord_slots, cfg.losses.smoothl1, cfg.losses.coord_gate = False, 1.0, 1.0
     gt0 = sort_objects(records[0].bins())
@@ -230,3 +228,134 @@ def test_channel_b_step_on_tiny_model(tmp_path):
     assert torch.isfinite(loss) and logs["loss/coord_gate"] > 0
     grads = [p.grad for p in loaded.model.parameters() if p.grad is not None]
     assert grads and sum(float(g.abs().sum()) for g in grads) > 0
+
+
+# ------------------------------------------------------------------------------------------------
+# the same targets with Qwen's byte-level BPE, whose merges cross JSON punctuation (`]},`, ` [{"`)
+
+
+@pytest.fixture(scope="module")
+def qwen():
+    from vlmdet.model.qwen_bpe import build_qwen_tokenizer
+
+    t = build_qwen_tokenizer(coord_tokens=True)
+    return t, find_coord_ids(t), t.convert_tokens_to_ids(IM_END)
+
+
+O = '{"objects": ['
+PRED_A = ("red circle", (12, 11, 98, 101))  # matches A
+FP = ("green triangle", (200, 200, 300, 300))
+BLOCKED = '{"objects": [{"'  # the container opener and the first record's `{"`: one token ` [{"`, no loss
+
+
+def geo(desc, bins):
+    return render_record(desc, bins, "geometry_first")
+
+
+# (name, rollout text, stops with end-of-turn, GT, field order, expected:
+#   kept = text of the rollout tokens kept, text = target answer text,
+#   cut = (piece, kind) of the last kept token and the first two after it,
+#   none = text of the unsupervised tokens, coords = geometry targets in order, matched, fn)
+BPE_CASES = [
+    ("no_kept_record", O + "]}", True, GT, "desc_first", dict(
+        kept='{"objects":', text=O + rec(*A) + ", " + rec(*B) + "]}",
+        cut=[('":', "none"), (' [{"', "none"), ("desc", "struct")],
+        none=BLOCKED, coords=[*A[1], *B[1]], matched=[], fn=[0, 1])),
+    ("junk_then_no_record", 'Sure! {"objects": []}', True, GT, "desc_first", dict(
+        kept='Sure! {"objects":', text='Sure! ' + O + rec(*A) + ", " + rec(*B) + "]}",
+        cut=[('":', "none"), (' [{"', "none"), ("desc", "struct")],
+        none="Sure! " + BLOCKED, coords=[*A[1], *B[1]], matched=[], fn=[0, 1])),
+    ("truncated_in_first_record", O + '{"desc": "re', False, GT, "desc_first", dict(
+        kept='{"objects":', text=O + rec(*A) + ", " + rec(*B) + "]}",
+        cut=[('":', "none"), (' [{"', "none"), ("desc", "struct")],
+        none=BLOCKED, coords=[*A[1], *B[1]], matched=[], fn=[0, 1])),
+    ("kept_matched_last", O + rec(*PRED_A) + "]}", True, GT, "desc_first", dict(
+        kept=O + rec(*PRED_A)[:-2], text=O + rec(*PRED_A) + ", " + rec(*B) + "]}",
+        cut=[("<|coord_101|>", "coord:100"), ("]},", "struct"), (' {"', "struct")],
+        none=BLOCKED, coords=[*A[1], *B[1]], matched=[(0, 0)], fn=[1])),
+    ("kept_fp_last", O + rec(*PRED_A) + ", " + rec(*FP) + "]}", True, GT, "desc_first", dict(
+        kept=O + rec(*PRED_A) + ", " + rec(*FP)[:-2], text=O + rec(*PRED_A) + ", " + rec(*FP) + ", " + rec(*B) + "]}",
+        cut=[("<|coord_300|>", "none"), ("]},", "none"), (' {"', "struct")],
+        none=BLOCKED + " " + rec(*FP) + ",", coords=[*A[1], *B[1]], matched=[(0, 0)], fn=[1])),
+    ("kept_all_matched", O + rec(*A) + ", " + rec(*B) + "]}", True, GT, "desc_first", dict(
+        kept=O + rec(*A) + ", " + rec(*B), text=O + rec(*A) + ", " + rec(*B) + "]}",
+        cut=[("]}", "struct"), ("]}", "struct"), ("<|im_end|>", "eot")],
+        none=BLOCKED, coords=[*A[1], *B[1]], matched=[(0, 0), (1, 1)], fn=[])),
+    ("dropped_record_last", O + rec(*A) + ", " + rec(*B, key="bbox_3d") + "]}", True, GT, "desc_first", dict(
+        kept=O + rec(*A) + ", " + rec(*B, key="bbox_3d")[:-2],
+        text=O + rec(*A) + ", " + rec(*B, key="bbox_3d") + ", " + rec(*B) + "]}",
+        cut=[("<|coord_600|>", "none"), ("]},", "none"), (' {"', "struct")],
+        none=BLOCKED + " " + rec(*B, key="bbox_3d") + ",", coords=[*A[1], *B[1]], matched=[(0, 0)], fn=[1])),
+    ("trailing_garbage_in_container", O + rec(*PRED_A) + '], "count": 1}', True, GT, "desc_first", dict(
+        kept=O + rec(*PRED_A)[:-2], text=O + rec(*PRED_A) + ", " + rec(*B) + "]}",
+        cut=[("<|coord_101|>", "coord:100"), ("]},", "struct"), (' {"', "struct")],
+        none=BLOCKED, coords=[*A[1], *B[1]], matched=[(0, 0)], fn=[1])),
+    ("trailing_garbage_after_close", O + rec(*A) + ']} Done! {"objects": []}', True, GT, "desc_first", dict(
+        kept=O + rec(*A)[:-2], text=O + rec(*A) + ", " + rec(*B) + "]}",
+        cut=[("<|coord_100|>", "coord:100"), ("]},", "struct"), (' {"', "struct")],
+        none=BLOCKED, coords=[*A[1], *B[1]], matched=[(0, 0)], fn=[1])),
+    ("truncated_after_a_record", O + rec(*A) + ', {"desc": "blu', False, GT, "desc_first", dict(
+        kept=O + rec(*A)[:-2], text=O + rec(*A) + ", " + rec(*B) + "]}",
+        cut=[("<|coord_100|>", "coord:100"), ("]},", "struct"), (' {"', "struct")],
+        none=BLOCKED, coords=[*A[1], *B[1]], matched=[(0, 0)], fn=[1])),
+    ("no_container", "I cannot see anything", True, GT, "desc_first", dict(
+        kept="", text=O + rec(*A) + ", " + rec(*B) + "]}",
+        cut=[('{"', "struct"), ("objects", "struct")],
+        none="", coords=[*A[1], *B[1]], matched=[], fn=[0, 1])),
+    ("geometry_first_matched_last", O + geo(*PRED_A) + "]}", True, GT, "geometry_first", dict(
+        kept=O + geo(*PRED_A)[:-2], text=O + geo(*PRED_A) + ", " + geo(*B) + "]}",
+        cut=[(" circle", "desc_ctx"), ('"},', "struct"), (' {"', "struct")],
+        none=BLOCKED, coords=[*A[1], *B[1]], matched=[(0, 0)], fn=[1])),
+    ("multibyte_descs", O + rec("龘 dragon", PRED_A[1]) + "]}", True, [("龘 dragon", A[1]), ("红色的圆", B[1])],
+     "desc_first", dict(
+        kept=O + rec("龘 dragon", PRED_A[1])[:-2], text=O + rec("龘 dragon", PRED_A[1]) + ", " + rec("红色的圆", B[1]) + "]}",
+        cut=[("<|coord_101|>", "coord:100"), ("]},", "struct"), (' {"', "struct")],
+        none=BLOCKED, coords=[*A[1], *B[1]], matched=[(0, 0)], fn=[1])),
+]
+
+
+@pytest.mark.parametrize("name, text, stop, gt, field_order, want", BPE_CASES, ids=[c[0] for c in BPE_CASES])
+def test_bpe_target_is_the_tokenization_of_the_target_text(qwen, name, text, stop, gt, field_order, want):
+    t, coord_ids, eot = qwen
+    rollout = t(text, add_special_tokens=False)["input_ids"] + ([eot] if stop else [])
+    tgt = build_target(rollout, token_pieces(t, rollout), gt, t, coord_ids, eot, field_order=field_order)
+    assert (tgt.matched, tgt.fn) == (want["matched"], want["fn"])
+    assert tgt.text == want["text"] and tgt.append_text == want["text"][len(want["kept"]):]
+    # the rollout's own tokens up to the cut, then exactly the tokenizer's tokens of the target text
+    assert tgt.ids[: tgt.prefix_len] == rollout[: tgt.prefix_len]
+    assert t.decode(tgt.ids[: tgt.prefix_len]) == want["kept"]
+    assert tgt.ids == t(want["text"], add_special_tokens=False)["input_ids"] + [eot]
+    parts = classify(qwen, tgt)
+    n = tgt.prefix_len
+    assert parts[max(n - 1, 0) : n + 2] == want["cut"]
+    assert join(parts, "none") == want["none"]
+    assert coords(parts) == want["coords"]
+    assert parts[-1] == ("<|im_end|>", "eot")
+
+
+def test_bpe_desc_tokens_matched_are_context_appended_are_supervised(qwen):
+    t, coord_ids, eot = qwen
+    gt = [("龘 dragon", A[1]), ("红色的圆", B[1])]
+    rollout = t(O + rec("龘 dragon", PRED_A[1]) + "]}", add_special_tokens=False)["input_ids"] + [eot]
+    pieces = token_pieces(t, rollout)
+    assert "" in pieces  # 龘 is spelled with byte tokens that end inside the character
+    parts = classify(qwen, build_target(rollout, pieces, gt, t, coord_ids, eot))
+    assert join(parts, "desc_ctx") == "龘 dragon"
+    assert join(parts, "desc") == "红色的圆"
+
+
+def test_bpe_rollout_with_its_own_tokenization_keeps_it_up_to_the_cut(qwen):
+    """A rollout that spelled the opener ` [` and the record's `{"` as two tokens (not what the
+    tokenizer writes) keeps them; the record's `{"` is its own token and so is supervised."""
+    t, coord_ids, eot = qwen
+    enc = lambda s: t(s, add_special_tokens=False)["input_ids"]  # noqa: E731
+    rollout = enc(O) + enc(rec(*PRED_A)) + enc("]}") + [eot]
+    assert rollout != enc(O + rec(*PRED_A) + "]}") + [eot]
+    tgt = build_target(rollout, token_pieces(t, rollout), GT, t, coord_ids, eot)
+    text = O + rec(*PRED_A) + ", " + rec(*B) + "]}"
+    assert tgt.text == text and t.decode(tgt.ids[:-1]) == text
+    assert tgt.ids[: tgt.prefix_len] == rollout[: tgt.prefix_len]
+    assert t.decode(tgt.ids[: tgt.prefix_len]) == O + rec(*PRED_A)[:-2]
+    assert tgt.ids[tgt.prefix_len : -1] == enc(text)[-(len(tgt.ids) - 1 - tgt.prefix_len):]
+    parts = classify(qwen, tgt)
+    assert parts[3:5] == [(" [", "none"), ('{"', "struct")]

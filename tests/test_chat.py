@@ -22,13 +22,8 @@ from vlmdet.model.chat import (
     system_prompt,
     user_prompt,
 )
-from vlmdet.model.load import load_model, token_pieces
+from vlmdet.model.load import token_pieces
 from vlmdet.model.tokenizer import COCO_80_CLASS_NAMES
-
-
-@pytest.fixture(scope="module")
-def loaded():
-    return load_model("tiny")
 
 
 def _image(w=128, h=96, seed=0):

@@ -281,3 +281,99 @@ def test_a_second_writer_fails_at_once_and_deletes_nothing(tmp_path, data, capsy
     assert f"took over a stale lock of {run} ({{'pid': {holder.pid}" in err
     assert (run / LOCK_NAME).read_text() == ""  # released at the end
     assert _loss_steps(run) == [1, 2]  # the old run's rows were deleted with it, no interleaving
+
+
+# two ranks (torchrun, gloo on CPU): the staged save and the resume through the real CLI code path
+
+RANK_WORKER = r'''
+import json, os, sys
+import torch.distributed as dist
+from transformers import Trainer
+from vlmdet.config import load_config
+from vlmdet.train.cli import train
+
+out_path, resume, config, overrides = sys.argv[1], sys.argv[2] == "resume", sys.argv[3], sys.argv[4:]
+seen = {"loaded_rng_from": None, "step_at_resume": None}
+real_load_rng = Trainer._load_rng_state
+
+def load_rng(self, checkpoint):
+    seen["loaded_rng_from"], seen["step_at_resume"] = checkpoint, int(self.state.global_step)
+    return real_load_rng(self, checkpoint)
+
+Trainer._load_rng_state = load_rng
+if resume and os.environ["RANK"] == "0":  # another run saves checkpoint-3 just before rank 0 takes the lock
+    import shutil
+    from pathlib import Path
+    from vlmdet.rundir import RunLock
+    from vlmdet.train import checkpoint as C
+    real_enter = RunLock.__enter__
+
+    def enter(self):
+        ck2, ck3 = self.path.parent / "checkpoint-2", self.path.parent / "checkpoint-3"
+        shutil.copytree(ck2, ck3)
+        state = json.loads((ck3 / "trainer_state.json").read_text())
+        (ck3 / "trainer_state.json").write_text(json.dumps({**state, "global_step": 3}))
+        (ck3 / C.COMPLETE_NAME).unlink()
+        C.seal(ck3, 3)
+        return real_enter(self)
+
+    RunLock.__enter__ = enter
+summary = train(load_config(config, overrides), ["test_checkpoint"], resume=True if resume else None)
+gathered = [None] * dist.get_world_size()
+dist.all_gather_object(gathered, {"rank": dist.get_rank(), "summary": summary, **seen})
+if dist.get_rank() == 0:
+    with open(out_path, "w") as f:
+        json.dump(gathered, f)
+'''
+
+
+def _torchrun(tmp_path, resume: bool, overrides: list[str]) -> list[dict]:
+    worker = tmp_path / "rank_worker.py"
+    worker.write_text(RANK_WORKER)
+    result = tmp_path / f"ranks_{'resume' if resume else 'first'}.json"
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+           "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(worker),
+           str(result), "resume" if resume else "first", str(REPO / "configs/stage1/tiny.yaml"), *overrides]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:  # ranks out of step wait for each other forever: end them all
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        pytest.fail("torchrun hung (ranks out of step?)\n" + stderr[-6000:])
+    assert proc.returncode == 0, stdout[-3000:] + stderr[-6000:]
+    return sorted(json.loads(result.read_text()), key=lambda r: r["rank"])
+
+
+@pytest.mark.slow
+def test_two_ranks_save_staged_checkpoints_and_resume_from_the_same_step(tmp_path, data):
+    out = tmp_path / "runs"
+    common = [f"data.train={data}", f"output_dir={out}", "run_name=r", "training.logging_steps=1",
+              "training.per_device_train_batch_size=2", "training.report_to=[]", "training.ddp_backend=gloo",
+              "eval.eval_steps=0", "data.val=null", "training.save_steps=2"]
+    run = out / "r"
+
+    first = _torchrun(tmp_path, False, [*common, "training.max_steps=2"])
+    assert [r["summary"]["global_step"] for r in first] == [2, 2]
+    assert [p.name for p in C.step_checkpoints(run)] == ["checkpoint-2"]  # one, complete, with both ranks' RNG
+    assert C.checkpoint_problem(run / "checkpoint-2") is None
+    record = json.loads((run / "checkpoint-2" / C.COMPLETE_NAME).read_text())
+    assert record["step"] == 2 and {"rng_state_0.pth", "rng_state_1.pth", "model.safetensors"} <= set(record["files"])
+    assert C.checkpoint_problem(run / C.FINAL_NAME) is None
+    assert not (run / C.STAGING_DIR).exists()
+
+    # resume with more steps, saving every step and keeping one checkpoint (rotation runs between saves);
+    # a checkpoint-3 appears after the ranks looked for the newest one, before rank 0 takes the run's
+    # lock: rank 0 sees it under the lock, and rank 1 must resume from it too
+    resumed = _torchrun(tmp_path, True, [*common, "training.max_steps=5", "training.save_steps=1",
+                                         "training.save_total_limit=1"])
+    assert [r["summary"]["resumed_from"] for r in resumed] == [str(run / "checkpoint-3")] * 2
+    assert [(r["loaded_rng_from"], r["step_at_resume"]) for r in resumed] == [(str(run / "checkpoint-3"), 3)] * 2
+    assert [r["summary"]["global_step"] for r in resumed] == [5, 5]
+    assert [p.name for p in C.step_checkpoints(run)] == ["checkpoint-5"]
+    assert C.checkpoint_problem(run / "checkpoint-5") is None
+    assert json.loads((run / "checkpoint-5" / "trainer_state.json").read_text())["global_step"] == 5
+    assert not (run / C.STAGING_DIR).exists()
+    assert _loss_steps(run) == [1, 2, 4, 5]  # rank 0 alone writes logging.jsonl; step 3 was the other run's

@@ -8,14 +8,6 @@ from PIL import Image
 from vlmdet.format import render_answer
 from vlmdet.model.chat import encode_example
 from vlmdet.model.collate import Collator, position_ids
-from vlmdet.model.load import load_model
-
-
-@pytest.fixture(scope="module")
-def loaded():
-    out = load_model("tiny")
-    out.model.eval()
-    return out
 
 
 def _image(w, h, seed):

@@ -5,11 +5,13 @@ import copy
 import io
 import random
 
+import numpy as np
 import pytest
 
 from vlmdet.data.records import GtObject, Record
 from vlmdet.errors import UsageError
-from vlmdet.evaluate.detection import COCO_KEYS, _pred_view, coco_inputs, detection_metrics, gt_view
+from vlmdet.evaluate.detection import (COCO_KEYS, DetectionSet, _pred_view, coco_inputs, coco_metrics,
+                                       detection_metrics, gt_view)
 
 
 def gt(image_id, objs, w=100, h=100):
@@ -144,12 +146,20 @@ def _random_set(seed, n_images=30, classes=("red circle", "blue square", "green 
     return gts, preds
 
 
+def _detection_set(gts, preds):
+    ds = DetectionSet()
+    for g in gts:
+        ds.add_image(*gt_view(g))
+    for k, v in preds.items():
+        ds.add_predictions(ds.index[k], [_pred_view(o, k, i) for i, o in enumerate(v)])
+    return ds
+
+
 def _pycocotools_stats(gts, preds):
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    views = [gt_view(g) for g in gts]
-    dataset, dets = coco_inputs(views, {k: [_pred_view(o, k, i) for i, o in enumerate(v)] for k, v in preds.items()})
+    dataset, dets = coco_inputs(_detection_set(gts, preds))
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO()
         coco_gt.dataset = copy.deepcopy(dataset)
@@ -175,3 +185,59 @@ def test_parity_with_pycocotools(seed, constant):
     ref = _pycocotools_stats(gts, preds)
     assert 0.05 < ref[0] < 0.95  # a non-trivial operating point
     assert ours == pytest.approx(ref, abs=1e-9)
+
+
+def _single_evaluation(ds):
+    """The reference: one faster-coco-eval evaluation of the whole set, every category listed."""
+    from faster_coco_eval import COCO, COCOeval_faster
+
+    quiet = lambda *args, **kwargs: None  # noqa: E731
+    dataset, dets = coco_inputs(ds)
+    coco_gt = COCO(dataset, print_function=quiet)
+    ev = COCOeval_faster(coco_gt, coco_gt.loadRes(dets), "bbox", print_function=quiet)
+    ev.evaluate()
+    ev.accumulate()
+    ev.summarize()
+    return [float(v) for v in ev.stats[:9]]
+
+
+@pytest.mark.parametrize("seed,constant", [(0, False), (4, False), (5, True)])
+@pytest.mark.parametrize("chunk", [1, 4, 1000])
+def test_chunked_per_category_coco_equals_one_evaluation(seed, constant, chunk):
+    gts, preds = _random_set(seed)
+    preds["img1"] = preds.get("img1", []) + [pred("unicorn", [1, 1, 9, 9], 0.99)]  # a category without GT
+    if constant:  # ties: the concatenation order of images decides
+        for ps in preds.values():
+            for p in ps:
+                p.pop("score", None)
+    ds = _detection_set(gts, preds)
+    ours = coco_metrics(ds, chunk_images=chunk)
+    ref = _single_evaluation(ds)
+    assert 0.05 < ref[0] < 0.95 and ref[3] != ref[5]  # a non-trivial operating point, sizes differ
+    assert [ours[k] for k in COCO_KEYS] == ref  # bit-identical, not approximately equal
+
+
+def test_detection_set_arrays_by_hand():
+    ds = DetectionSet()
+    assert ds.add_image("a", 64, 48, [("cat", (1, 2, 3, 4)), ("dog", (5.5, 6, 7, 8))]) == 0
+    assert ds.add_image("b", 10, 20, []) == 1
+    ds.add_predictions(1, [("dog", (0, 0, 5, 5), 0.25)])
+    ds.add_predictions(0, [("bird", (1, 1, 2, 2), None)])
+    assert ds.names == {"cat": 0, "dog": 1, "bird": 2} and ds.index == {"a": 0, "b": 1}
+    assert ds.sizes.tolist() == [[64, 48], [10, 20]] and ds.size(1) == (10, 20)
+    assert ds.gt_image.tolist() == [0, 0] and ds.gt_cat.tolist() == [0, 1]
+    assert ds.gt_box.tolist() == [[1, 2, 3, 4], [5.5, 6, 7, 8]]
+    assert ds.pred_image.tolist() == [1, 0] and ds.pred_cat.tolist() == [1, 2]
+    assert ds.pred_box.tolist() == [[0, 0, 5, 5], [1, 1, 2, 2]]
+    assert ds.pred_score[0] == 0.25 and np.isnan(ds.pred_score[1])
+    assert (ds.answered, ds.scored) == (2, 1)
+    # COCO inputs: images in index order, predictions sorted by image, ids from the sorted desc union
+    dataset, dets = coco_inputs(ds)
+    assert [c["name"] for c in dataset["categories"]] == ["bird", "cat", "dog"]
+    assert [(a["id"], a["image_id"], a["category_id"], a["bbox"], a["area"]) for a in dataset["annotations"]] == [
+        (1, 1, 2, [1, 2, 2, 2], 4), (2, 1, 3, [5.5, 6, 1.5, 2], 3.0)]
+    assert [(d["image_id"], d["category_id"], d["score"]) for d in dets] == [(1, 1, 1.0), (2, 3, 0.25)]
+    with pytest.raises(UsageError, match="duplicate image_id 'a'"):
+        ds.add_image("a", 2, 2, [])
+    with pytest.raises(UsageError, match="finite"):
+        ds.add_predictions(1, [("dog", (0, 0, 5, 5), float("inf"))])

@@ -9,15 +9,7 @@ from PIL import Image
 from vlmdet.format import render_answer
 from vlmdet.model.chat import encode_example
 from vlmdet.model.collate import Collator, position_ids
-from vlmdet.model.load import load_model
 from vlmdet.train import forward as F
-
-
-@pytest.fixture(scope="module")
-def loaded():
-    ld = load_model("tiny")
-    ld.model.eval()
-    return ld
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,6 @@ from vlmdet.model.load import coord_bin_of_id, find_coord_ids, load_model, tiny_
 from vlmdet.model.tokenizer import build_tiny_tokenizer
 
 
-@pytest.fixture(scope="module")
-def loaded():
-    return load_model("tiny")
-
-
 def test_tiny_loads_with_ids(loaded):
     tok = loaded.tokenizer
     assert loaded.coord_ids == tok.convert_tokens_to_ids(list(COORD_TOKENS))

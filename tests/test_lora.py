@@ -61,12 +61,12 @@ def test_lora_stage1_learns_and_saves_adapter_and_merged(stage1):
 
 
 @pytest.mark.slow
-def test_only_lora_and_coordinate_rows_change(stage1):
-    from vlmdet.model.load import load_model, tiny_checkpoint_path
+def test_only_lora_and_coordinate_rows_change(stage1, loaded):
+    from vlmdet.model.load import tiny_checkpoint_path
 
     base = load_file(str(tiny_checkpoint_path() / "model.safetensors"))
     merged = load_file(str(stage1 / "checkpoint-final" / "model.safetensors"))
-    coord_ids = load_model("tiny").coord_ids
+    coord_ids = loaded.coord_ids
     emb = next(k for k in base if k.endswith("embed_tokens.weight"))
     rows = torch.zeros(base[emb].shape[0], dtype=torch.bool)
     rows[coord_ids] = True

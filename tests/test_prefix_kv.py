@@ -12,25 +12,14 @@ import logging
 
 import pytest
 import torch
-from PIL import Image
 
 from vlmdet.config import Config
-from vlmdet.format import render_answer
-from vlmdet.model.chat import encode_example
-from vlmdet.model.collate import Collator
-from vlmdet.model.load import load_model
 from vlmdet.train import prefix_kv
 from vlmdet.train.channel_a import channel_a_loss, pass_terms, soft_context_forwards
 from vlmdet.train.objective import supervised_rows
 
 REL_GRAD = 1e-5
-
-
-@pytest.fixture(scope="module")
-def loaded():
-    ld = load_model("tiny")
-    ld.model.train()
-    return ld
+MODEL_MODE = "train"  # conftest's `loaded`
 
 
 @pytest.fixture(scope="module")
@@ -39,18 +28,6 @@ def checkpointed(loaded):
     model = copy.deepcopy(loaded.model)
     model.activation_checkpointing_enable()
     return model
-
-
-@pytest.fixture(scope="module")
-def batch(loaded):
-    # different image sizes: the samples' first coord slots sit at different rows (the prefix is the
-    # rows before the earliest one); right padding on the shorter sample
-    exs = [
-        encode_example(loaded, Image.new("RGB", (64, 64), (200, 10, 10)),
-                       render_answer([("red circle", (10, 20, 300, 400)), ("blue square", (50, 60, 70, 80))])),
-        encode_example(loaded, Image.new("RGB", (64, 32), (10, 10, 200)), render_answer([("green triangle", (1, 2, 903, 904))])),
-    ]
-    return Collator(loaded.pad_id)(exs)
 
 
 def stage2_cfg(**stage2) -> Config:

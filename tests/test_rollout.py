@@ -19,13 +19,6 @@ ANSWER = '{"objects": [{"desc": "red circle", "bbox_2d": [<|coord_111|>, <|coord
 
 
 @pytest.fixture(scope="module")
-def loaded():
-    from vlmdet.model.load import load_model
-
-    return load_model("tiny")
-
-
-@pytest.fixture(scope="module")
 def records(tmp_path_factory):
     """Three noise images of two sizes (so left padding is exercised)."""
     d = tmp_path_factory.mktemp("rollout_data")
@@ -198,19 +191,3 @@ def test_extra_processors_accept_lists_single_processors_and_factories(loaded, r
                    extra_processors=lambda recs: factory_calls.append([r.image_id for r in recs]) or [])
     be.generate(records)
     assert factory_calls == [["im0", "im1"], ["im2"]]
-
-
-def test_make_backend_vllm_without_vllm_says_how_to_install(loaded, monkeypatch):
-    """rollout.backend vllm where vllm cannot be imported: a UsageError naming the setup command; the
-    grammar-constrained pass never needs vllm (it runs on HF)."""
-    import sys
-
-    from vlmdet.config import config_from_dict
-    from vlmdet.errors import UsageError
-    from vlmdet.evaluate.rollout import make_backend
-
-    monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm -> ImportError
-    cfg = config_from_dict({"rollout": {"backend": "vllm"}})
-    with pytest.raises(UsageError, match=r"vllm is not installed.*scripts/setup.sh vllm"):
-        make_backend(loaded, cfg)
-    assert isinstance(make_backend(loaded, cfg, constrained=True), HFRollout)

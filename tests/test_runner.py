@@ -55,13 +55,6 @@ GT = {
 
 
 @pytest.fixture(scope="module")
-def loaded():
-    from vlmdet.model.load import load_model
-
-    return load_model("tiny")
-
-
-@pytest.fixture(scope="module")
 def val(tmp_path_factory):
     return write_val(tmp_path_factory.mktemp("runner_data"))
 

@@ -128,3 +128,60 @@ def test_short_run_console_and_tensorboard(tmp_path, capsys):
         assert tag.startswith("monitor/") and [s[0] for s in shots] == [2]
         png = np.asarray(Image.open(next(s["png"] for s in dump["samples"] if tag.endswith(s["image_id"]))))
         assert (shots[0][2], shots[0][1]) == png.shape[:2]
+
+
+#: `vlmdet train` SIGKILL-ed at the start of the step-4 save: steps 3 and 4 are logged (TensorBoard
+#: included), the newest checkpoint is checkpoint-2
+KILL_AT_SAVE_4 = """
+import os, signal, sys
+from transformers import Trainer
+real = Trainer._save_checkpoint
+def killed(self, *args, **kwargs):
+    if self.state.global_step == 4:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(self, *args, **kwargs)
+Trainer._save_checkpoint = killed
+from vlmdet.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _tb_scalar_steps(folder: Path) -> dict[str, list[int]]:
+    """Scalar steps per tag as TensorBoard shows them: the whole folder read by one accumulator, which
+    applies a later writer's purge to the events of earlier files."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [e.step for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+@pytest.mark.slow
+def test_resumed_run_logs_each_step_once_in_tensorboard(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from vlmdet.data.synth import make_synth
+
+    make_synth(tmp_path / "d", n_train=8, n_val=1, seed=3, size=64)
+    argv = ["train", str(REPO / "configs/stage1/tiny.yaml"), f"data.train={tmp_path / 'd' / 'train.jsonl'}",
+            f"output_dir={tmp_path / 'runs'}", "run_name=r", "training.max_steps=5", "training.save_steps=2",
+            "training.logging_steps=1", "training.per_device_train_batch_size=2", "training.report_to=[tensorboard]",
+            "eval.eval_steps=0", "data.val=null"]
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+    killed = subprocess.run([sys.executable, "-c", KILL_AT_SAVE_4, *argv], capture_output=True, text=True, env=env)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    tb = tmp_path / "runs" / "r" / "tb"
+    assert _tb_scalar_steps(tb)["train/loss"] == [1, 2, 3, 4]  # 3 and 4 come after checkpoint-2
+    resumed = subprocess.run([sys.executable, "-m", "vlmdet.cli", *argv, "--resume"], capture_output=True, text=True, env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert len(list(tb.rglob("events.out.tfevents.*"))) == 2  # the killed run's file is still there
+    steps = _tb_scalar_steps(tb)
+    assert {"train/loss", "train/learning_rate", "train/grad_norm"} <= set(steps)
+    for tag in ("train/loss", "train/learning_rate", "train/grad_norm"):
+        assert steps[tag] == [1, 2, 3, 4, 5], tag  # once each, step 2 (logged before its checkpoint) kept
+    logged = [json.loads(line)["step"] for line in (tmp_path / "runs" / "r" / "logging.jsonl").read_text().splitlines()
+              if "loss" in json.loads(line)]
+    assert logged == [1, 2, 3, 4, 5]

@@ -19,7 +19,8 @@ from vlmdet.config import PromptConfig, RolloutConfig, config_from_dict
 from vlmdet.data.records import load_image, load_records
 from vlmdet.demo import shipped_stage1
 from vlmdet.errors import UsageError
-from vlmdet.evaluate.rollout import HFRollout, RolloutBackend, make_backend
+from vlmdet.evaluate.backend import make_backend
+from vlmdet.evaluate.rollout import HFRollout, RolloutBackend
 from vlmdet.evaluate.vllm_rollout import VLLMRollout, request_seed
 from vlmdet.model.chat import encode_example
 

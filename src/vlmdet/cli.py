@@ -20,6 +20,8 @@ import importlib
 import os
 import sys
 
+from vlmdet import __version__
+from vlmdet.console import is_tty
 from vlmdet.errors import UsageError
 
 #: command -> (module, one-line help)
@@ -72,8 +74,6 @@ def main(argv: list[str] | None = None) -> int:
         print(_top_help())
         return 0
     if argv[0] == "--version":
-        from vlmdet import __version__
-
         print(__version__)
         return 0
     name = argv[0]
@@ -82,7 +82,6 @@ def main(argv: list[str] | None = None) -> int:
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         print(f"vlmdet: unknown command {name!r}{hint}\n\n{_top_help()}", file=sys.stderr)
         return 2
-    from vlmdet.console import is_tty
 
     if not is_tty():  # the Hub/transformers download, load and save bars: only on a terminal
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

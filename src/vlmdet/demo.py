@@ -23,11 +23,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
+from vlmdet.config import load_config
+from vlmdet.console import eval_line, fmt_seconds, fmt_value, tensorboard_command
+from vlmdet.data.records import load_records
+from vlmdet.data.synth import make_synth
 from vlmdet.errors import UsageError
 from vlmdet.options import bounded
+from vlmdet.report.cli import build_report
+from vlmdet.rundir import RunDir
+from vlmdet.train.cli import train
 
 #: `make_synth` keyword arguments of the demo's data set (tuning notes: docs/DEMO.md).
 DEMO_DATA: dict = {"n_train": 2000, "n_val": 100, "seed": 0, "size": 128, "max_objects": 3,
@@ -72,8 +80,6 @@ def config_dir() -> Path:
 
 def make_data(out: Path, params: dict, progress: bool = True) -> Path:
     """`make_synth(out, **params)` unless `out/manifest.json` already records the same parameters."""
-    from vlmdet.data.synth import make_synth
-
     manifest = out / "manifest.json"
     if manifest.is_file() and (out / "train.jsonl").is_file() and (out / "val.jsonl").is_file():
         try:
@@ -107,14 +113,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run_demo(out: str | Path, from_scratch: bool = False, smoke: bool = False, stage1: str | None = None,
              argv: list[str] | None = None, stage1_steps: int | None = None) -> dict:
     """Run the demo into `out`; return a summary dict (final metrics, paths, seconds per phase)."""
-    from vlmdet.config import load_config
-    from vlmdet.data.records import load_records
     from vlmdet.evaluate.runner import run_rollout_eval
     from vlmdet.model.load import load_model
-    from vlmdet.report.cli import build_report
-    from vlmdet.rundir import RunDir
-    from vlmdet.console import eval_line, tensorboard_command
-    from vlmdet.train.cli import train
     from vlmdet.train.tracking import log_eval_to_tensorboard
 
     out = Path(out)
@@ -196,8 +196,6 @@ def run_demo(out: str | Path, from_scratch: bool = False, smoke: bool = False, s
 
 
 def run(args: argparse.Namespace) -> int:
-    import sys
-
     t0 = time.time()
     s = run_demo(args.out, from_scratch=args.from_scratch, smoke=args.smoke, stage1=args.stage1, argv=list(sys.argv),
                  stage1_steps=args.stage1_steps)
@@ -209,8 +207,6 @@ def run(args: argparse.Namespace) -> int:
 
 def summary_text(s: dict, total: float) -> str:
     """The closing summary of `run` (counts as integers, only the phases that ran, the TensorBoard command)."""
-    from vlmdet.console import fmt_seconds, fmt_value
-
     lines = [f"Stage-1 checkpoint: {s['stage1_checkpoint']}",
              f"runs:               {', '.join(s['runs'])}",
              f"final eval (step {s['final_step']}): "

@@ -47,6 +47,7 @@ drops and their reasons, and in the training log `coord_diag/coord_vocab_mass_me
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -55,11 +56,21 @@ import re
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from vlmdet.config import config_from_dict, load_config
+from vlmdet.data.records import load_records
+from vlmdet.demo import DEMO_DATA, SMOKE_DATA, config_dir, make_data, shipped_stage1
 from vlmdet.errors import UsageError
+from vlmdet.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from vlmdet.report.cli import build_report
+from vlmdet.report.plots import interval_plot
+from vlmdet.report.runs import parse_steps
+from vlmdet.rundir import RunDir
+from vlmdet.stats import paired_delta, summarize
+from vlmdet.train.cli import FINAL_CHECKPOINT, train
 
 #: eval metrics shown in grid.md, in this order (those a run does not have are left out).
 GRID_METRICS = ("bbox_AP50", "bbox_AP", "f1", "sample_clean_rate", "sample_valid_pred_rate", "coord_slot_leak_rate",
@@ -208,8 +219,6 @@ def eval_code_hash() -> str:
 
 def _eval_signature(cfg, code: str) -> str:
     """What the step-0 eval of the start depends on (the seed only when rollouts sample)."""
-    import dataclasses
-
     d = dataclasses.asdict(cfg)
     key = {k: d[k] for k in ("prompt", "rollout", "match", "eval", "monitor")}
     key.update(model=cfg.model.name_or_path, val=cfg.data.val, max_val=cfg.data.max_val_samples, code=code,
@@ -219,8 +228,6 @@ def _eval_signature(cfg, code: str) -> str:
 
 
 def _val_records(cfg):
-    from vlmdet.data.records import load_records
-
     recs = load_records(cfg.data.val, check_images=cfg.data.check_images)
     return recs[: cfg.data.max_val_samples] if cfg.data.max_val_samples is not None else recs
 
@@ -228,7 +235,6 @@ def _val_records(cfg):
 def _eval_into(ckpt: str, cfg, run_root: Path, step: int) -> dict:
     from vlmdet.evaluate.runner import run_rollout_eval
     from vlmdet.model.load import load_model
-    from vlmdet.rundir import RunDir
 
     loaded = load_model(ckpt, cfg.model.dtype, cfg.model.attn_implementation)
     return run_rollout_eval(loaded, _val_records(cfg), cfg, RunDir(run_root), step, progress=False, log=False)
@@ -237,8 +243,6 @@ def _eval_into(ckpt: str, cfg, run_root: Path, step: int) -> dict:
 def start_eval(cfg, out: Path, code: str) -> Path:
     """The step-0 eval of `cfg.model.name_or_path` under `cfg`'s eval settings, once per signature:
     returns `OUT/start/<hash>` (a run-like folder with eval/step_000000 and monitor_dumps)."""
-    from vlmdet.io import atomic_write_text
-
     folder = out / "start" / _eval_signature(cfg, code)
     if not (folder / "eval" / "step_000000" / "metrics.json").is_file():
         _eval_into(cfg.model.name_or_path, cfg, folder, 0)
@@ -264,9 +268,6 @@ def reeval_run(run_root: Path, steps: list[int]) -> list[int]:
     """Re-evaluate a finished run at every step in `steps` that has a checkpoint (`checkpoint-<step>`, or
     `checkpoint-final` for the last step) with the installed evaluation code; returns the steps done."""
     import yaml
-
-    from vlmdet.config import config_from_dict
-    from vlmdet.train.cli import FINAL_CHECKPOINT
 
     # only the sections evaluation reads: a run made before a training/loss setting was renamed still loads
     saved = yaml.safe_load((run_root / "config.yaml").read_text(encoding="utf-8"))
@@ -299,9 +300,6 @@ def _start_checkpoint(config: Path, stage1: str | None, smoke: bool) -> str | No
 def _data_overrides(config: Path, out: Path, smoke: bool, make: bool = True) -> list[str]:
     """The demo's synthetic set under OUT/data when the config names no training data (`make=False`:
     only its paths)."""
-    from vlmdet.config import load_config
-    from vlmdet.demo import DEMO_DATA, SMOKE_DATA, make_data
-
     if load_config(config).data.train:
         return []
     data = make_data(out / "data", SMOKE_DATA if smoke else DEMO_DATA, progress=False) if make else out / "data"
@@ -326,10 +324,6 @@ def run_grid(config: str | Path, varies: list[str], seeds: list[int], steps: lis
     `{"runs": [...], "grid_md", "grid_json", "report_md", "report_html", "seconds"}`. `dry_run`: check
     every run's config, say which runs are finished and which would train, write nothing; returns
     `{"runs": [...], "to_train": [...], "start"}`."""
-    from vlmdet.config import load_config
-    from vlmdet.io import atomic_write_json
-    from vlmdet.train.cli import train
-
     config, out = Path(config), Path(out)
     if not config.is_file():
         raise UsageError(f"{config}: no such config file")
@@ -403,7 +397,6 @@ def run_grid(config: str | Path, varies: list[str], seeds: list[int], steps: lis
             f"{left} left, ETA {eta}")
 
     paths = write_grid_report(out, config, arms, seeds, [0] + steps, start, title or f"Grid: {config.name}")
-    from vlmdet.report.cli import build_report
 
     first = [out / "runs" / run_name(a, seeds[0]) for a in arms]
     shutil.rmtree(out / "report", ignore_errors=True)  # no example PNGs left over from another invocation
@@ -457,8 +450,6 @@ def grid_table(values: dict, arms: list[str], seeds: list[int], steps: list[int]
     """`values[(arm, seed, step)] -> float` (absent = missing) -> per arm: `per_step` {step: Summary over
     seeds}, `vs_baseline` {step: paired Summary of arm - arms[0]}, `vs_start` {step: paired Summary of
     value(step) - value(step 0)}. Pure."""
-    from vlmdet.stats import paired_delta, summarize
-
     def by_seed(arm, step):
         return {s: values[(arm, s, step)] for s in seeds if (arm, s, step) in values}
 
@@ -475,10 +466,6 @@ def grid_table(values: dict, arms: list[str], seeds: list[int], steps: list[int]
 def write_grid_report(out: Path, config: Path, arms: list[Arm], seeds: list[int], steps: list[int], start: str,
                       title: str) -> dict:
     """OUT/grid.md and OUT/grid.json from the run folders (module docstring)."""
-    from dataclasses import asdict
-
-    from vlmdet.io import atomic_write_json, atomic_write_text
-
     names = [a.name for a in arms]
     runs = {(a, s): out / "runs" / run_name(Arm(a, ()), s) for a in names for s in seeds}
     info = {k: json.loads((r / MARKER).read_text()) for k, r in runs.items() if (r / MARKER).is_file()}
@@ -521,8 +508,6 @@ def write_grid_report(out: Path, config: Path, arms: list[Arm], seeds: list[int]
     lines += ["## Runs", "", "| run | seconds | eval code |", "|---|---|---|"]
     lines += [f"| {run_name(Arm(a, ()), s)} | {info[(a, s)].get('seconds', '–') if (a, s) in info else 'not finished'} "
               f"| {info.get((a, s), {}).get('eval_code', '–')} |" for a in names for s in seeds]
-    from vlmdet.io import atomic_write_bytes
-    from vlmdet.report.plots import interval_plot
 
     figures = []
     for m in [m for m in PLOT_METRICS if m in summary]:
@@ -549,8 +534,6 @@ def write_grid_report(out: Path, config: Path, arms: list[Arm], seeds: list[int]
 
 
 def _gate_ablation_config() -> Path:
-    from vlmdet.demo import config_dir
-
     return config_dir() / "gate_ablation.yaml"
 
 
@@ -597,9 +580,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vlmdet.demo import shipped_stage1
-    from vlmdet.report.runs import parse_steps
-
     steps = parse_steps(args.steps)
     if not steps:
         raise UsageError("--steps: give at least one step, e.g. 100,200,300")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import threading
 from pathlib import Path
@@ -80,8 +81,6 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, fsync: bool = True)
 def staging_folder(target: str | os.PathLike) -> Path:
     """An empty hidden sibling `.<name>.partial` to fill and then move into place with
     `replace_folder` (a leftover from a killed writer is deleted first)."""
-    import shutil
-
     target = Path(target)
     staged = target.parent / f".{target.name}.partial"
     if staged.exists():
@@ -91,18 +90,22 @@ def staging_folder(target: str | os.PathLike) -> Path:
 
 
 def replace_folder(staged: str | os.PathLike, target: str | os.PathLike) -> Path:
-    """Move the complete folder `staged` to `target` by rename (an existing `target` is renamed away
-    first and deleted after), so readers see the old folder or the new one, never a mix."""
-    import shutil
-
+    """Move the complete folder `staged` to `target` by rename (an existing `target` is first renamed to
+    `<staged>.old` next to `staged`, and deleted after), so readers see the old folder or the new one,
+    never a mix; the rename is flushed to disk (fsync of `target`'s parent folder)."""
     staged, target = Path(staged), Path(target)
     old = None
     if target.exists():
-        old = target.parent / f".{target.name}.old"
+        old = staged.with_name(f"{staged.name}.old")
         if old.exists():
             shutil.rmtree(old)
         os.rename(target, old)
     os.rename(staged, target)
+    fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return target

@@ -124,8 +124,7 @@ class ParsedObject:
     def span(self) -> tuple[int, int]:
         if self._coord_spans.__class__ is not int:
             return self._span
-        r = self._span.regs
-        return (r[0][0], r[-1][1] + 2)
+        return (self._span.start(), _parse_fast.record_end(self._span))
 
     @property
     def coord_spans(self) -> tuple[tuple[int, int], ...]:

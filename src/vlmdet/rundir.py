@@ -45,7 +45,7 @@ from typing import Sequence
 from vlmdet import __version__
 from vlmdet.config import Config, dump_config_yaml
 from vlmdet.errors import UsageError
-from vlmdet.io import append_jsonl, atomic_write_json, atomic_write_text
+from vlmdet.io import append_jsonl, atomic_write_bytes, atomic_write_json, atomic_write_text
 
 LOCK_NAME = ".lock"
 
@@ -146,8 +146,6 @@ class RunDir:
             elif line.strip():
                 dropped += 1
         if dropped:
-            from vlmdet.io import atomic_write_bytes
-
             atomic_write_bytes(self.log_path, b"".join(keep))
         return dropped
 

@@ -18,6 +18,10 @@ import os
 import time
 from collections import Counter
 
+from vlmdet.data.coco import convert_coco
+from vlmdet.data.records import load_records
+from vlmdet.data.swift import convert_swift
+from vlmdet.data.synth import bin_coverage, make_synth
 from vlmdet.options import bounded
 
 
@@ -58,8 +62,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _synth(args) -> int:
-    from vlmdet.data.synth import make_synth
-
     t0 = time.perf_counter()
     m = make_synth(args.out, args.train, args.val, args.seed, args.size, max_objects=args.max_objects, progress=True)
     dt = time.perf_counter() - t0
@@ -74,8 +76,6 @@ def _synth(args) -> int:
 
 
 def _coco(args) -> int:
-    from vlmdet.data.coco import convert_coco
-
     entry = convert_coco(args.instances, args.images, args.out, args.max_objects, args.max_pixels, split=args.split)
     print(f"wrote {args.out}/{entry['jsonl']}")
     print(json.dumps(entry["counts"], indent=2))
@@ -83,8 +83,6 @@ def _coco(args) -> int:
 
 
 def _swift(args) -> int:
-    from vlmdet.data.swift import convert_swift
-
     entry = convert_swift(args.src, args.out, args.text_format, args.max_pixels, args.split)
     print(f"wrote {args.out}/{entry['jsonl']}")
     print(json.dumps(entry["counts"], indent=2))
@@ -92,9 +90,6 @@ def _swift(args) -> int:
 
 
 def _validate(args) -> int:
-    from vlmdet.data.records import load_records
-    from vlmdet.data.synth import bin_coverage
-
     records = load_records(args.file, check_images=not args.no_images, decode_images=not args.fast,
                            workers=args.workers, progress=True)
     classes = Counter(o.desc for r in records for o in r.objects)

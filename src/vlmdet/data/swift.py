@@ -34,7 +34,10 @@ import json
 import os
 from pathlib import Path
 
-from vlmdet.errors import DataError
+from vlmdet.answer_format import get_format
+from vlmdet.data.coco import FACTOR, _image_size, _resave, smart_resize
+from vlmdet.errors import DataError, UsageError
+from vlmdet.io import atomic_write_jsonl, iter_jsonl
 
 BBOX_TYPES = ("real", "norm1000", "norm1")
 TEXT_FORMATS = ("qwen25", "qwen3")
@@ -78,8 +81,6 @@ def _objects_field(obj, where: str, size: tuple[int, int]) -> list[tuple[str, li
 
 
 def _text_objects(row: dict, where: str, text_format: str, size) -> list[tuple[str, list[float]]]:
-    from vlmdet.answer_format import get_format
-
     messages = row.get("messages")
     if not isinstance(messages, list):
         raise DataError(f"{where}: no 'objects' and no 'messages' list")
@@ -98,10 +99,6 @@ def _text_objects(row: dict, where: str, text_format: str, size) -> list[tuple[s
 def convert_swift(src: str | os.PathLike, out_dir: str | os.PathLike, text_format: str | None = None,
                   max_pixels: int | None = None, split: str | None = None) -> dict:
     """Convert one grounding JSONL file (module docstring); returns counts and the output name."""
-    from vlmdet.data.coco import FACTOR, _image_size, _resave, smart_resize
-    from vlmdet.errors import UsageError
-    from vlmdet.io import atomic_write_jsonl, iter_jsonl
-
     src, out_dir = Path(src), Path(out_dir)
     if text_format is not None and text_format not in TEXT_FORMATS:
         raise UsageError(f"--text-format must be one of {', '.join(TEXT_FORMATS)}, got {text_format!r}")

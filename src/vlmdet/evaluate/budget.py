@@ -25,7 +25,12 @@ from __future__ import annotations
 import argparse
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
+
+from vlmdet.data.records import load_records
+from vlmdet.errors import UsageError
+from vlmdet.format import EMPTY_ANSWER, render_answer
 
 
 @dataclass(frozen=True)
@@ -48,8 +53,6 @@ class AnswerBudget:
 
 def answer_budget(records: Sequence, tokenizer, field_order: str = "desc_first", ordering: str = "sorted") -> AnswerBudget:
     """`AnswerBudget` of `records` (`data.records.Record`) under `tokenizer` (module docstring)."""
-    from vlmdet.format import EMPTY_ANSWER, render_answer
-
     def n_tokens(text: str) -> int:
         return len(tokenizer(text, add_special_tokens=False)["input_ids"]) + 1  # + end of turn
 
@@ -91,12 +94,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from transformers import AutoTokenizer
 
-    from vlmdet.data.records import load_records
-    from vlmdet.errors import UsageError
     from vlmdet.model.load import TINY_NAME, tiny_checkpoint_path
 
     path = tiny_checkpoint_path() if args.checkpoint == TINY_NAME else Path(args.checkpoint)

@@ -32,7 +32,13 @@ import re
 import sys
 from pathlib import Path
 
+from vlmdet.config import load_config
+from vlmdet.console import is_count
+from vlmdet.data.records import load_records
+from vlmdet.errors import UsageError
+from vlmdet.evaluate.budget import rollout_budget_note
 from vlmdet.options import bounded
+from vlmdet.rundir import RunDir
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,8 +71,6 @@ def checkpoint_step(path: str) -> int:
 
 def metrics_table(metrics: dict[str, float], title: str = "") -> str:
     """Name / value lines: counts (`console.is_count`) as integers, other values with 4 decimals."""
-    from vlmdet.console import is_count
-
     width = max((len(k) for k in metrics), default=0)
     lines = [title] if title else []
     for k, v in metrics.items():
@@ -76,14 +80,9 @@ def metrics_table(metrics: dict[str, float], title: str = "") -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vlmdet.config import load_config
-    from vlmdet.data.records import load_records
-    from vlmdet.errors import UsageError
-    from vlmdet.evaluate.budget import rollout_budget_note
     from vlmdet.evaluate.runner import run_rollout_eval
     from vlmdet.model.contract import apply_contract
     from vlmdet.model.load import find_coord_ids, load_model
-    from vlmdet.rundir import RunDir
 
     overrides = list(args.overrides)
     if args.answer_format is not None:

@@ -1,6 +1,7 @@
 """Detection metrics of pixel-box predictions against ground truth: COCO AP/AR + Hungarian P/R/F1.
 
-`detection_metrics(gt_records, preds_by_image, score_source, f1_iou)` returns one flat dict:
+`detection_metrics(gt_records, preds_by_image, score_source, f1_iou)` returns one flat dict (and
+`set_metrics(detections, score_source, f1_iou)` the same for a `DetectionSet`):
 
 - COCO (faster-coco-eval, bbox, maxDets 1/10/100, COCO area ranges): `bbox_AP` (IoU .50:.95),
   `bbox_AP50`, `bbox_AP75`, `bbox_APs`, `bbox_APm`, `bbox_APl`, `bbox_AR1`, `bbox_AR10`, `bbox_AR100`.
@@ -22,18 +23,37 @@ With tied scores, COCO's stable sort keeps the input order (GT record order, the
 from constant scores depends on generation order: read it next to F1.
 
 All numbers are floats except `score_source`.
+
+Memory: a `DetectionSet` holds ground truth and predictions as flat arrays (per object: an image
+index, a category code, 4 float64 pixel coordinates, a float64 score; per image: the image_id string
+and the size), so `vlmdet eval-preds` and `vlmdet parse --gt` stream their files into one and keep
+no per-image Python objects. COCO is evaluated one GT category at a time, over the images that hold
+that category (GT or prediction), building faster-coco-eval's per-annotation dicts for at most
+`COCO_CHUNK_IMAGES` images at a time: each chunk's per-image evaluations (`evaluate` with
+`separate_eval=True`) are concatenated in image order and accumulated once per category, and
+faster-coco-eval's `summarize` reads the per-category precision/recall arrays stacked in category id
+order. Per-image evaluation does not depend on other images, an image without GT or prediction of a
+category adds nothing to its accumulation, and a category without GT is -1 everywhere and left out of
+every COCO mean, so the numbers are the ones of a single evaluation of the whole set
+(tests/test_detection.py checks equality with it).
 """
 
 from __future__ import annotations
 
 import math
+from array import array
 from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
 
 from vlmdet.errors import UsageError
 from vlmdet.match import hungarian_match
 
 COCO_KEYS = ("bbox_AP", "bbox_AP50", "bbox_AP75", "bbox_APs", "bbox_APm", "bbox_APl",
              "bbox_AR1", "bbox_AR10", "bbox_AR100")
+
+#: images per faster-coco-eval evaluation call (bounds the size of its per-annotation dicts)
+COCO_CHUNK_IMAGES = 2048
 
 # faster-coco-eval `stats_as_dict` label (maxDets = [1, 10, 100]) -> our name, in COCO `stats` order.
 _FCE_LABELS = {
@@ -43,6 +63,101 @@ _FCE_LABELS = {
 }
 
 Box = tuple[float, float, float, float]
+
+
+class DetectionSet:
+    """Ground truth and predictions of a set of images as flat arrays.
+
+    Build it with `add_image` (once per image, in order; its GT objects) and `add_predictions` (any
+    image, at most once each). Images are numbered 0, 1, ... in `add_image` order; a desc string gets a
+    category code (0, 1, ... in first-seen order) in `names`. Read back as numpy arrays (no copy):
+    `gt_image [G]` int32 image index, `gt_cat [G]` int32 code, `gt_box [G, 4]` float64 pixel
+    `(x1, y1, x2, y2)`, and likewise `pred_image`, `pred_cat`, `pred_box`, plus `pred_score [P]` float64
+    (NaN where the prediction has no score). GT rows are in image order; prediction rows in the order
+    they were added. `sizes [I, 2]` int32 is `(width, height)` per image.
+    """
+
+    def __init__(self) -> None:
+        self.image_ids: list[str] = []
+        self.index: dict[str, int] = {}  # image_id -> image index
+        self.names: dict[str, int] = {}  # desc -> category code
+        self.answered = 0  # images given to add_predictions
+        self.scored = 0  # predictions with a score
+        self._sizes = array("i")
+        self._gt = (array("i"), array("i"), array("d"))
+        self._pred = (array("i"), array("i"), array("d"), array("d"))
+
+    def _code(self, desc: str) -> int:
+        code = self.names.get(desc)
+        if code is None:
+            code = self.names[desc] = len(self.names)
+        return code
+
+    def add_image(self, image_id: str, width: int, height: int, objects: Iterable[tuple[str, Sequence[float]]]) -> int:
+        """Add an image and its GT objects `(desc, (x1, y1, x2, y2) pixels)`; returns its index.
+        A repeated `image_id` raises `UsageError`."""
+        if image_id in self.index:
+            raise UsageError(f"duplicate image_id {image_id!r} in the ground truth")
+        i = self.index[image_id] = len(self.image_ids)
+        self.image_ids.append(image_id)
+        self._sizes.extend((int(width), int(height)))
+        images, cats, boxes = self._gt
+        for desc, box in objects:
+            images.append(i)
+            cats.append(self._code(desc))
+            boxes.extend(float(v) for v in box)
+        return i
+
+    def add_predictions(self, image: int, objects: Iterable[tuple[str, Sequence[float], float | None]]) -> None:
+        """Add the predictions `(desc, (x1, y1, x2, y2) pixels, score or None)` of image index `image`.
+        A non-finite score raises `UsageError`."""
+        images, cats, boxes, scores = self._pred
+        self.answered += 1
+        for desc, box, score in objects:
+            if score is not None:
+                if not math.isfinite(score):
+                    raise UsageError("prediction scores must be finite numbers")
+                self.scored += 1
+            images.append(image)
+            cats.append(self._code(desc))
+            boxes.extend(float(v) for v in box)
+            scores.append(math.nan if score is None else float(score))
+
+    def size(self, image: int) -> tuple[int, int]:
+        """`(width, height)` of image index `image`."""
+        return self._sizes[2 * image], self._sizes[2 * image + 1]
+
+    @property
+    def sizes(self) -> np.ndarray:
+        return np.frombuffer(self._sizes, dtype=np.int32).reshape(-1, 2)
+
+    @property
+    def gt_image(self) -> np.ndarray:
+        return np.frombuffer(self._gt[0], dtype=np.int32)
+
+    @property
+    def gt_cat(self) -> np.ndarray:
+        return np.frombuffer(self._gt[1], dtype=np.int32)
+
+    @property
+    def gt_box(self) -> np.ndarray:
+        return np.frombuffer(self._gt[2], dtype=np.float64).reshape(-1, 4)
+
+    @property
+    def pred_image(self) -> np.ndarray:
+        return np.frombuffer(self._pred[0], dtype=np.int32)
+
+    @property
+    def pred_cat(self) -> np.ndarray:
+        return np.frombuffer(self._pred[1], dtype=np.int32)
+
+    @property
+    def pred_box(self) -> np.ndarray:
+        return np.frombuffer(self._pred[2], dtype=np.float64).reshape(-1, 4)
+
+    @property
+    def pred_score(self) -> np.ndarray:
+        return np.frombuffer(self._pred[3], dtype=np.float64)
 
 
 def gt_view(record: Any) -> tuple[str, int, int, list[tuple[str, Box]]]:
@@ -74,46 +189,147 @@ def _prf(tp: int, fp: int, fn: int) -> tuple[float, float, float]:
     return p, r, f1
 
 
-def _xywh(box: Box) -> list[float]:
-    x1, y1, x2, y2 = box
-    return [x1, y1, x2 - x1, y2 - y1]
+def category_ids(ds: DetectionSet) -> np.ndarray:
+    """COCO category id per category code: 1-based position of the desc in the sorted desc union."""
+    ids = np.zeros(len(ds.names), dtype=np.int64)
+    for k, name in enumerate(sorted(ds.names), 1):
+        ids[ds.names[name]] = k
+    return ids
 
 
-def coco_inputs(gts: Sequence, preds: Mapping[str, Sequence]) -> tuple[dict, list[dict]]:
-    """The COCO ground-truth dataset dict and the detection list for `gts` (from `gt_view`) and
-    `preds` (image_id -> [(desc, box, score)]). Image ids are 1-based positions in `gts`; category
-    ids are 1-based positions of the sorted desc union; boxes become `[x, y, w, h]`."""
-    names = sorted({d for _, _, _, objs in gts for d, _ in objs} | {d for ps in preds.values() for d, _, _ in ps})
-    cat_id = {n: k for k, n in enumerate(names, 1)}
-    images, anns, dets = [], [], []
-    for img_id, (image_id, w, h, objs) in enumerate(gts, 1):
-        images.append({"id": img_id, "file_name": image_id, "width": w, "height": h})
-        for desc, box in objs:
-            xywh = _xywh(box)
-            anns.append({"id": len(anns) + 1, "image_id": img_id, "category_id": cat_id[desc], "bbox": xywh,
-                         "area": xywh[2] * xywh[3], "iscrowd": 0})
-        for desc, box, score in preds.get(image_id, ()):
-            dets.append({"image_id": img_id, "category_id": cat_id[desc], "bbox": _xywh(box),
-                         "score": 1.0 if score is None else score})
-    dataset = {"images": images, "annotations": anns, "categories": [{"id": k, "name": n} for n, k in cat_id.items()]}
+def _pred_order(ds: DetectionSet) -> np.ndarray:
+    """Prediction rows sorted by image index, keeping the added order within an image."""
+    return np.argsort(ds.pred_image, kind="stable")
+
+
+def coco_inputs(ds: DetectionSet, images: np.ndarray | None = None, gt_rows: np.ndarray | None = None,
+                pred_rows: np.ndarray | None = None, categories: Sequence[int] | None = None) -> tuple[dict, list[dict]]:
+    """The COCO ground-truth dataset dict and the detection list of `ds` (default: everything; or
+    the image indices `images` with GT rows `gt_rows` and prediction rows `pred_rows`, listing only the
+    category codes `categories`). Image ids are 1-based image indices, annotation ids 1-based GT rows,
+    category ids from `category_ids`; boxes become `[x, y, w, h]`; a prediction without a score gets 1.0."""
+    cat_id = category_ids(ds)
+    if images is None:
+        images, gt_rows, pred_rows = np.arange(len(ds.image_ids)), np.arange(len(ds.gt_cat)), _pred_order(ds)
+    codes = sorted(ds.names.values(), key=lambda c: cat_id[c]) if categories is None else categories
+    sizes = ds.sizes[images].tolist()
+    out_images = [{"id": i + 1, "file_name": ds.image_ids[i], "width": w, "height": h}
+                  for i, (w, h) in zip(images.tolist(), sizes)]
+
+    def xywh(boxes: np.ndarray) -> list[list[float]]:
+        return np.column_stack([boxes[:, 0], boxes[:, 1], boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]]).tolist()
+
+    anns = [{"id": row + 1, "image_id": img + 1, "category_id": cat, "bbox": b, "area": b[2] * b[3], "iscrowd": 0}
+            for row, img, cat, b in zip(gt_rows.tolist(), ds.gt_image[gt_rows].tolist(),
+                                        cat_id[ds.gt_cat[gt_rows]].tolist(), xywh(ds.gt_box[gt_rows]))]
+    scores = np.nan_to_num(ds.pred_score[pred_rows], nan=1.0).tolist()
+    dets = [{"image_id": img + 1, "category_id": cat, "bbox": b, "score": s}
+            for img, cat, b, s in zip(ds.pred_image[pred_rows].tolist(), cat_id[ds.pred_cat[pred_rows]].tolist(),
+                                      xywh(ds.pred_box[pred_rows]), scores)]
+    names = {code: name for name, code in ds.names.items()}
+    dataset = {"images": out_images, "annotations": anns,
+               "categories": [{"id": int(cat_id[c]), "name": names[c]} for c in codes]}
     return dataset, dets
 
 
-def coco_metrics(dataset: dict, dets: list[dict]) -> dict[str, float]:
-    """COCO bbox AP/AR (names in `COCO_KEYS`) with faster-coco-eval; all -1 when there is no GT."""
-    if not dataset["annotations"]:
-        return {k: -1.0 for k in COCO_KEYS}
+def _quiet(*args, **kwargs) -> None:
+    pass
+
+
+def _evaluate_chunk(dataset: dict, dets: list[dict]):
+    """faster-coco-eval `evaluate` of one chunk with per-image results kept (`separate_eval`)."""
     from faster_coco_eval import COCO, COCOeval_faster
 
-    quiet = lambda *args, **kwargs: None  # noqa: E731
-    coco_gt = COCO(dataset, print_function=quiet)
-    coco_dt = coco_gt.loadRes(dets)
-    ev = COCOeval_faster(coco_gt, coco_dt, "bbox", print_function=quiet)
+    coco_gt = COCO(dataset, print_function=_quiet)
+    ev = COCOeval_faster(coco_gt, coco_gt.loadRes(dets), "bbox", print_function=_quiet, separate_eval=True)
     ev.evaluate()
-    ev.accumulate()
+    return ev
+
+
+def coco_metrics(ds: DetectionSet, chunk_images: int = COCO_CHUNK_IMAGES) -> dict[str, float]:
+    """COCO bbox AP/AR (names in `COCO_KEYS`) with faster-coco-eval, one category at a time in chunks
+    of at most `chunk_images` images (see the module docstring); all -1 when there is no GT."""
+    gt_image, gt_cat, pred_cat = ds.gt_image, ds.gt_cat, ds.pred_cat
+    if not len(gt_cat):
+        return {k: -1.0 for k in COCO_KEYS}
+    cat_id = category_ids(ds)
+    order = _pred_order(ds)
+    pred_image = ds.pred_image[order]
+    precision, recall, ev = [], [], None
+    for code in sorted(np.unique(gt_cat).tolist(), key=lambda c: cat_id[c]):
+        g_rows = np.flatnonzero(gt_cat == code)  # GT rows are in image order
+        p_sel = pred_cat[order] == code
+        p_rows, p_img = order[p_sel], pred_image[p_sel]
+        images = np.unique(np.concatenate([gt_image[g_rows], p_img]))
+        parts = []
+        for start in range(0, len(images), chunk_images):
+            chunk = images[start:start + chunk_images]
+            g = g_rows[np.searchsorted(gt_image[g_rows], chunk[0]):np.searchsorted(gt_image[g_rows], chunk[-1], "right")]
+            p = p_rows[np.searchsorted(p_img, chunk[0]):np.searchsorted(p_img, chunk[-1], "right")]
+            ev = _evaluate_chunk(*coco_inputs(ds, chunk, g, p, [code]))
+            parts.append((len(chunk), ev._evalImgs_cpp))
+        # per-image results of one category, laid out [area range][image]: concatenate per area range
+        n_areas = len(ev.params.areaRng)
+        ev._evalImgs_cpp = [e for a in range(n_areas) for n, part in parts for e in part[a * n:(a + 1) * n]]
+        ev._paramsEval.imgIds = (images + 1).tolist()
+        ev.accumulate()
+        precision.append(ev.eval["precision"])  # [T, R, 1, A, M]
+        recall.append(ev.eval["recall"])  # [T, 1, A, M]
+        ev._evalImgs_cpp = ev.eval = parts = None  # one category's per-image results alive at a time
+    ev.params.catIds = sorted(int(cat_id[c]) for c in np.unique(gt_cat).tolist())
+    ev.eval = {"precision": np.concatenate(precision, axis=2), "recall": np.concatenate(recall, axis=1)}
     ev.summarize()
     stats = ev.stats_as_dict
     return {name: float(stats[label]) for label, name in _FCE_LABELS.items()}
+
+
+def f1_counts(ds: DetectionSet, f1_iou: float) -> dict[str, list[int]]:
+    """`{"": [tp, fp, fn], "_agnostic": [tp, fp, fn]}`: Hungarian matching per image at `f1_iou`,
+    class-aware (equal category code) and class-agnostic, summed over images."""
+    counts = {"": [0, 0, 0], "_agnostic": [0, 0, 0]}
+    n = len(ds.image_ids)
+    order = _pred_order(ds)
+    p_start = np.searchsorted(ds.pred_image[order], np.arange(n + 1)).tolist()
+    g_start = np.searchsorted(ds.gt_image, np.arange(n + 1)).tolist()
+    gt_box, gt_cat, pred_box, pred_cat = ds.gt_box, ds.gt_cat, ds.pred_box, ds.pred_cat
+    for i in range(n):
+        rows = order[p_start[i]:p_start[i + 1]]
+        gs, ge = g_start[i], g_start[i + 1]
+        if not len(rows) or gs == ge:  # nothing to match: every prediction a FP, every GT a miss
+            for c in counts.values():
+                c[1] += len(rows)
+                c[2] += ge - gs
+            continue
+        pb, gb = pred_box[rows], gt_box[gs:ge]
+        labelled = hungarian_match(pb, gb, iou_gate=f1_iou, pred_labels=pred_cat[rows].tolist(),
+                                   gt_labels=gt_cat[gs:ge].tolist())
+        agnostic = hungarian_match(pb, gb, iou_gate=f1_iou)
+        for suffix, m in (("", labelled), ("_agnostic", agnostic)):
+            c = counts[suffix]
+            c[0] += len(m.pairs)
+            c[1] += len(m.unmatched_pred)
+            c[2] += len(m.unmatched_gt)
+    return counts
+
+
+def set_metrics(ds: DetectionSet, score_source: str = "given", f1_iou: float = 0.5) -> dict[str, float | str]:
+    """COCO AP/AR + class-aware and class-agnostic Hungarian P/R/F1 of a `DetectionSet` (see the
+    module docstring)."""
+    n_pred = len(ds.pred_cat)
+    if n_pred and ds.scored == 0:
+        score_source = "constant"
+    elif ds.scored < n_pred:
+        score_source = "mixed"
+    out: dict[str, float | str] = dict(coco_metrics(ds))
+    for suffix, (tp, fp, fn) in f1_counts(ds, f1_iou).items():
+        p, r, f1 = _prf(tp, fp, fn)
+        out.update({f"precision{suffix}": p, f"recall{suffix}": r, f"f1{suffix}": f1,
+                    f"tp{suffix}": float(tp), f"fp{suffix}": float(fp), f"fn{suffix}": float(fn)})
+    out["pred_objects"] = float(n_pred)
+    out["gt_objects"] = float(len(ds.gt_cat))
+    out["images"] = float(len(ds.image_ids))
+    out["score_source"] = score_source
+    return out
 
 
 def detection_metrics(
@@ -129,45 +345,13 @@ def detection_metrics(
     `{"desc": str, "bbox_2d": [x1, y1, x2, y2] pixels, "score"?: float}`; an image missing from it has
     no predictions; an image_id not among the GT records raises `UsageError`.
     """
-    gts = [gt_view(r) for r in gt_records]
-    ids = [g[0] for g in gts]
-    if len(set(ids)) != len(ids):
-        dup = next(i for i in ids if ids.count(i) > 1)
-        raise UsageError(f"duplicate image_id {dup!r} in the ground truth")
-    unknown = sorted(set(preds_by_image) - set(ids))
+    ds = DetectionSet()
+    for record in gt_records:
+        ds.add_image(*gt_view(record))
+    unknown = sorted(set(preds_by_image) - set(ds.index))
     if unknown:
         raise UsageError(f"predictions for {len(unknown)} image_id(s) not in the ground truth, e.g. {unknown[0]!r}")
-    preds = {iid: [_pred_view(o, iid, i) for i, o in enumerate(objs)] for iid, objs in preds_by_image.items()}
-
-    all_scores = [s for ps in preds.values() for _, _, s in ps]
-    if all_scores and all(s is None for s in all_scores):
-        score_source = "constant"
-    elif any(s is None for s in all_scores):
-        score_source = "mixed"
-    if any(s is not None and not math.isfinite(s) for s in all_scores):
-        raise UsageError("prediction scores must be finite numbers")
-
-    out: dict[str, float | str] = dict(coco_metrics(*coco_inputs(gts, preds)))
-
-    counts = {"": [0, 0, 0], "_agnostic": [0, 0, 0]}
-    for image_id, _, _, objs in gts:
-        ps = preds.get(image_id, [])
-        pred_boxes, gt_boxes = [b for _, b, _ in ps], [b for _, b in objs]
-        labelled = hungarian_match(pred_boxes, gt_boxes, iou_gate=f1_iou,
-                                   pred_labels=[d for d, _, _ in ps], gt_labels=[d for d, _ in objs])
-        agnostic = hungarian_match(pred_boxes, gt_boxes, iou_gate=f1_iou)
-        for suffix, m in (("", labelled), ("_agnostic", agnostic)):
-            c = counts[suffix]
-            c[0] += len(m.pairs)
-            c[1] += len(m.unmatched_pred)
-            c[2] += len(m.unmatched_gt)
-    for suffix, (tp, fp, fn) in counts.items():
-        p, r, f1 = _prf(tp, fp, fn)
-        out.update({f"precision{suffix}": p, f"recall{suffix}": r, f"f1{suffix}": f1,
-                    f"tp{suffix}": float(tp), f"fp{suffix}": float(fp), f"fn{suffix}": float(fn)})
-    out["pred_objects"] = float(len(all_scores))
-    out["gt_objects"] = float(sum(len(objs) for _, _, _, objs in gts))
-    out["images"] = float(len(gts))
-    out["score_source"] = score_source
-    return out
-
+    views = {iid: [_pred_view(o, iid, i) for i, o in enumerate(objs)] for iid, objs in preds_by_image.items()}
+    for iid, objs in views.items():
+        ds.add_predictions(ds.index[iid], objs)
+    return set_metrics(ds, score_source, f1_iou)

@@ -47,31 +47,50 @@ def count_duplicates(objects: Sequence) -> int:
     return int(((iou >= DUPLICATE_IOU) & same & earlier).any(axis=1).sum())
 
 
+class ParseHealth:
+    """Running totals of the parse-health metrics: `add` one `ParseResult` at a time (the result can
+    then be dropped), `metrics()` gives what `parse_health` gives for all of them."""
+
+    def __init__(self) -> None:
+        self.samples = self.pred_objects = self.clean = self.duplicates = self.incomplete_tail = 0
+        self.truncated = self.failed = self.malformed = self.with_objects = 0
+        self.drops = {r: 0 for r in DROP_REASONS}
+
+    def add(self, r: ParseResult) -> None:
+        self.samples += 1
+        for reason, count in r.drops.items():
+            self.drops[reason] += count
+        self.pred_objects += len(r.objects)
+        self.clean += not (r.failed or r.truncated or r.malformed_container or r.dropped)
+        self.duplicates += count_duplicates(r.objects)
+        self.incomplete_tail += r.incomplete_tail
+        self.truncated += bool(r.truncated)
+        self.failed += bool(r.failed)
+        self.malformed += bool(r.malformed_container)
+        self.with_objects += bool(r.objects)
+
+    def metrics(self) -> dict[str, float]:
+        n = self.samples
+        rate = (lambda k: k / n) if n else (lambda k: 0.0)
+        return {
+            "samples": float(n),
+            "pred_objects": float(self.pred_objects),
+            "parse_dropped_invalid": float(sum(self.drops.values())),
+            **{f"drop/{reason}": float(count) for reason, count in self.drops.items()},
+            "parse_incomplete_tail": float(self.incomplete_tail),
+            "parse_truncated_rate": rate(self.truncated),
+            "parse_failed_rate": rate(self.failed),
+            "malformed_container_rate": rate(self.malformed),
+            "sample_valid_pred_rate": rate(self.with_objects),
+            "sample_clean_rate": rate(self.clean),
+            "empty_pred_rate": rate(n - self.with_objects),
+            "duplicate_rate": self.duplicates / self.pred_objects if self.pred_objects else 0.0,
+        }
+
+
 def parse_health(results: Sequence[ParseResult]) -> dict[str, float]:
     """Aggregate per-sample parse results into the parse-health metrics of the module docstring."""
-    n = len(results)
-    rate = (lambda k: k / n) if n else (lambda k: 0.0)
-    drops = {r: 0 for r in DROP_REASONS}
+    health = ParseHealth()
     for res in results:
-        for reason, count in res.drops.items():
-            drops[reason] += count
-    pred_objects = sum(len(r.objects) for r in results)
-    clean = sum(
-        1 for r in results if not (r.failed or r.truncated or r.malformed_container or r.dropped)
-    )
-    duplicates = sum(count_duplicates(r.objects) for r in results)
-    out = {
-        "samples": float(n),
-        "pred_objects": float(pred_objects),
-        "parse_dropped_invalid": float(sum(drops.values())),
-        **{f"drop/{reason}": float(count) for reason, count in drops.items()},
-        "parse_incomplete_tail": float(sum(r.incomplete_tail for r in results)),
-        "parse_truncated_rate": rate(sum(r.truncated for r in results)),
-        "parse_failed_rate": rate(sum(r.failed for r in results)),
-        "malformed_container_rate": rate(sum(r.malformed_container for r in results)),
-        "sample_valid_pred_rate": rate(sum(bool(r.objects) for r in results)),
-        "sample_clean_rate": rate(clean),
-        "empty_pred_rate": rate(sum(not r.objects for r in results)),
-        "duplicate_rate": duplicates / pred_objects if pred_objects else 0.0,
-    }
-    return out
+        health.add(res)
+    return health.metrics()

@@ -3,7 +3,7 @@
 RAW.jsonl holds one line per image: `{"image_id": "...", "text": "<the model's raw answer>"}`
 (`image_id` a non-empty string, unique; `text` a string, possibly empty). Each text goes through the
 strict parser (`parse.parse_prediction`, `--field-order`), and the per-sample results are
-aggregated by `evaluate.health.parse_health` (drop histogram, truncation/failure rates, ...) and
+aggregated by `evaluate.health.ParseHealth` (drop histogram, truncation/failure rates, ...) and
 `slots.leak_metrics` over `slots.text_slots` (coord_slots, coord_slot_leak_rate, leak/<kind>: every
 `bbox_2d` element of every lexically complete record is one coordinate slot; raw text has no token
 ids and no probabilities, so there is no coord_vocab_mass_gen here).
@@ -22,6 +22,11 @@ table. Nothing is written next to RAW.jsonl.
 optional ```json fence, `label` or `desc`), under the same strict rules and drop reasons; a `qwen25`
 line may give `input_width` / `input_height`, the size of the image the model saw (default: its GT size).
 Bad input files raise `DataError` (`file:line: rule`, exit 2); model answers never do.
+
+Both files are streamed: GT goes into an `evaluate.detection.DetectionSet` (flat arrays), each RAW line
+is parsed and reduced to running counts (`evaluate.health.ParseHealth`, slot kinds) and its objects'
+pixel boxes, and its text is dropped; memory grows with the number of objects, not with the text.
+The first broken line (GT first, then RAW) stops the run.
 """
 
 from __future__ import annotations
@@ -29,15 +34,17 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+from array import array
+from collections import Counter
 from pathlib import Path
-from typing import Mapping
+from typing import Iterator, Mapping
 
 from vlmdet.answer_format import get_format
 from vlmdet.console import is_count
-from vlmdet.data.records import load_records
+from vlmdet.data.records import validate_record
 from vlmdet.errors import DataError
-from vlmdet.evaluate.detection import detection_metrics
-from vlmdet.evaluate.health import parse_health
+from vlmdet.evaluate.detection import DetectionSet, set_metrics
+from vlmdet.evaluate.health import ParseHealth
 from vlmdet.format import FIELD_ORDERS
 from vlmdet.io import iter_jsonl, atomic_write_json
 from vlmdet.slots import leak_metrics, text_slots
@@ -68,22 +75,61 @@ def input_size(row: dict, where: str) -> tuple[int, int] | None:
     return (w, h)
 
 
-def read_raw(path: Path, with_size: bool = False) -> list[tuple]:
-    """`(line, image_id, text)` per RAW line (+ the `input_size` or None with `with_size`); DataError
-    `file:line: rule` on a broken line."""
-    rows, seen = [], {}
+def read_ground_truth(path: Path) -> DetectionSet:
+    """The GT JSONL (docs/DATA.md rules, image files not opened) streamed into a `DetectionSet`;
+    DataError `file:line: rule` at the first broken line or repeated image_id."""
+    ds = DetectionSet()
+    lines = array("i")
     for lineno, obj in iter_jsonl(path):
-        size = input_size(obj, f"{path}:{lineno}") if with_size else None
+        rec = validate_record(obj, f"{path}:{lineno}", path.parent, check_images=False)
+        first = ds.index.get(rec.image_id)
+        if first is not None:
+            raise DataError(f"{path}:{lineno}: duplicate image_id {rec.image_id!r} (first on line {lines[first]})")
+        ds.add_image(rec.image_id, rec.width, rec.height, ((o.desc, o.bbox) for o in rec.objects))
+        lines.append(lineno)
+    return ds
+
+
+class LineIds:
+    """The join of a predictions file with the GT: each line's `image_id` must be a GT image (when
+    there is a GT; else the rule `unknown.format(image_id)`, plus a "did you mean") and appear at most
+    once. `check(image_id, where, lineno)` returns the GT image index (None without GT) or raises
+    `DataError("where: rule")`."""
+
+    def __init__(self, ds: DetectionSet | None, unknown: str = "image_id {!r} is not in the GT file") -> None:
+        self.ds, self.unknown = ds, unknown
+        self.first = array("i", bytes(4 * len(ds.image_ids))) if ds is not None else None  # line per GT image
+        self.seen: dict[str, int] = {}  # without GT: image_id -> line
+
+    def check(self, image_id: str, where: str, lineno: int) -> int | None:
+        if self.ds is None:
+            if image_id in self.seen:
+                raise DataError(f"{where}: duplicate image_id {image_id!r} (first on line {self.seen[image_id]})")
+            self.seen[image_id] = lineno
+            return None
+        i = self.ds.index.get(image_id)
+        if i is None:
+            close = difflib.get_close_matches(image_id, self.ds.index, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise DataError(f"{where}: {self.unknown.format(image_id)}{hint}")
+        if self.first[i]:
+            raise DataError(f"{where}: duplicate image_id {image_id!r} (first on line {self.first[i]})")
+        self.first[i] = lineno
+        return i
+
+
+def iter_raw(path: Path, ids: LineIds) -> Iterator[tuple[int | None, str, tuple[int, int] | None]]:
+    """`(GT image index or None, text, input size or None)` per RAW line, streamed; DataError
+    `file:line: rule` on a broken line (see the module docstring and `LineIds`)."""
+    for lineno, obj in iter_jsonl(path):
+        where = f"{path}:{lineno}"
+        size = input_size(obj, where)
         image_id, text = obj.get("image_id"), obj.get("text")
         if not isinstance(image_id, str) or not image_id:
-            raise DataError(f"{path}:{lineno}: 'image_id' must be a non-empty string, got {image_id!r}")
+            raise DataError(f"{where}: 'image_id' must be a non-empty string, got {image_id!r}")
         if not isinstance(text, str):
-            raise DataError(f"{path}:{lineno}: 'text' must be a string (the raw answer), got {type(text).__name__}")
-        if image_id in seen:
-            raise DataError(f"{path}:{lineno}: duplicate image_id {image_id!r} (first on line {seen[image_id]})")
-        seen[image_id] = lineno
-        rows.append((lineno, image_id, text, size) if with_size else (lineno, image_id, text))
-    return rows
+            raise DataError(f"{where}: 'text' must be a string (the raw answer), got {type(text).__name__}")
+        yield ids.check(image_id, where, lineno), text, size
 
 
 def format_metrics(metrics: Mapping[str, float | str], title: str = "") -> str:
@@ -117,34 +163,27 @@ def drop_histogram(metrics: dict) -> str:
 
 def run(args: argparse.Namespace) -> int:
     fmt = get_format(args.answer_format)
-    rows = read_raw(args.raw, with_size=True)
-    by_id = {}
-    if args.gt is not None:
-        records = load_records(args.gt, check_images=False)
-        by_id = {r.image_id: r for r in records}
-        for lineno, image_id, _, _ in rows:
-            if image_id not in by_id:
-                close = difflib.get_close_matches(image_id, by_id, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise DataError(f"{args.raw}:{lineno}: image_id {image_id!r} is not in {args.gt}{hint}")
-    sizes = [size if size is not None else (by_id[i].width, by_id[i].height) if i in by_id else None
-             for _, i, _, size in rows]
-    results = [fmt.parse(text, args.field_order, size) for (_, _, text, _), size in zip(rows, sizes)]
-    metrics: dict = dict(parse_health(results))
-    if args.answer_format == "coordjson":  # coordinate slots are a CoordJSON notion
-        metrics.update(leak_metrics(sl.kind for (_, _, text, _), res in zip(rows, results)
-                                    for sl in text_slots(text, res)))
+    ds = read_ground_truth(args.gt) if args.gt is not None else None
+    health, kinds = ParseHealth(), Counter()
+    for image, text, size in iter_raw(args.raw, LineIds(ds, f"image_id {{!r}} is not in {args.gt}")):
+        if size is None and image is not None:
+            size = ds.size(image)
+        res = fmt.parse(text, args.field_order, size)
+        health.add(res)
+        if args.answer_format == "coordjson":  # coordinate slots are a CoordJSON notion
+            kinds.update(sl.kind for sl in text_slots(text, res))
+        if image is not None:
+            w, h = ds.size(image)
+            ds.add_predictions(image, [(o.desc, fmt.to_pixels(o, w, h, size), None) for o in res.objects])
+    metrics: dict = dict(health.metrics())
+    if args.answer_format == "coordjson":
+        metrics.update(leak_metrics(kinds.elements()))
     report = [format_metrics({k: v for k, v in metrics.items() if not k.startswith("drop/")},
-                             f"parse health of {len(rows)} answers ({args.raw})"), drop_histogram(metrics)]
+                             f"parse health of {health.samples} answers ({args.raw})"), drop_histogram(metrics)]
 
-    if args.gt is not None:
-        preds = {}
-        for (_, image_id, _, _), size, res in zip(rows, sizes, results):
-            rec = by_id[image_id]
-            preds[image_id] = [{"desc": o.desc, "bbox_2d": list(fmt.to_pixels(o, rec.width, rec.height, size))}
-                               for o in res.objects]
-        det = detection_metrics(records, preds, score_source="constant")
-        det["images_without_answer"] = float(len(records) - len(preds))
+    if ds is not None:
+        det = set_metrics(ds, score_source="constant")
+        det["images_without_answer"] = float(len(ds.image_ids) - ds.answered)
         report.append(format_metrics(det, f"detection vs {args.gt} (constant scores)"))
         metrics.update(det)
 

@@ -6,8 +6,10 @@ with pixel boxes in the GT image's size and an optional finite `score` (without 
 constant 1.0 and `score_source` says `"constant"`). Unknown extra keys are ignored.
 
 The join is strict and by `image_id` only: every PRED line must name a GT image, at most once. GT
-images without a PRED line have no predictions (their objects are misses). GT is read with
-`data.records.load_records(check_images=False)`: the image files are not needed.
+images without a PRED line have no predictions (their objects are misses). GT is read with the
+docs/DATA.md rules without opening the image files (`offline_parse.read_ground_truth`). Both files
+are streamed into an `evaluate.detection.DetectionSet` (flat arrays): memory grows with the number of
+objects, with no per-image Python objects.
 
 Each of these raises `DataError("PRED:line: rule")` (exit 2): a malformed line, a missing or
 non-string `image_id`, an unknown or duplicate `image_id`, `objects` not a list, an object without a
@@ -26,15 +28,13 @@ P/R/F1 at `--f1-iou`, counts, `score_source`) as a flat JSON object, written ato
 from __future__ import annotations
 
 import argparse
-import difflib
 import math
 from pathlib import Path
 
 from vlmdet.answer_format import DigitObject, get_format
-from vlmdet.data.records import load_records
 from vlmdet.errors import DataError
-from vlmdet.evaluate.detection import detection_metrics
-from vlmdet.evaluate.offline_parse import format_metrics, input_size
+from vlmdet.evaluate.detection import DetectionSet, set_metrics
+from vlmdet.evaluate.offline_parse import LineIds, format_metrics, input_size, read_ground_truth
 from vlmdet.io import atomic_write_json, iter_jsonl
 from vlmdet.options import bounded
 
@@ -57,26 +57,19 @@ def _number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def read_predictions(path: Path, records, answer_format: str = "coordjson") -> dict[str, list[dict]]:
-    """image_id -> prediction objects (pixel boxes of the GT image), validated against the GT `records`
-    (see the module docstring); `answer_format` says the unit of `bbox_2d` (see `--format`)."""
+def read_predictions(path: Path, ds: DetectionSet, answer_format: str = "coordjson") -> None:
+    """Stream PRED into `ds` (the GT set): each line's objects become predictions of its GT image,
+    pixel boxes of the GT image (see the module docstring); `answer_format` says the unit of `bbox_2d`
+    (see `--format`)."""
     digits = answer_format != "coordjson"
-    by_id = {r.image_id: r for r in records}
-    preds: dict[str, list[dict]] = {}
-    first_line: dict[str, int] = {}
+    ids = LineIds(ds, "unknown image_id {!r}: not in the GT file")
     for lineno, row in iter_jsonl(path):
         where = f"{path}:{lineno}"
         image_id = row.get("image_id")
         if not isinstance(image_id, str) or not image_id:
             raise DataError(f"{where}: 'image_id' must be a non-empty string, got {image_id!r}")
-        rec = by_id.get(image_id)
-        if rec is None:
-            close = difflib.get_close_matches(image_id, by_id, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise DataError(f"{where}: unknown image_id {image_id!r}: not in the GT file{hint}")
-        if image_id in first_line:
-            raise DataError(f"{where}: duplicate image_id {image_id!r} (first on line {first_line[image_id]})")
-        first_line[image_id] = lineno
+        image = ids.check(image_id, where, lineno)
+        width, height = ds.size(image)
         objects = row.get("objects")
         if not isinstance(objects, list):
             raise DataError(f"{where}: 'objects' must be a list, got {type(objects).__name__}")
@@ -94,29 +87,26 @@ def read_predictions(path: Path, records, answer_format: str = "coordjson") -> d
                 raise DataError(f"{at}: 'bbox_2d' must be 4 finite numbers [x1, y1, x2, y2], got {box!r}")
             if digits:  # to pixels of the GT image; the bounds below then read in that unit
                 box = list(get_format(answer_format).to_pixels(DigitObject(desc, tuple(float(v) for v in box), i, (0, 0)),
-                                                               rec.width, rec.height, size))
+                                                               width, height, size))
             x1, y1, x2, y2 = box
             if x2 <= x1 or y2 <= y1:
                 raise DataError(f"{at}: degenerate box {box} (need x1 < x2 and y1 < y2)")
-            if x1 < 0 or y1 < 0 or x2 > rec.width or y2 > rec.height:
-                raise DataError(f"{at}: box {box} outside the {rec.width}x{rec.height} image "
-                                f"(need 0 <= x1, 0 <= y1, x2 <= {rec.width}, y2 <= {rec.height})")
-            obj = {"desc": desc, "bbox_2d": [float(v) for v in box]}
-            if "score" in o:
-                if not _number(o["score"]):
-                    raise DataError(f"{at}: 'score' must be a finite number, got {o['score']!r}")
-                obj["score"] = float(o["score"])
-            out.append(obj)
-        preds[image_id] = out
-    return preds
+            if x1 < 0 or y1 < 0 or x2 > width or y2 > height:
+                raise DataError(f"{at}: box {box} outside the {width}x{height} image "
+                                f"(need 0 <= x1, 0 <= y1, x2 <= {width}, y2 <= {height})")
+            score = o.get("score")
+            if "score" in o and not _number(score):
+                raise DataError(f"{at}: 'score' must be a finite number, got {score!r}")
+            out.append((desc, box, None if score is None else float(score)))
+        ds.add_predictions(image, out)
 
 
 def run(args: argparse.Namespace) -> int:
-    records = load_records(args.gt, check_images=False)
-    preds = read_predictions(args.pred, records, args.answer_format)
-    metrics = detection_metrics(records, preds, score_source="given", f1_iou=args.f1_iou)
+    ds = read_ground_truth(args.gt)
+    read_predictions(args.pred, ds, args.answer_format)
+    metrics = set_metrics(ds, score_source="given", f1_iou=args.f1_iou)
     out = args.out if args.out is not None else args.pred.with_name(args.pred.stem + ".metrics.json")
     atomic_write_json(out, metrics)
-    print(format_metrics(metrics, f"{args.pred} vs {args.gt} ({len(records)} images, F1 at IoU {args.f1_iou})"))
+    print(format_metrics(metrics, f"{args.pred} vs {args.gt} ({len(ds.image_ids)} images, F1 at IoU {args.f1_iou})"))
     print(f"\nwrote {out}")
     return 0

@@ -45,7 +45,6 @@ from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 from vlmdet.config import PromptConfig, RolloutConfig
 from vlmdet.console import progress
 from vlmdet.data.records import load_image
-from vlmdet.errors import UsageError
 from vlmdet.evaluate.constrained import grammar_for, CoordJSONLogitsProcessor
 from vlmdet.model.chat import encode_example
 from vlmdet.model.collate import Collator
@@ -304,21 +303,3 @@ def is_sharded(model) -> bool:
     from torch.distributed.tensor import DTensor
 
     return any(isinstance(p, DTensor) for p in model.parameters())
-
-
-def make_backend(loaded, cfg, *, constrained: bool | None = None, **kwargs) -> RolloutBackend:
-    """The backend named by `cfg.rollout.backend` for a full `Config`: "hf" (`HFRollout`) or "vllm"
-    (`evaluate.vllm_rollout.VLLMRollout`, one cached engine per process). The grammar-constrained
-    pass and extra logits processors need a per-step hook that only `HFRollout` has: they always run
-    on HF (docs/EVALUATION.md)."""
-    name = cfg.rollout.backend
-    use_constraint = bool(cfg.rollout.constrained if constrained is None else constrained)
-    if name == "vllm" and not use_constraint and not kwargs.get("extra_processors"):
-        # imported here: vllm_rollout builds on this module (Rollout), and vllm is an optional extra
-        from vlmdet.evaluate.vllm_rollout import VLLMRollout
-
-        return VLLMRollout(loaded, cfg.rollout, cfg.prompt, dtype=cfg.model.dtype, seed=int(cfg.seed),
-                           progress=bool(kwargs.get("progress", False)))
-    if name not in ("hf", "vllm"):
-        raise UsageError(f"rollout.backend {name!r} is not available (choose 'hf' or 'vllm')")
-    return HFRollout(loaded, cfg.rollout, cfg.prompt, constrained=constrained, **kwargs)

@@ -58,7 +58,7 @@ from vlmdet.errors import UsageError
 from vlmdet.evaluate.detection import detection_metrics
 from vlmdet.evaluate.health import parse_health
 from vlmdet.evaluate.monitor import write_dump
-from vlmdet.evaluate.rollout import make_backend
+from vlmdet.evaluate.backend import make_backend
 from vlmdet.io import atomic_write_json, atomic_write_jsonl, replace_folder, staging_folder
 from vlmdet.match import hungarian_match
 from vlmdet.model.load import token_pieces

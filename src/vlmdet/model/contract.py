@@ -30,7 +30,11 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
+from vlmdet import __version__
+from vlmdet.config import PromptConfig
 from vlmdet.errors import UsageError
+from vlmdet.io import atomic_write_json
+from vlmdet.model.chat import system_prompt, user_prompt
 
 CONTRACT_FILE = "vlmdet.json"
 CONTRACT_VERSION = 1
@@ -60,9 +64,6 @@ def coord_layout(coord_ids: Sequence[int]) -> dict | None:
 def make_contract(prompt_cfg: Any, coord_ids: Sequence[int], *, trained: bool = True) -> dict:
     """The contract of a checkpoint trained with `prompt_cfg` (the `prompt` config section; its resolved
     texts are stored). `trained=False` (expand-vocab): prompt, field order and ordering are null."""
-    from vlmdet import __version__
-    from vlmdet.model.chat import system_prompt, user_prompt
-
     fmt = getattr(prompt_cfg, "answer_format", "coordjson") if prompt_cfg is not None else "coordjson"
     return {
         "contract_version": CONTRACT_VERSION,
@@ -77,8 +78,6 @@ def make_contract(prompt_cfg: Any, coord_ids: Sequence[int], *, trained: bool = 
 
 def write_contract(folder: str | Path, contract: dict) -> Path:
     """Write `folder/vlmdet.json` atomically; returns its path."""
-    from vlmdet.io import atomic_write_json
-
     path = Path(folder) / CONTRACT_FILE
     atomic_write_json(path, contract)
     return path
@@ -135,8 +134,6 @@ def _contract_values(contract: dict) -> dict[str, Any]:
 
 
 def _config_values(prompt_cfg) -> dict[str, Any]:
-    from vlmdet.model.chat import system_prompt, user_prompt
-
     return {
         "answer_format": prompt_cfg.answer_format,
         "field_order": prompt_cfg.field_order,
@@ -150,8 +147,6 @@ def _explicit(cfg, paths: tuple[str, ...]) -> bool:
     keys = getattr(cfg, "explicit_keys", None)
     if keys is not None:
         return any(p in keys for p in paths)
-    from vlmdet.config import PromptConfig
-
     default = PromptConfig()
     return any(getattr(cfg.prompt, p.split(".", 1)[1]) != getattr(default, p.split(".", 1)[1]) for p in paths)
 

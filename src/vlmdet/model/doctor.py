@@ -35,8 +35,8 @@ from vlmdet.format import render_answer
 from vlmdet.model import chat
 from vlmdet.model.chat import COORD, DESC, IGNORE, STRUCT, desc_spans
 from vlmdet.model.load import load_model, token_pieces
-from vlmdet.parse import parse_prediction, parse_rollout
 from vlmdet.options import bounded
+from vlmdet.parse import parse_prediction, parse_rollout
 
 CLASS_LETTER = {0: "-", 1: "S", 2: "D", 3: "C"}
 
@@ -206,8 +206,6 @@ def _check_stop_token(loaded) -> Check:
 
 
 def _check_serving_decode(loaded) -> Check:
-    from vlmdet.format import render_answer
-
     tok, ids = loaded.tokenizer, loaded.coord_ids
     lost = [k for k, i in enumerate(ids) if tok.decode([i], skip_special_tokens=True) != COORD_TOKENS[k]]
     answer = render_answer([("x", (3, 4, 997, 998))])

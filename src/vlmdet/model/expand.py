@@ -31,6 +31,7 @@ from pathlib import Path
 
 from vlmdet.coords import COORD_TOKENS, NUM_BINS
 from vlmdet.errors import UsageError
+from vlmdet.io import atomic_write_json
 from vlmdet.options import bounded
 
 NOISE_SCALE = 0.1
@@ -53,8 +54,6 @@ def plain_coord_tokens(folder) -> int:
     in place: `"special": false` on their entries of `tokenizer.json` `added_tokens` and of
     `tokenizer_config.json` `added_tokens_decoder`, and out of its special-token lists. Ids,
     vocabulary and weights are unchanged. Returns how many tokenizer.json entries changed."""
-    from vlmdet.io import atomic_write_json
-
     coord = set(COORD_TOKENS)
     folder = Path(folder)
     changed = 0

@@ -17,6 +17,7 @@ resolved through transformers' own file resolution and cache (`HF_HUB_OFFLINE=1`
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -26,8 +27,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+import torch
+from huggingface_hub import constants
+from transformers import AutoModelForImageTextToText, AutoTokenizer
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+from transformers.utils import cached_file
+
 from vlmdet.coords import COORD_TOKENS, NUM_BINS
 from vlmdet.errors import UsageError
+from vlmdet.model.chat import IM_END, IMAGE_PAD
+from vlmdet.model.contract import CONTRACT_FILE, check_coord_layout, read_contract
+from vlmdet.model.lora import adapter_base, load_adapter
 from vlmdet.model.tiny import IMAGE_MEAN, IMAGE_STD, TINY_MODEL_CONFIG, build_tiny_checkpoint
 from vlmdet.model.tokenizer import (CHAT_TEMPLATE, COORD_TOKENS_SPECIAL, PRETOKENIZE_PATTERN, STRUCTURE_PIECES,
                                     default_words)
@@ -35,8 +45,6 @@ from vlmdet.model.tokenizer import (CHAT_TEMPLATE, COORD_TOKENS_SPECIAL, PRETOKE
 TINY_NAME = "tiny"
 TINY_CACHE_NAME = "tiny-v1"
 DTYPES = ("float32", "bfloat16", "float16")
-IM_END = "<|im_end|>"
-IMAGE_PAD = "<|image_pad|>"
 
 
 @dataclass
@@ -144,8 +152,6 @@ def checkpoint_file(source: str | Path, filename: str) -> Path | None:
     """`filename` of checkpoint `source` (a local folder or a hub model id) through transformers' own
     resolution (`transformers.utils.cached_file`: the Hugging Face cache, a download when online,
     `HF_HUB_OFFLINE=1` respected); None when the checkpoint has no such file or it cannot be fetched."""
-    from transformers.utils import cached_file
-
     try:
         found = cached_file(str(source), filename, _raise_exceptions_for_missing_entries=False,
                             _raise_exceptions_for_connection_errors=False, _raise_exceptions_for_gated_repo=False)
@@ -159,8 +165,6 @@ def resolve_checkpoint(name_or_path: str) -> tuple[str, Path]:
     Hugging Face hub model id (`Qwen/Qwen3-VL-2B-Instruct`) resolved like `from_pretrained` resolves it.
     `source` is what to pass to `from_pretrained`; `folder` the local folder holding its files (for a hub
     id, its snapshot folder in the cache). UsageError naming what was tried when nothing resolves."""
-    import os
-
     if name_or_path == TINY_NAME:
         path = tiny_checkpoint_path()
         return str(path), path
@@ -172,8 +176,6 @@ def resolve_checkpoint(name_or_path: str) -> tuple[str, Path]:
                          "checkpoint folder or a hub model id such as Qwen/Qwen3-VL-2B-Instruct")
     found = checkpoint_file(name_or_path, "config.json")
     if found is None:
-        from huggingface_hub import constants
-
         offline = os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
         how = "HF_HUB_OFFLINE=1: the hub was not asked" if offline else "the hub did not provide it"
         raise UsageError(f"{name_or_path}: not a local folder (./{name_or_path} has no config.json) and not a "
@@ -196,8 +198,6 @@ def load_part(path: Path, what: str, load):
 
 
 def load_image_processor(path: Path | str):
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
     if checkpoint_file(path, "preprocessor_config.json") is None:
         raise UsageError(f"{path}: no preprocessor_config.json (not a vision-language checkpoint?)")
     return load_part(path, "image processor", lambda: Qwen2VLImageProcessorPil.from_pretrained(str(path)))
@@ -212,20 +212,11 @@ def load_model(name_or_path: str, dtype: str = "float32", attn_implementation: s
     Raises UsageError for an unresolvable name, an unknown dtype, a tokenizer without the 1000
     coordinate tokens (the message names `vlmdet expand-vocab`; `coord_tokens=False` accepts such a
     checkpoint with `coord_ids == []`), or coordinate ids that disagree with the contract."""
-    import torch
-    from transformers import AutoModelForImageTextToText, AutoTokenizer
-
-    from vlmdet.model.contract import CONTRACT_FILE, check_coord_layout, read_contract
-
     if dtype not in DTYPES:
         raise UsageError(f"model.dtype must be one of {DTYPES}, got {dtype!r}")
     source, path = resolve_checkpoint(name_or_path)
-    from vlmdet.model.lora import adapter_base, load_adapter
-
     base = adapter_base(path)
     if base is not None and not (path / "config.json").is_file():  # a LoRA adapter: onto its base model
-        import dataclasses
-
         loaded = load_model(base, dtype, attn_implementation, coord_tokens=coord_tokens)
         contract = read_contract(path)
         check_coord_layout(contract, loaded.coord_ids, str(path))

@@ -15,15 +15,8 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-from vlmdet.model.tokenizer import (
-    IMAGE_PAD,
-    PAD_TOKEN,
-    VIDEO_PAD,
-    VISION_END,
-    VISION_START,
-    IM_END,
-    build_tiny_tokenizer,
-)
+from vlmdet.model.chat import IM_END, IMAGE_PAD, PAD_TOKEN, VIDEO_PAD, VISION_END, VISION_START
+from vlmdet.model.tokenizer import build_tiny_tokenizer
 
 IMAGE_MEAN = (0.5, 0.5, 0.5)
 IMAGE_STD = (0.5, 0.5, 0.5)
@@ -64,7 +57,6 @@ def tiny_config(tokenizer):
     which does not fit head_dim 32)."""
     from transformers import Qwen3VLConfig
 
-
     kw = copy.deepcopy(TINY_MODEL_CONFIG)
     ids = tokenizer.convert_tokens_to_ids
     kw["text_config"]["vocab_size"] = len(tokenizer)
@@ -101,7 +93,6 @@ def build_tiny_checkpoint(out_dir, seed: int = 0, *, coord_tokens: bool = True) 
     stock checkpoint, to exercise `vlmdet expand-vocab`)."""
     import torch
     from transformers import GenerationConfig, Qwen3VLForConditionalGeneration
-
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

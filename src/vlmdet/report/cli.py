@@ -13,7 +13,13 @@ import argparse
 from pathlib import Path
 from typing import Sequence
 
+from vlmdet.errors import UsageError
+from vlmdet.io import atomic_write_bytes, atomic_write_text
 from vlmdet.options import bounded
+from vlmdet.report.content import gather
+from vlmdet.report.html import render_html
+from vlmdet.report.markdown import render_markdown
+from vlmdet.report.runs import load_runs, parse_steps
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,12 +34,6 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path, steps: Seq
                  title: str = "vlmdet report", n_examples: int = 2) -> dict[str, Path]:
     """Read the runs, write report.md (+ PNGs) and report.html into `out_dir`; return their paths
     `{"md": ..., "html": ...}`. Every file is written atomically."""
-    from vlmdet.io import atomic_write_bytes, atomic_write_text
-    from vlmdet.report.content import gather
-    from vlmdet.report.html import render_html
-    from vlmdet.report.markdown import render_markdown
-    from vlmdet.report.runs import load_runs
-
     runs = load_runs(list(run_dirs))
     content = gather(runs, steps, n_examples)
     out = Path(out_dir)
@@ -48,9 +48,6 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path, steps: Seq
 
 
 def run(args: argparse.Namespace) -> int:
-    from vlmdet.errors import UsageError
-    from vlmdet.report.runs import parse_steps
-
     steps = parse_steps(args.steps)
     if args.examples < 0:
         raise UsageError("--examples must be >= 0")

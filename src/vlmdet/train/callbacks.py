@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -30,6 +31,7 @@ from transformers import TrainerCallback
 from vlmdet import console
 from vlmdet.console import is_tty
 from vlmdet.evaluate.runner import run_rollout_eval
+from vlmdet.model.contract import make_contract, write_contract
 from vlmdet.train.forward import unwrap
 
 
@@ -116,8 +118,6 @@ def save_processor(loaded, folder, prompt_cfg=None) -> None:
     """Write the tokenizer and image processor of `loaded` into `folder`, copy each of `PROCESSOR_FILES`
     that `folder` still lacks from the source checkpoint `loaded.path`, and with `prompt_cfg` (the run's
     `prompt` section) write the checkpoint's contract `vlmdet.json` (model/contract.py)."""
-    import shutil
-
     loaded.tokenizer.save_pretrained(str(folder))
     loaded.processor.save_pretrained(str(folder))
     if loaded.path is not None:
@@ -126,8 +126,6 @@ def save_processor(loaded, folder, prompt_cfg=None) -> None:
             if src.is_file() and not dst.exists():
                 shutil.copy2(src, dst)
     if prompt_cfg is not None:
-        from vlmdet.model.contract import make_contract, write_contract
-
         write_contract(folder, make_contract(prompt_cfg, loaded.coord_ids))
 
 

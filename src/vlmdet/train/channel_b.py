@@ -2,30 +2,40 @@
 teacher-forced forward (see docs/STAGE2.md).
 
 Per sample:
-1. rollout with the `rollout.backend` backend (`evaluate/rollout.make_backend`: HF `generate` or a
+1. rollout with the `rollout.backend` backend (`evaluate/backend.make_backend`: HF `generate` or a
    colocated vLLM engine whose weights are synced from the policy first; greedy unless `rollout.do_sample`;
    `rollout.repetition_penalty`, `rollout.max_new_tokens`); the seed is derived from the global step:
    `rollout_seed(seed, step) = (seed + 1000003 * step) & 0x7FFFFFFF` (0 -> 1);
 2. `parse.parse_rollout` on the response tokens (cut at the first end-of-turn);
 3. `match.hungarian_match` of the valid objects' bins to the GT bins (class-agnostic, `match.iou_gate`,
    `match.fp_cost`, `match.fn_cost`);
-4. target (assistant part) = the rollout's own tokens `token_ids[:prefix_tokens]` (never re-tokenized)
-   + the tokens of `append_text` + end-of-turn, where
-   `append_text = text[prefix_char_end:prefix_end] + sep + render_records(unmatched GT) + "]}"`
-   (`sep = ", "` when the prefix holds a complete record and GT is appended; a rollout without any
-   `{"objects": [` container is replaced by that opener: `append_text = '{"objects": [' + ... `);
-   unmatched GT objects keep the GT order (sorted like Channel-A targets when `prompt.ordering` is
-   `sorted`);
+4. target text (assistant part) = `text[:keep]` + `sep` + `render_records(unmatched GT)` + `"]}"`, where
+   `keep` is the end of the rollout's last complete record (valid or not; just after `[` when there is
+   none), `sep = ", "` when such a record exists and GT is appended; a rollout without any
+   `{"objects": [` container restarts from that opener (`keep = 0`, `sep = '{"objects": ['`). Unmatched
+   GT objects keep the GT order (sorted like Channel-A targets when `prompt.ordering` is `sorted`).
+   Its tokens: the rollout's own tokens up to the *cut* (never re-tokenized), then the tokens of the
+   target text's own tokenization from the cut on, then end-of-turn. The cut is the last character
+   offset <= keep where both tokenizations have a token boundary (coordinate tokens are atomic, so it
+   lies after the last kept coordinate): a byte-level BPE writes `]},` and ` [{"` as single tokens, so
+   the cut falls before the record's closing `]}` or before the opener's ` [`. When the rollout's tokens
+   are the tokenizer's own (what a model trained on tokenized answers writes), the whole sequence is
+   exactly `tokenizer(target text) + end-of-turn`: no seam at the boundary.
 5. supervision of that sequence (`labels`, `slot_class`, `coord_bins` like `chat.encode_example`, then
-   the same `objective.supervised_rows` and loss terms as Channel-A with N = 1):
-   - matched records in the prefix: CE on their structure tokens (tokens overlapping the record's char
-     span, desc-content tokens excluded); their 4 coord slots (the model's own coord tokens as input)
-     get the matched GT bins as geometry targets (and the GT coord id as label, so coord CE, when on,
-     also targets the GT);
-   - FP records, invalid (dropped) records, leading junk, the `{"objects": [` opener and the
-     separators between records in the prefix: no loss at all (label -100);
-   - the appended part (straddle chars, separator, GT records, `]}`) and the end-of-turn: everything
-     supervised, desc tokens weighted `losses.desc_ce_weight`, GT coord slots as geometry targets.
+   the same `objective.supervised_rows` and loss terms as Channel-A with N = 1), decided per character
+   and then per token:
+   - characters of matched records: supervised (desc contents: context only, slot DESC without CE);
+     their 4 coord slots (the model's own coord tokens as input) get the matched GT bins as geometry
+     targets (and the GT coord id as label, so coord CE, when on, also targets the GT);
+   - FP records, invalid (dropped) records, leading junk, the `{"objects": [` opener: no loss;
+     separators between kept records: neutral;
+   - the appended part (separator, GT records, `]}`, or the whole answer after a failed rollout) and
+     the end-of-turn: supervised, desc contents weighted `losses.desc_ce_weight`, GT coord slots as
+     geometry targets;
+   - a token gets CE when it covers a supervised character and no unsupervised one (and no matched desc):
+     `]},` closing a matched record is supervised, closing an FP or dropped record it is not; ` [{"`
+     (the opener merged with the first record's `{"`) never is. With single-token JSON pieces (the tiny
+     tokenizer) this is the per-piece rule of the list above.
 
 Telemetry (`rollout/*`, floats) comes with a weight each so that a window mean, combined across ranks,
 is the exact global ratio (see `channel_b_loss`).
@@ -40,7 +50,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from vlmdet.data.records import load_image
-from vlmdet.evaluate.rollout import make_backend
+from vlmdet.evaluate.backend import make_backend
 from vlmdet.format import ANSWER_PREFIX, ANSWER_SUFFIX, RECORD_SEP, render_records, sort_objects
 from vlmdet.match import hungarian_match
 from vlmdet.model.chat import COORD, DESC, IGNORE, STRUCT, desc_spans, encode_example
@@ -65,9 +75,11 @@ class BTarget:
     included) plus what happened.
 
     `ids` token ids; `labels` (-100 = no loss); `slot_class` (chat: IGNORE/STRUCT/DESC/COORD of the token);
-    `coord_bins` (target bin at supervised coord slots, -1 elsewhere); `prefix_len` rollout tokens kept;
-    `append_text`; `n_pred` valid predictions; `n_gt`; `matched` pairs (pred index, gt index);
-    `fn` unmatched GT indices (appended, in append order); `parse` the `parse.RolloutParse`.
+    `coord_bins` (target bin at supervised coord slots, -1 elsewhere); `prefix_len` rollout tokens kept
+    (`ids[:prefix_len]` are the rollout's own); `text` the target answer (the kept rollout text + the
+    appended part, without the end-of-turn); `append_text` = the text of `ids[prefix_len:-1]` (a suffix of
+    `text`); `n_pred` valid predictions; `n_gt`; `matched` pairs (pred index, gt index); `fn` unmatched
+    GT indices (appended, in append order); `parse` the `parse.RolloutParse`.
     """
 
     ids: list[int]
@@ -80,11 +92,58 @@ class BTarget:
     n_gt: int
     matched: list[tuple[int, int]]
     fn: list[int]
+    text: str
     parse: Any = field(repr=False, default=None)
 
 
-def _overlaps(a: int, b: int, s: int, e: int) -> bool:
-    return a < e and b > s
+# What the contract says about each character of the target text (step 5 of the module docstring):
+# no loss; separator between two kept records (neutral); supervised; desc of a matched record (context
+# only); desc of an appended record (supervised).
+_NONE, _SEP, _SUP, _CTX, _SUP_DESC = 0, 1, 2, 3, 4
+
+
+def _char_roles(text: str, keep: int, rp, pairs) -> bytes:
+    """The role of every character of `text` (= `rp.text[:keep]` + the appended part)."""
+    role = bytearray(len(text))
+    res = rp.result
+    records = sorted([o.span for o in res.objects] + [d.span for d in res.dropped])
+    for (_, e), (s, _) in zip(records, records[1:]):
+        role[e:s] = bytes([_SEP]) * (s - e)
+    for pi, _ in pairs:
+        s, e = res.objects[pi].span
+        role[s:e] = bytes([_SUP]) * (e - s)
+        for a, b in desc_spans(rp.text[s:e]):
+            role[s + a : s + b] = bytes([_CTX]) * (b - a)
+    role[keep:] = bytes([_SUP]) * (len(text) - keep)
+    for a, b in desc_spans(text[keep:]):
+        role[keep + a : keep + b] = bytes([_SUP_DESC]) * (b - a)
+    return bytes(role)
+
+
+def _text_slot(roles: bytes) -> tuple[int, bool]:
+    """(slot class, supervised) of a non-coordinate token covering characters with these roles.
+
+    CE when the token has a supervised character and no unsupervised one: a separator between kept
+    records neither earns nor blocks it (`]},` closing a matched record is supervised, one closing an
+    unmatched record is not), the opener does block it (` [{"` gets none), and so does the desc of a
+    matched record (context only)."""
+    sup = (_SUP in roles or _SUP_DESC in roles) and _NONE not in roles and _CTX not in roles
+    if _CTX in roles or _SUP_DESC in roles:
+        return DESC, sup
+    return (STRUCT if sup else IGNORE), sup
+
+
+def _own_spans(pieces: Sequence[str]) -> tuple[list[tuple[int, int]], dict[int, int]]:
+    """Char spans of rollout tokens (a token that ends inside a multi-byte character, piece "", gets
+    that character's first position) and the cut points `{char offset: tokens before it}` where a
+    token ends on a complete character (0 included)."""
+    spans, cuts, pos = [], {0: 0}, 0
+    for i, p in enumerate(pieces):
+        spans.append((pos, pos + len(p)) if p else (pos, pos + 1))
+        pos += len(p)
+        if p:
+            cuts[pos] = i + 1
+    return spans, cuts
 
 
 def build_target(
@@ -104,7 +163,7 @@ def build_target(
 
     token_ids / pieces: the rollout's response tokens and their decoded texts (an end-of-turn and
     anything after it are ignored); gt: `(desc, bins)` objects in GT (training) order; tokenizer: encodes
-    the appended text; coord_ids: 1000 ids in bin order. Pure apart from the tokenizer call.
+    the target text; coord_ids: 1000 ids in bin order. Pure apart from the tokenizer call.
     """
     coord_bin = {int(t): k for k, t in enumerate(coord_ids)}
     rp = parse_rollout(list(token_ids), list(pieces), coord_bin, {int(eot_id)}, field_order)
@@ -113,58 +172,59 @@ def build_target(
     m = hungarian_match([o.bins for o in preds], [b for _, b in gt], iou_gate=iou_gate, fp_cost=fp_cost, fn_cost=fn_cost)
     fn = sorted(m.unmatched_gt)
 
-    # --- prefix: the rollout's own tokens, supervised only inside matched records
-    n_pre = rp.prefix_tokens
-    ids = [int(t) for t in token_ids[:n_pre]]
-    labels = [-100] * n_pre
-    slot = [IGNORE] * n_pre
-    bins = [-1] * n_pre
-    ends, pos = [], 0
-    for p in pieces[:n_pre]:
-        pos += len(p)
-        ends.append(pos)
-    starts = [e - len(p) for e, p in zip(ends, pieces[:n_pre])]
-    for pi, gi in m.pairs:
-        obj = preds[pi]
-        s, e = obj.span
-        descs = [(s + a, s + b) for a, b in desc_spans(rp.text[s:e])]
-        coord_pos = dict(zip(rp.coord_positions[pi], gt[gi][1]))
-        for i in range(n_pre):
-            if not _overlaps(starts[i], ends[i], s, e):
-                continue
-            if i in coord_pos:
-                k = int(coord_pos[i])
-                labels[i], slot[i], bins[i] = int(coord_ids[k]), COORD, k
-            elif any(_overlaps(starts[i], ends[i], a, b) for a, b in descs):
-                slot[i] = DESC  # matched desc: context only (no CE)
-            else:
-                labels[i], slot[i] = ids[i], STRUCT
-
-    # --- appended part: straddle chars + separator + unmatched GT + "]}", fully supervised
+    # --- the target text: the rollout's text up to its last complete record + the appended part
     tail = [gt[j] for j in fn]
-    if res.failed:
-        head = ANSWER_PREFIX
-    else:
-        head = rp.text[rp.prefix_char_end : res.prefix_end]
-        if res.n_records > 0 and tail:
-            head += RECORD_SEP
-    append_text = head + render_records(tail, field_order) + ANSWER_SUFFIX
-    enc = tokenizer(append_text, add_special_tokens=False, return_offsets_mapping=True)
-    spans = desc_spans(append_text)
-    for tid, (a, b) in zip(enc["input_ids"], enc["offset_mapping"]):
-        ids.append(int(tid))
-        labels.append(int(tid))
-        if int(tid) in coord_bin:
+    keep = 0 if res.failed else res.prefix_end
+    head = ANSWER_PREFIX if res.failed else (RECORD_SEP if res.n_records > 0 and tail else "")
+    text = rp.text[:keep] + head + render_records(tail, field_order) + ANSWER_SUFFIX
+    roles = _char_roles(text, keep, rp, m.pairs)
+
+    # --- the cut: the last offset <= keep where the rollout's tokens and the target text's own
+    # tokenization both have a token boundary; before it the rollout's tokens, from it the target's
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    t_ids, t_off = enc["input_ids"], enc["offset_mapping"]
+    t_cuts = {0: 0} | {a: j for j, (a, _) in enumerate(t_off) if j and t_off[j - 1][1] <= a}
+    spans, own_cuts = _own_spans(pieces[: rp.n_tokens])
+    cut = max(c for c in own_cuts if c <= keep and c in t_cuts)
+    n_pre, j0 = own_cuts[cut], t_cuts[cut]
+
+    ids, labels, slot, bins = [], [], [], []
+    coord_target = {}  # rollout token index -> GT bin, at the coord slots of matched records
+    for pi, gi in m.pairs:
+        coord_target.update(zip(rp.coord_positions[pi], (int(b) for b in gt[gi][1])))
+    assert all(i < n_pre for i in coord_target), "a matched coordinate lies after the cut"
+    for i in range(n_pre):
+        tid = int(token_ids[i])
+        ids.append(tid)
+        if i in coord_target:
+            k = coord_target[i]
+            labels.append(int(coord_ids[k]))
             slot.append(COORD)
-            bins.append(coord_bin[int(tid)])
-        else:
-            slot.append(DESC if any(_overlaps(a, b, s, e) for s, e in spans) else STRUCT)
-            bins.append(-1)
+            bins.append(k)
+            continue
+        s, e = spans[i]
+        kind, sup = (IGNORE, False) if tid in coord_bin else _text_slot(roles[s:e])
+        labels.append(tid if sup else -100)
+        slot.append(kind)
+        bins.append(-1)
+    for tid, (a, b) in zip(t_ids[j0:], t_off[j0:]):
+        tid = int(tid)
+        ids.append(tid)
+        if tid in coord_bin:  # a coordinate of an appended record
+            sup = roles[a:b] == bytes([_SUP]) * (b - a)
+            labels.append(tid if sup else -100)
+            slot.append(COORD if sup else IGNORE)
+            bins.append(coord_bin[tid] if sup else -1)
+            continue
+        kind, sup = _text_slot(roles[a:b])
+        labels.append(tid if sup else -100)
+        slot.append(kind)
+        bins.append(-1)
     ids.append(int(eot_id))
     labels.append(int(eot_id))
     slot.append(STRUCT)
     bins.append(-1)
-    return BTarget(ids, labels, slot, bins, n_pre, append_text, len(preds), len(gt), list(m.pairs), fn, rp)
+    return BTarget(ids, labels, slot, bins, n_pre, text[cut:], len(preds), len(gt), list(m.pairs), fn, text, rp)
 
 
 def assemble_example(prompt_example: Mapping[str, Any], target: BTarget) -> dict:

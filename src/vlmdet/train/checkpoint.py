@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Callable
 
 from vlmdet.errors import UsageError
+from vlmdet.io import replace_folder
 
 COMPLETE_NAME = "checkpoint_complete.json"
 STAGING_DIR = ".partial"
@@ -203,22 +204,6 @@ def rotate(run_root: Path, keep: int | None, protect: Path | None = None) -> Non
         ckpts.remove(folder)
 
 
-def commit(staged: Path, target: Path) -> None:
-    """Rename the sealed `staged` folder to `target` (an existing `target` is moved away first and
-    deleted after)."""
-    old = None
-    if target.exists():
-        old = staged.parent / f"{target.name}.old"
-        if old.exists():
-            shutil.rmtree(old)
-        os.rename(target, old)
-    os.rename(staged, target)
-    _fsync_path(target.parent, directory=True)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    _rmdir_if_empty(staged.parent)
-
-
 def write_staged(
     target: Path, write: Callable[[Path], None], step: int | None, main: bool = True,
     wait: Callable[[], None] | None = None,
@@ -250,7 +235,8 @@ def write_staged(
         reason = getattr(err, "strerror", None) or str(err).strip().splitlines()[0][:120]
         raise CheckpointError(f"{target}: checkpoint not written: {reason}; {kept}") from err
     if main:
-        commit(staged, target)
+        replace_folder(staged, target)  # an existing target goes to .partial/<name>.old first
+        _rmdir_if_empty(staged.parent)
     wait()
     return target
 

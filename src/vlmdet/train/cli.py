@@ -23,6 +23,8 @@ checkpoint's step, so no step is logged twice. A run that already reached `train
 refuses to train further unless `training.max_steps` is raised.
 Multi-GPU: launch the same command with `torchrun --nproc-per-node N -m vlmdet.cli train ...` or
 `accelerate launch`; DeepSpeed / FSDP via `training.deepspeed` / `training.fsdp` in the config.
+Rank 0 alone takes the run's lock, writes and cleans the run folder and picks the checkpoint to
+resume from; the other ranks take that choice from it (a broadcast) once it is done.
 """
 
 from __future__ import annotations
@@ -31,9 +33,17 @@ import argparse
 import os
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
+from vlmdet.config import check_checkpointing, check_training_precision, config_notes, load_config, training_arguments
+from vlmdet.console import banner, tensorboard_command
+from vlmdet.data.records import load_records
 from vlmdet.errors import UsageError
+from vlmdet.evaluate.budget import rollout_budget_note
+from vlmdet.model.lora import apply_lora, is_lora, save_final
+from vlmdet.rundir import RunDir, RunLock, check_run_name
+from vlmdet.train.checkpoint import checkpoint_problem, clear_staging, newest_complete, trainer_step, write_staged
 
 FINAL_CHECKPOINT = "checkpoint-final"
 #: `vlmdet.cli` parses this command's arguments with `parse_intermixed_args` (overrides and options
@@ -57,8 +67,6 @@ def resume_target(run, resume, max_steps: int) -> tuple[str | None, list[str]]:
     """(checkpoint folder to resume from or None, notes on skipped checkpoints). `resume`: None (a
     fresh run), True (the newest complete checkpoint) or a path. Raises `UsageError` when there is
     nothing complete to resume from or the run already reached `max_steps`."""
-    from vlmdet.train.checkpoint import checkpoint_problem, newest_complete, trainer_step
-
     if resume is None:
         return None, []
     notes = []
@@ -87,8 +95,6 @@ def resume_target(run, resume, max_steps: int) -> tuple[str | None, list[str]]:
 
 
 def _records(path, max_n, check_images):
-    from vlmdet.data.records import load_records
-
     recs = load_records(path, check_images=check_images)
     return recs[:max_n] if max_n is not None else recs
 
@@ -106,8 +112,6 @@ def load_checkpoint(cfg, override_prompt: bool = False):
     for note in apply_contract(cfg, loaded.contract, cfg.model.name_or_path, override_prompt):
         print(note, file=sys.stderr)
     if cfg.model.lora is not None:
-        from vlmdet.model.lora import apply_lora
-
         loaded = apply_lora(loaded, cfg.model.lora)
     return loaded
 
@@ -118,8 +122,6 @@ def build_trainer(cfg, run, loaded=None, override_prompt: bool = False):
     leaves unset (`model/contract.apply_contract`; `override_prompt` lets explicit ones differ)."""
     from transformers.trainer_callback import EarlyStoppingCallback, PrinterCallback, ProgressCallback
 
-    from vlmdet.config import training_arguments
-    from vlmdet.evaluate.budget import rollout_budget_note
     from vlmdet.train import tracking
     from vlmdet.train.callbacks import ConsoleCallback, RolloutEvalCallback, RunLogCallback
     from vlmdet.train.dataset import DetDataset, make_collator
@@ -205,8 +207,6 @@ def device_text(targs) -> str:
 
 def start_banner(cfg, run, targs) -> str:
     """The lines printed when training starts (`console.banner`)."""
-    from vlmdet.console import banner, tensorboard_command
-
     tb = tensorboard_command(run.tb_dir) if "tensorboard" in (cfg.training.report_to or []) \
         else "off (add tensorboard to training.report_to)"
     return banner(f"vlmdet train: {cfg.run_name} (stage {cfg.stage}, {cfg.training.max_steps} steps)", [
@@ -224,16 +224,22 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
+def from_rank_zero(value):
+    """`value` as rank 0 has it, on every rank (a broadcast, which is also a barrier); `value` itself
+    in a single process."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def train(cfg, argv, resume=None, overwrite=False, loaded=None, override_prompt: bool = False) -> dict:
     """Run training; returns a summary dict (also printed by `run`). `resume`: None, True (newest
     complete checkpoint) or a checkpoint path. Nothing is written before every check passed."""
-    from contextlib import nullcontext
-
-    from vlmdet.config import check_checkpointing, check_training_precision, config_notes
-    from vlmdet.rundir import RunDir, RunLock, check_run_name
-    from vlmdet.model.lora import is_lora, save_final
     from vlmdet.train.callbacks import save_processor
-    from vlmdet.train.checkpoint import clear_staging, write_staged
 
     main = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 creates/cleans the run dir
     if resume is not None and overwrite:
@@ -261,8 +267,6 @@ def train(cfg, argv, resume=None, overwrite=False, loaded=None, override_prompt:
             for name in clear_staging(run.root):
                 notes.append(f"deleted {name} (an interrupted save)")
             if target is not None:
-                from vlmdet.train.checkpoint import trainer_step
-
                 dropped = run.truncate_log(trainer_step(Path(target)))
                 if dropped:
                     notes.append(f"logging.jsonl: dropped {dropped} rows logged after {Path(target).name}")
@@ -272,6 +276,8 @@ def train(cfg, argv, resume=None, overwrite=False, loaded=None, override_prompt:
             for note in config_notes(cfg):
                 print(f"vlmdet train: warning: {note}", file=sys.stderr, flush=True)
             print(start_banner(cfg, run, trainer.args), flush=True)
+        # every rank resumes from what rank 0 chose under the lock, and only once rank 0 has cleaned up
+        target = from_rank_zero(target)
         t0 = time.time()
         result = trainer.train(resume_from_checkpoint=target)
         final = run.root / FINAL_CHECKPOINT
@@ -303,8 +309,6 @@ def train(cfg, argv, resume=None, overwrite=False, loaded=None, override_prompt:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vlmdet.config import load_config
-
     cfg = load_config(args.config, args.overrides)
     if args.resume and args.resume_from:
         raise UsageError("--resume-from: give either --resume or --resume-from, not both")

@@ -10,6 +10,10 @@ Images: when a log carries rollout-eval metrics (`eval_rollout/*`) and the run h
 step with drawn PNGs, each PNG is logged too: TensorBoard `add_image("monitor/<k>_<image_id>", HWC uint8,
 step)`; W&B one `monitor/examples` list of `wandb.Image` (caption = image id) when a W&B run is active.
 
+Resume: a resumed run's TensorBoard writer starts with `purge_step` = the checkpoint's step + 1, so
+TensorBoard discards the events that the killed run wrote after that checkpoint (they are logged
+again), as `logging.jsonl` is truncated back to the checkpoint's step: every step appears once.
+
 `install(trainer, run)` swaps the Trainer's stock TensorBoard / W&B callbacks (added by `report_to`) for
 the subclasses below, which change `on_log` only.
 """
@@ -62,6 +66,17 @@ class TensorBoardTracker(TensorBoardCallback):
     def __init__(self, run, tb_writer=None):
         super().__init__(tb_writer)
         self.run = run
+        self.purge_step = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        # the Trainer has loaded the checkpoint's state by now: global_step > 0 means a resumed run
+        if state.global_step and self.tb_writer is None:
+            self.purge_step = int(state.global_step) + 1
+        super().on_train_begin(args, state, control, **kwargs)
+
+    def _init_summary_writer(self, args):
+        if self._SummaryWriter is not None:
+            self.tb_writer = self._SummaryWriter(log_dir=self.logging_dir, purge_step=self.purge_step)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
