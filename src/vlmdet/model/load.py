@@ -32,6 +32,10 @@ from vlmdet.model.tiny import IMAGE_MEAN, IMAGE_STD, TINY_MODEL_CONFIG, build_ti
 from vlmdet.model.tokenizer import (CHAT_TEMPLATE, COORD_TOKENS_SPECIAL, PRETOKENIZE_PATTERN, STRUCTURE_PIECES,
                                     default_words)
 
+#: the transformers releases vlmdet runs on (pyproject.toml declares the same range; CI runs the
+#: model tests on the floor too)
+TRANSFORMERS_FLOOR, TRANSFORMERS_CEILING = "5.18.0", "6"
+
 TINY_NAME = "tiny"
 TINY_CACHE_NAME = "tiny-v1"
 DTYPES = ("float32", "bfloat16", "float16")
@@ -195,6 +199,25 @@ def load_part(path: Path, what: str, load):
         raise UsageError(f"{path}: cannot load the {what}: {text[:200]}") from err
 
 
+def installed_transformers() -> str:
+    """The installed transformers version string (from its package metadata; nothing imported)."""
+    from importlib.metadata import version
+
+    return version("transformers")
+
+
+def check_transformers(installed: str | None = None) -> None:
+    """Raise UsageError (one line) unless transformers `installed` (default: the installed one) is in
+    `[TRANSFORMERS_FLOOR, TRANSFORMERS_CEILING)`. Older 5.x releases lack what vlmdet calls (the PIL image
+    processor, the replay-safe cache flag of checkpointed layers, the `Cache` layer classes)."""
+    from packaging.version import Version
+
+    installed = installed_transformers() if installed is None else installed
+    if not Version(TRANSFORMERS_FLOOR) <= Version(installed) < Version(TRANSFORMERS_CEILING):
+        spec = f"transformers>={TRANSFORMERS_FLOOR},<{TRANSFORMERS_CEILING}"
+        raise UsageError(f"transformers {installed} is installed; vlmdet needs {spec} (pip install '{spec}')")
+
+
 def load_image_processor(path: Path | str):
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
@@ -211,12 +234,14 @@ def load_model(name_or_path: str, dtype: str = "float32", attn_implementation: s
 
     Raises UsageError for an unresolvable name, an unknown dtype, a tokenizer without the 1000
     coordinate tokens (the message names `vlmdet expand-vocab`; `coord_tokens=False` accepts such a
-    checkpoint with `coord_ids == []`), or coordinate ids that disagree with the contract."""
+    checkpoint with `coord_ids == []`), coordinate ids that disagree with the contract, or a transformers
+    release outside the supported range (`check_transformers`)."""
     import torch
     from transformers import AutoModelForImageTextToText, AutoTokenizer
 
     from vlmdet.model.contract import CONTRACT_FILE, check_coord_layout, read_contract
 
+    check_transformers()
     if dtype not in DTYPES:
         raise UsageError(f"model.dtype must be one of {DTYPES}, got {dtype!r}")
     source, path = resolve_checkpoint(name_or_path)
