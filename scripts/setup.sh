@@ -11,9 +11,10 @@
 # does not, the configured indexes decide (a local wheel folder or mirror with a CPU wheel keeps working).
 #   scripts/setup.sh vllm     a second environment, .venv-vllm, with vLLM + test dependencies
 #                             (vLLM pins its own transformers and torch; see docs/EVALUATION.md)
-#   scripts/setup.sh floor    .venv-floor: the lowest transformers release pyproject.toml allows, with the
-#                             huggingface_hub and tokenizers it accepts, as a folder that goes in front of
-#                             .venv on PYTHONPATH (`make test` runs the model tests on it; needs `dev` first)
+#   scripts/setup.sh floor    .venv-floor: the lowest transformers release pyproject.toml allows (and the
+#                             huggingface_hub / tokenizers it accepts where .venv's do not fit), a folder
+#                             that goes in front of .venv on PYTHONPATH (`make test` runs the model tests
+#                             on it; needs `dev` first)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extra="${1:-}"
@@ -86,7 +87,7 @@ if [ "$extra" = "floor" ]; then
     rm -rf "$overlay"
     .venv/bin/python -m pip install -q --target "$overlay" --no-deps "transformers==$floor"
     # huggingface_hub / tokenizers: .venv's own where they fit that release's ranges (its metadata),
-    # else the newest that fit, into the overlay as well
+    # else the newest that fit, with their own dependencies, into the overlay as well
     deps=$(.venv/bin/python - "$overlay" <<'PY'
 import sys
 from importlib.metadata import distributions, version
@@ -99,7 +100,7 @@ PY
 )
     if [ -n "$deps" ]; then
         # shellcheck disable=SC2086  # the requirements are words
-        .venv/bin/python -m pip install -q --target "$overlay" --no-deps $deps
+        .venv/bin/python -m pip install -q --target "$overlay" $deps
     fi
     got=$(PYTHONPATH="$overlay" .venv/bin/python -c "import transformers; print(transformers.__version__)")
     [ "$got" = "$floor" ] || { echo "setup: $overlay gives transformers $got, not $floor" >&2; exit 1; }

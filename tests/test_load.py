@@ -141,9 +141,9 @@ def test_paths_that_are_not_hub_ids_fail_as_folders(name):
 
 
 @pytest.mark.parametrize("installed, ok", [
-    ("5.17.0", False),      # before the floor: no replay-safe cache flag on checkpointed layers
-    ("5.18.0rc0", False),   # a pre-release of the floor is before it
-    ("5.18.0", True),
+    ("5.14.1", False),      # before the floor: no replay-safe cache flag on checkpointed layers
+    ("5.15.0rc0", False),   # a pre-release of the floor is before it
+    ("5.15.0", True),
     ("5.24.0", True),
     ("5.99.1", True),
     ("6.0.0", False),
@@ -155,8 +155,8 @@ def test_transformers_range_is_checked_with_one_line(installed, ok):
     else:
         with pytest.raises(UsageError) as err:
             check_transformers(installed)
-        assert str(err.value) == (f"transformers {installed} is installed; vlmdet needs transformers>=5.18.0,<6 "
-                                  "(pip install 'transformers>=5.18.0,<6')")
+        assert str(err.value) == (f"transformers {installed} is installed; vlmdet needs transformers>=5.15.0,<6 "
+                                  "(pip install 'transformers>=5.15.0,<6')")
 
 
 def test_pyproject_declares_the_checked_range():
@@ -167,10 +167,10 @@ def test_pyproject_declares_the_checked_range():
 def test_commands_that_load_a_model_stop_on_an_unsupported_transformers(tmp_path, monkeypatch, capsys):
     import vlmdet.model.load as load
 
-    monkeypatch.setattr(load, "installed_transformers", lambda: "5.17.0")
+    monkeypatch.setattr(load, "installed_transformers", lambda: "5.14.1")
     assert main(["doctor", "tiny"]) == 2
     assert main(["expand-vocab", "tiny", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.splitlines()
-    assert err == [f"vlmdet {cmd}: error: transformers 5.17.0 is installed; vlmdet needs transformers>=5.18.0,<6 "
-                   "(pip install 'transformers>=5.18.0,<6')" for cmd in ("doctor", "expand-vocab")]
+    assert err == [f"vlmdet {cmd}: error: transformers 5.14.1 is installed; vlmdet needs transformers>=5.15.0,<6 "
+                   "(pip install 'transformers>=5.15.0,<6')" for cmd in ("doctor", "expand-vocab")]
     assert not (tmp_path / "out").exists()

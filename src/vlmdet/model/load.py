@@ -34,7 +34,7 @@ from vlmdet.model.tokenizer import (CHAT_TEMPLATE, COORD_TOKENS_SPECIAL, PRETOKE
 
 #: the transformers releases vlmdet runs on (pyproject.toml declares the same range; CI runs the
 #: model tests on the floor too)
-TRANSFORMERS_FLOOR, TRANSFORMERS_CEILING = "5.18.0", "6"
+TRANSFORMERS_FLOOR, TRANSFORMERS_CEILING = "5.15.0", "6"
 
 TINY_NAME = "tiny"
 TINY_CACHE_NAME = "tiny-v1"
@@ -208,8 +208,8 @@ def installed_transformers() -> str:
 
 def check_transformers(installed: str | None = None) -> None:
     """Raise UsageError (one line) unless transformers `installed` (default: the installed one) is in
-    `[TRANSFORMERS_FLOOR, TRANSFORMERS_CEILING)`. Older 5.x releases lack what vlmdet calls (the PIL image
-    processor, the replay-safe cache flag of checkpointed layers, the `Cache` layer classes)."""
+    `[TRANSFORMERS_FLOOR, TRANSFORMERS_CEILING)`. 5.14 has no replay-safe cache flag on gradient-checkpointed
+    decoder layers (Channel-A's prefix reuse), releases before 5.3 no PIL image processor."""
     from packaging.version import Version
 
     installed = installed_transformers() if installed is None else installed
