@@ -354,7 +354,7 @@ class Check:
         loaded.model.eval()
         records = load_records(self.work / "data/val.jsonl")
         metrics = run_rollout_eval(loaded, records, cfg, run_dir=RunDir(self.work / "eval"), step=0, progress=False)
-        keys = [k for k in metrics if k.endswith(("bbox_AP50", "valid_json_rate", "hit_max_new_tokens_rate"))]
+        keys = [k for k in metrics if k.endswith(("bbox_AP50", "sample_valid_pred_rate", "hit_max_new_tokens_rate"))]
         return f"{len(records)} images; " + ", ".join(f"{k.split('/')[-1]} {metrics[k]:.3f}" for k in sorted(keys))
 
     def zero2(self) -> str:
