@@ -14,7 +14,8 @@ Swaps -- the GPU-only and long parts, so the commands run on the tiny model in s
 - `/models/...` (in commands and in the copied configs) -> `<sandbox>/models/...` (the tiny stand-in);
 - `torchrun ... -m vlmdet.cli CMD` -> `vlmdet CMD` in one process (multi-process training:
   tests/test_multiprocess.py);
-- `make demo` -> `vlmdet demo --smoke`; `make test` is not run (it would run this suite inside itself);
+- `make demo` -> `vlmdet demo --smoke`; `make test` is not run (it would run this suite inside itself),
+  nor `scripts/gpu_check.sh` (tests/test_gpu_check.py runs it, in its CPU mode);
 - `.venv/bin/python` -> this interpreter (scripts run in this process via runpy; `-m pytest` in its own);
 - `vlmdet train`: `TRAIN_SMALL` overrides go before the first option (2 steps, batch 2, float32, no bf16,
   no gradient checkpointing, no dataloader workers, no DDP backend, tiny evals); `--resume` gets one
@@ -22,8 +23,7 @@ Swaps -- the GPU-only and long parts, so the commands run on the tiny model in s
 - `vlmdet eval`: `EVAL_SMALL` (2 images, 16 new tokens, float32);
 - `vlmdet demo` -> `--smoke`; `vlmdet data synth` -> `--train 16 --val 4`;
   `vlmdet experiment ...` -> `--smoke --steps 1,2 --seeds 0`;
-- benchmarks/*.py: the smallest sizes and one repeat (`BENCH_SMALL`);
-- `scripts/gpu_check.sh` -> its CPU mode (`--cpu --tiny`), run by bash with this interpreter as $PYTHON.
+- benchmarks/*.py: the smallest sizes and one repeat (`BENCH_SMALL`).
 Everything else runs as written. A doc that starts where another left off gets those steps first
 (`PREPARED`: docs/TRAINING.md's GPU line follows README's expand-vocab and COCO conversion).
 """
@@ -45,7 +45,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))]
 COMMAND_WORDS = ("vlmdet", "make", "torchrun", ".venv/bin/", "python", "scripts/gpu_check.sh")
-NOT_RUN = {"make test": "runs this test suite (CI's command)"}
+NOT_RUN = {"make test": "runs this test suite (CI's command)",
+           "scripts/gpu_check.sh": "tests/test_gpu_check.py runs it in its CPU mode (--cpu --tiny)"}
 #: what a doc assumes was done before its commands (stated there), run first in its sandbox
 PREPARED = {
     "docs/TRAINING.md": [  # "after README's steps 1-2" of the GPU recipe
@@ -149,7 +150,7 @@ def sandbox(tmp_path, stock, monkeypatch):
     for cfg in (box / "configs").rglob("*.yaml"):
         cfg.write_text(cfg.read_text().replace("/models/", f"{box}/models/"))
     shutil.copytree(ROOT / "examples", box / "examples")  # commands write next to their inputs
-    for name in ("benchmarks", "tests", "src", "scripts"):
+    for name in ("benchmarks", "tests", "src"):
         (box / name).symlink_to(ROOT / name)
     (box / "models").mkdir()
     shutil.copytree(stock, box / "models" / "Qwen3-VL-2B-Instruct")
@@ -176,8 +177,6 @@ def swapped(command: str, box: Path) -> list[str] | None:
     for pattern, repl in SWAPS:
         command = re.sub(pattern, repl, command)
     words = [w.replace("/models/", f"{box}/models/") if w.startswith("/models/") else w for w in shlex.split(command)]
-    if words[0] == "scripts/gpu_check.sh":
-        return ["bash", *words, *[o for o in ("--cpu", "--tiny") if o not in words]]
     if words[0] == "python":
         script = Path(words[1]).name if len(words) > 1 else ""
         return [sys.executable, *words[1:], *BENCH_SMALL.get(script, [])]
@@ -201,10 +200,6 @@ def swapped(command: str, box: Path) -> list[str] | None:
 
 
 def _run(words: list[str], box: Path, monkeypatch) -> tuple[int, str]:
-    if words[0] == "bash":  # a shell script: its own process, with this interpreter
-        env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
-        p = subprocess.run(words, cwd=box, env=env, capture_output=True, text=True, timeout=1200)
-        return p.returncode, p.stdout[-2000:] + p.stderr[-2000:]
     if words[:3] == [sys.executable, "-m", "pytest"]:  # a test run: its own process
         env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
         p = subprocess.run(words, cwd=box, env=env, capture_output=True, text=True, timeout=600)
