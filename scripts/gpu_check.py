@@ -154,6 +154,17 @@ def build_checkpoint(out: Path, tiny: bool, device) -> dict:
     return {"parameters": n_params}
 
 
+def full_logits_loss(model, batch):
+    """What a plain Hugging Face training step computes on a collated batch: the model's own loss,
+    token CE over full `[B, L, V]` logits (the `labels` shifted inside the model)."""
+    from vlmdet.model.collate import position_ids
+    from vlmdet.train.forward import MODEL_KEYS
+
+    kwargs = {k: batch[k] for k in MODEL_KEYS if batch.get(k) is not None}
+    return model(input_ids=batch["input_ids"], labels=batch["labels"], position_ids=position_ids(model, batch),
+                 use_cache=False, **kwargs).loss
+
+
 def _overrides(work: Path, ckpt: Path, size: dict, on_cpu: bool, **extra) -> list[str]:
     base = {
         "model.name_or_path": ckpt, "data.train": work / "data/train.jsonl", "data.val": work / "data/val.jsonl",
@@ -281,9 +292,7 @@ class Check:
     def logits_mem(self) -> str:
         import torch
 
-        from vlmdet.model.collate import position_ids
         from vlmdet.train.channel_a import channel_a_loss
-        from vlmdet.train.forward import MODEL_KEYS
 
         if self.stage1 is None:
             raise RuntimeError("needs the stage1_bf16 model")
@@ -297,13 +306,8 @@ class Check:
             loss, _ = channel_a_loss(model, batch, cfg.losses, loaded.coord_ids)
             return loss
 
-        def full():  # what a plain Hugging Face training step computes: CE over [B, L, V] logits
-            kwargs = {k: batch[k] for k in MODEL_KEYS if batch.get(k) is not None}
-            return model(input_ids=batch["input_ids"], labels=batch["labels"], position_ids=position_ids(model, batch),
-                         use_cache=False, **kwargs).loss
-
         peaks = {}
-        for name, fn in (("gathered", gathered), ("full", full)):
+        for name, fn in (("gathered", gathered), ("full", lambda: full_logits_loss(model, batch))):
             model.zero_grad(set_to_none=True)
             torch.cuda.synchronize()
             torch.cuda.empty_cache()

@@ -45,6 +45,31 @@ def test_full_config_has_the_2b_dimensions():
     assert 2.0e9 < n < 2.2e9, n  # Qwen3-VL-2B: about 2.1 B parameters
 
 
+def test_full_logits_loss_is_token_ce_over_every_row():
+    """The logits_mem phase's reference: the model's own loss equals CE over the gathered logits of every row."""
+    import torch
+    from PIL import Image
+
+    from vlmdet.format import render_answer
+    from vlmdet.model.chat import encode_example
+    from vlmdet.model.collate import Collator
+    from vlmdet.model.load import load_model
+    from vlmdet.train.forward import gathered_logits
+
+    loaded = load_model("tiny")
+    exs = [encode_example(loaded, Image.new("RGB", (64, 64), (200, 10, 10)), render_answer([("red circle", (10, 20, 300, 400))])),
+           encode_example(loaded, Image.new("RGB", (64, 32), (10, 10, 200)), render_answer([("blue square", (1, 2, 903, 904))]))]
+    batch = Collator(loaded.pad_id)(exs)
+    B, L = batch["input_ids"].shape
+    with torch.no_grad():
+        logits = gathered_logits(loaded.model, batch, torch.ones(B, L, dtype=torch.bool)).view(B, L, -1)
+        want = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten(),
+                                                 ignore_index=-100)
+        got = gpu_check.full_logits_loss(loaded.model, batch)
+    assert (batch["labels"] != -100).sum() > 10
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.slow
 def test_cpu_tiny_run_prints_one_table_with_every_phase(tmp_path):
     out = tmp_path / "gc"
