@@ -12,6 +12,10 @@
 # does not, the configured indexes decide (a local wheel folder or mirror with a CPU wheel keeps working).
 #   scripts/setup.sh vllm     a second environment, .venv-vllm, with vLLM + test dependencies
 #                             (vLLM pins its own transformers and torch; see docs/EVALUATION.md)
+#   scripts/setup.sh floor    .venv-floor: the lowest transformers release pyproject.toml allows (and the
+#                             huggingface_hub / tokenizers it accepts where .venv's do not fit), a folder
+#                             that goes in front of .venv on PYTHONPATH (`make test` runs the model tests
+#                             on it; needs `dev` first)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extra="${1:-}"
@@ -93,6 +97,38 @@ if [ "$extra" = "vllm" ]; then
         sed -i -E 's/^@torch\.library\.register_fake\("torchvision::(q?nms)"\)$/@(torch.library.register_fake("torchvision::\1") if torchvision.extension._has_ops() else (lambda fn: fn))/' "$meta"
     fi
     "$venv/bin/python" -c "import torchvision, vllm" || { echo "setup: vllm does not import in $venv" >&2; exit 1; }
+    touch "$stamp"
+    exit 0
+fi
+
+if [ "$extra" = "floor" ]; then
+    overlay=.venv-floor
+    stamp="$overlay/.vlmdet-installed"
+    if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && [ "$stamp" -nt scripts/setup.sh ]; then
+        exit 0
+    fi
+    floor=$(sed -n 's/^ *"transformers>=\([0-9][0-9.]*\),.*/\1/p' pyproject.toml)
+    [ -n "$floor" ] || { echo "setup: no transformers>=X in pyproject.toml" >&2; exit 1; }
+    rm -rf "$overlay"
+    .venv/bin/python -m pip install -q --target "$overlay" --no-deps "transformers==$floor"
+    # huggingface_hub / tokenizers: .venv's own where they fit that release's ranges (its metadata),
+    # else the newest that fit, with their own dependencies, into the overlay as well
+    deps=$(.venv/bin/python - "$overlay" <<'PY'
+import sys
+from importlib.metadata import distributions, version
+from packaging.requirements import Requirement
+dist = next(d for d in distributions(path=[sys.argv[1]]) if d.metadata["Name"] == "transformers")
+reqs = [Requirement(r) for r in dist.requires or ()]
+print(" ".join(str(r) for r in reqs if r.marker is None and r.name in ("huggingface-hub", "tokenizers")
+               and not r.specifier.contains(version(r.name), prereleases=True)))
+PY
+)
+    if [ -n "$deps" ]; then
+        # shellcheck disable=SC2086  # the requirements are words
+        .venv/bin/python -m pip install -q --target "$overlay" $deps
+    fi
+    got=$(PYTHONPATH="$overlay" .venv/bin/python -c "import transformers; print(transformers.__version__)")
+    [ "$got" = "$floor" ] || { echo "setup: $overlay gives transformers $got, not $floor" >&2; exit 1; }
     touch "$stamp"
     exit 0
 fi

@@ -70,7 +70,7 @@ def test_runs_exactly_n_forwards_with_ids_positions_and_no_cache(loaded, batch, 
         assert call.get("inputs_embeds") is None and call["input_ids"].shape == (B, L)
         assert call["embeds"].shape[:2] == (B, L)
         assert call["position_ids"].shape == (3, B, L)
-        assert call.get("use_cache") is False and call.get("cache") is None
+        assert call.get("use_cache") is False and call.get(fwd.cache_argument(loaded.model)) is None
         assert call["pixel_values"] is not None
     assert torch.isfinite(loss)
 
@@ -84,14 +84,15 @@ def test_prefix_reuse_runs_later_iterations_on_the_suffix_rows(loaded, batch, re
     coord_pos = ((batch["slot_class"] == COORD) & (batch["labels"] != -100)).nonzero()[:, 1]
     start = int(coord_pos.min()) - 1  # the predicting row of the earliest coord slot
     first, *later = recorder.calls
+    cache = fwd.cache_argument(loaded.model)  # `cache`, or `past_key_values` before transformers 5.24
     assert first["embeds"].shape[:2] == (B, L) and first["pixel_values"] is not None
-    assert first["cache"].get_seq_length() == 0  # the recording cache: the full forward as without one
+    assert first[cache].get_seq_length() == 0  # the recording cache: the full forward as without one
     full_pos = first["position_ids"]
     for call in later:
         assert call["embeds"].shape[:2] == (B, L - start) and call["input_ids"].shape == (B, L - start)
         assert call.get("pixel_values") is None and call.get("image_grid_thw") is None
         assert torch.equal(call["position_ids"], full_pos[..., start:])
-        assert call["cache"].get_seq_length() == start and call["attention_mask"].shape == (B, L)
+        assert call[cache].get_seq_length() == start and call["attention_mask"].shape == (B, L)
         assert call.get("use_cache") is False
 
 

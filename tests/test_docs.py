@@ -14,7 +14,8 @@ Swaps -- the GPU-only and long parts, so the commands run on the tiny model in s
 - `/models/...` (in commands and in the copied configs) -> `<sandbox>/models/...` (the tiny stand-in);
 - `torchrun ... -m vlmdet.cli CMD` -> `vlmdet CMD` in one process (multi-process training:
   tests/test_multiprocess.py);
-- `make demo` -> `vlmdet demo --smoke`; `make test` is not run (it would run this suite inside itself);
+- `make demo` -> `vlmdet demo --smoke`; `make test` is not run (it would run this suite inside itself),
+  nor `scripts/gpu_check.sh` (tests/test_gpu_check.py runs it, in its CPU mode);
 - `.venv/bin/python` -> this interpreter (scripts run in this process via runpy; `-m pytest` in its own);
 - `vlmdet train`: `TRAIN_SMALL` overrides go before the first option (2 steps, batch 2, float32, no bf16,
   no gradient checkpointing, no dataloader workers, no DDP backend, no FSDP, tiny evals); `--resume` gets one
@@ -43,8 +44,9 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))]
-COMMAND_WORDS = ("vlmdet", "make", "torchrun", ".venv/bin/", "python")
-NOT_RUN = {"make test": "runs this test suite (CI's command)"}
+COMMAND_WORDS = ("vlmdet", "make", "torchrun", ".venv/bin/", "python", "scripts/gpu_check.sh")
+NOT_RUN = {"make test": "runs this test suite (CI's command)",
+           "scripts/gpu_check.sh": "tests/test_gpu_check.py runs it in its CPU mode (--cpu --tiny)"}
 #: what a doc assumes was done before its commands (stated there), run first in its sandbox
 PREPARED = {
     "docs/TRAINING.md": [  # "after README's steps 1-2" of the GPU recipe

@@ -11,6 +11,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.mark.parametrize("path,ignored", [
     ("data/train.jsonl", True), ("runs/demo/logging.jsonl", True), ("reports/report.html", True),
+    (".venv-floor/transformers/__init__.py", True),
     ("src/vlmdet/data/synth.py", False), ("src/vlmdet/report/html.py", False), ("configs/demo/base.yaml", False),
     ("docs/results/gate_ablation/report.md", False),
 ])

@@ -1,10 +1,15 @@
-"""load_model: tiny cache, token ids, coord mapping, missing coord tokens, token pieces."""
+"""load_model: tiny cache, token ids, coord mapping, missing coord tokens, token pieces, the transformers range."""
+
+import re
+from pathlib import Path
 
 import pytest
 
+from vlmdet.cli import main
 from vlmdet.coords import COORD_TOKENS
 from vlmdet.errors import UsageError
-from vlmdet.model.load import coord_bin_of_id, find_coord_ids, load_model, tiny_checkpoint_path, token_pieces
+from vlmdet.model.load import (TRANSFORMERS_CEILING, TRANSFORMERS_FLOOR, check_transformers, coord_bin_of_id,
+                               find_coord_ids, load_model, tiny_checkpoint_path, token_pieces)
 from vlmdet.model.tokenizer import build_tiny_tokenizer
 
 
@@ -128,3 +133,39 @@ def test_paths_that_are_not_hub_ids_fail_as_folders(name):
 
     with pytest.raises(UsageError, match="not a checkpoint folder"):
         resolve_checkpoint(name)
+
+
+@pytest.mark.parametrize("installed, ok", [
+    ("5.14.1", False),      # before the floor: no replay-safe cache flag on checkpointed layers
+    ("5.15.0rc0", False),   # a pre-release of the floor is before it
+    ("5.15.0", True),
+    ("5.24.0", True),
+    ("5.99.1", True),
+    ("6.0.0", False),
+    ("4.57.6", False),
+])
+def test_transformers_range_is_checked_with_one_line(installed, ok):
+    if ok:
+        check_transformers(installed)
+    else:
+        with pytest.raises(UsageError) as err:
+            check_transformers(installed)
+        assert str(err.value) == (f"transformers {installed} is installed; vlmdet needs transformers>=5.15.0,<6 "
+                                  "(pip install 'transformers>=5.15.0,<6')")
+
+
+def test_pyproject_declares_the_checked_range():
+    text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    assert re.findall(r'"transformers([^"]*)"', text) == [f">={TRANSFORMERS_FLOOR},<{TRANSFORMERS_CEILING}"]
+
+
+def test_commands_that_load_a_model_stop_on_an_unsupported_transformers(tmp_path, monkeypatch, capsys):
+    import vlmdet.model.load as load
+
+    monkeypatch.setattr(load, "installed_transformers", lambda: "5.14.1")
+    assert main(["doctor", "tiny"]) == 2
+    assert main(["expand-vocab", "tiny", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"vlmdet {cmd}: error: transformers 5.14.1 is installed; vlmdet needs transformers>=5.15.0,<6 "
+                   "(pip install 'transformers>=5.15.0,<6')" for cmd in ("doctor", "expand-vocab")]
+    assert not (tmp_path / "out").exists()

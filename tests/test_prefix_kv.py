@@ -22,11 +22,20 @@ REL_GRAD = 1e-5
 MODEL_MODE = "train"  # conftest's `loaded`
 
 
+def checkpointing_enable(model, **kwargs):
+    """Gradient checkpointing under its name in this transformers (`activation_checkpointing_enable`
+    from 5.23, `gradient_checkpointing_enable` before); both default to non-reentrant."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs or None)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs or None)
+
+
 @pytest.fixture(scope="module")
 def checkpointed(loaded):
     """The same model with (non-reentrant) gradient checkpointing, as the GPU configs run it."""
     model = copy.deepcopy(loaded.model)
-    model.activation_checkpointing_enable()
+    checkpointing_enable(model)
     return model
 
 
@@ -180,7 +189,7 @@ def test_unsupported_attention_falls_back_with_one_warning(loaded, batch, fresh_
 
 def test_reentrant_checkpointing_falls_back_with_one_warning(loaded, batch, fresh_warnings):
     model = copy.deepcopy(loaded.model)
-    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": True})
+    checkpointing_enable(model, use_reentrant=True)
     _fallback_matches_full(model, batch, loaded.coord_ids, fresh_warnings, "reentrant gradient checkpointing")
 
 

@@ -92,8 +92,9 @@ def expand_vocab(src, dst, seed: int = 0) -> dict:
     from transformers import AutoModelForImageTextToText, AutoTokenizer
 
     from vlmdet.model.contract import CONTRACT_FILE, make_contract, write_contract
-    from vlmdet.model.load import load_part, resolve_checkpoint
+    from vlmdet.model.load import check_transformers, load_part, resolve_checkpoint
 
+    check_transformers()
     source, src = resolve_checkpoint(str(src))
     src, dst = src.resolve(), Path(dst).expanduser().resolve()
     if dst == src:

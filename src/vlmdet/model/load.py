@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.metadata
 import json
 import os
 import shutil
@@ -29,6 +30,7 @@ from typing import Any, Sequence
 
 import torch
 from huggingface_hub import constants
+from packaging.version import Version
 from transformers import AutoModelForImageTextToText, AutoTokenizer
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 from transformers.utils import cached_file
@@ -41,6 +43,10 @@ from vlmdet.model.lora import adapter_base, load_adapter
 from vlmdet.model.tiny import IMAGE_MEAN, IMAGE_STD, TINY_MODEL_CONFIG, build_tiny_checkpoint
 from vlmdet.model.tokenizer import (CHAT_TEMPLATE, COORD_TOKENS_SPECIAL, PRETOKENIZE_PATTERN, STRUCTURE_PIECES,
                                     default_words)
+
+#: the transformers releases vlmdet runs on (pyproject.toml declares the same range; CI runs the
+#: model tests on the floor too)
+TRANSFORMERS_FLOOR, TRANSFORMERS_CEILING = "5.15.0", "6"
 
 TINY_NAME = "tiny"
 TINY_CACHE_NAME = "tiny-v1"
@@ -197,6 +203,21 @@ def load_part(path: Path, what: str, load):
         raise UsageError(f"{path}: cannot load the {what}: {text[:200]}") from err
 
 
+def installed_transformers() -> str:
+    """The installed transformers version string (from its package metadata)."""
+    return importlib.metadata.version("transformers")
+
+
+def check_transformers(installed: str | None = None) -> None:
+    """Raise UsageError (one line) unless transformers `installed` (default: the installed one) is in
+    `[TRANSFORMERS_FLOOR, TRANSFORMERS_CEILING)`. 5.14 has no replay-safe cache flag on gradient-checkpointed
+    decoder layers (Channel-A's prefix reuse), releases before 5.3 no PIL image processor."""
+    installed = installed_transformers() if installed is None else installed
+    if not Version(TRANSFORMERS_FLOOR) <= Version(installed) < Version(TRANSFORMERS_CEILING):
+        spec = f"transformers>={TRANSFORMERS_FLOOR},<{TRANSFORMERS_CEILING}"
+        raise UsageError(f"transformers {installed} is installed; vlmdet needs {spec} (pip install '{spec}')")
+
+
 def load_image_processor(path: Path | str):
     if checkpoint_file(path, "preprocessor_config.json") is None:
         raise UsageError(f"{path}: no preprocessor_config.json (not a vision-language checkpoint?)")
@@ -211,7 +232,9 @@ def load_model(name_or_path: str, dtype: str = "float32", attn_implementation: s
 
     Raises UsageError for an unresolvable name, an unknown dtype, a tokenizer without the 1000
     coordinate tokens (the message names `vlmdet expand-vocab`; `coord_tokens=False` accepts such a
-    checkpoint with `coord_ids == []`), or coordinate ids that disagree with the contract."""
+    checkpoint with `coord_ids == []`), coordinate ids that disagree with the contract, or a transformers
+    release outside the supported range (`check_transformers`)."""
+    check_transformers()
     if dtype not in DTYPES:
         raise UsageError(f"model.dtype must be one of {DTYPES}, got {dtype!r}")
     source, path = resolve_checkpoint(name_or_path)

@@ -17,7 +17,8 @@ Two ways to get logits at chosen rows, both never building a full `[B, L, |V|]` 
   gathering): fine on one device, but multi-GPU code should use `gathered_logits`.
 
 Every forward passes `use_cache=False` (a `cache` object, when given, still holds keys/values of
-earlier rows: `train/prefix_kv.py`), the batch's `attention_mask`, `pixel_values`,
+earlier rows: `train/prefix_kv.py`; it is passed as `cache` or, before transformers 5.24, as
+`past_key_values`: `cache_argument`), the batch's `attention_mask`, `pixel_values`,
 `image_grid_thw`, `mm_token_type_ids`, and explicit mRoPE `position_ids` (`[3, B, L]`, computed from
 the GT ids by `model/collate.position_ids` unless given), with either `input_ids` or `inputs_embeds`
 (image placeholder rows of `inputs_embeds` must be the embedding of the image token).
@@ -28,6 +29,7 @@ Which rows carry a loss is `train/objective.supervised_rows`.
 from __future__ import annotations
 
 import contextlib
+import inspect
 from typing import Any, Mapping
 
 import torch
@@ -52,13 +54,20 @@ def unwrap(model):
         model = inner
 
 
+def cache_argument(model) -> str | None:
+    """The name under which the model's forward takes a `Cache`: `cache` (transformers >= 5.24), else
+    `past_key_values` (earlier 5.x); None when it takes neither."""
+    params = inspect.signature(unwrap(model).forward).parameters
+    return next((name for name in ("cache", "past_key_values") if name in params), None)
+
+
 def _model_kwargs(model, batch: Mapping[str, Any], inputs_embeds, position_ids, cache=None) -> dict:
     if position_ids is None:
         position_ids = mrope_position_ids(unwrap(model), batch)
     kwargs = {k: batch[k] for k in MODEL_KEYS if batch.get(k) is not None}
     kwargs.update(position_ids=position_ids, use_cache=False)
     if cache is not None:
-        kwargs["cache"] = cache
+        kwargs[cache_argument(model)] = cache
     if inputs_embeds is None:
         kwargs["input_ids"] = batch["input_ids"]
     else:

@@ -42,7 +42,6 @@ continues on the full path).
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 from typing import Any, Callable, Mapping, Sequence
 
@@ -119,8 +118,8 @@ def unsupported_reason(model) -> str | None:
         return f"attention implementation {impl!r} is not one of {', '.join(ATTENTION)}"
     if any(t != "full_attention" for t in getattr(text, "layer_types", None) or ()):
         return "the language model has non-full-attention layers"
-    if "cache" not in inspect.signature(inner.forward).parameters:
-        return f"{type(inner).__name__}.forward takes no `cache`"
+    if fwd.cache_argument(inner) is None:
+        return f"{type(inner).__name__}.forward takes no `cache` / `past_key_values`"
     for m in _decoder_layers(inner):
         if m.gradient_checkpointing:
             kw = getattr(getattr(m, "_gradient_checkpointing_func", None), "keywords", {}) or {}
