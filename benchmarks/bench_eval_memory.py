@@ -1,6 +1,6 @@
 """Peak memory and time of `vlmdet eval-preds` and `vlmdet parse --gt`: this source against an older one.
 
-    python benchmarks/bench_eval_memory.py [--predictions 10000 100000] [--old REF] [--keep DIR]
+    python benchmarks/bench_eval_memory.py [--predictions 10000 100000] [--old REF | --new-only] [--keep DIR]
 
 For each size the script writes a seeded synthetic set: GT JSONL (640x480 images, 1-8 objects of
 5 classes each, no image files: both commands never open them), predictions JSONL (10 per image,
@@ -11,7 +11,8 @@ once with this source tree and once with the source of git revision `--old` (ext
 alternating old and new; the child's peak RSS is `ru_maxrss` from `os.wait4`. `per image` is
 (peak RSS - the same command's peak on a 10-image set) / images: the memory that grows with the
 input, without the interpreter and the libraries. The metrics JSON files of old and new are compared
-(`identical` = same keys, bit-identical values).
+(`identical` = same keys, bit-identical values). `--new-only` measures this source alone (a shallow
+clone has no older revision to extract).
 
 `--breakdown` instead runs the evaluation stages in one process on the first `--predictions` size and
 prints the RSS growth after each stage, for the old revision (where its memory goes) and for this
@@ -125,8 +126,9 @@ print(f"{{'all stages: peak above the start':<46}} {{(peak() - start) / n / 1024
 """
 
 
-def breakdown(old_src: Path, folder: Path, n_images: int) -> None:
-    """RSS growth per stage of the old and the new evaluation path, each in a child process."""
+def breakdown(old_src: Path | None, folder: Path, n_images: int) -> None:
+    """RSS growth per stage of the old (unless `old_src` is None) and the new evaluation path, each in
+    a child process."""
     paths = write_set(folder, n_images)
     script = f"""
 import gc
@@ -154,9 +156,11 @@ coco_dt = coco_gt.loadRes(dets); stage("faster-coco-eval loadRes (+segmentation,
 ev = COCOeval_faster(coco_gt, coco_dt, "bbox", print_function=quiet)
 ev.evaluate(); stage("faster-coco-eval evaluate (+accumulate)")
 """
-    env = dict(os.environ, PYTHONPATH=str(old_src), OMP_NUM_THREADS="1")
-    print(f"old path, {n_images} images, {n_images * PREDS_PER_IMAGE} predictions: RSS growth per stage")
-    subprocess.run([sys.executable, "-c", script], env=env, check=True)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    if old_src is not None:
+        env["PYTHONPATH"] = str(old_src)
+        print(f"old path, {n_images} images, {n_images * PREDS_PER_IMAGE} predictions: RSS growth per stage")
+        subprocess.run([sys.executable, "-c", script], env=env, check=True)
     print("new path")
     env["PYTHONPATH"] = str(ROOT / "src")
     new = NEW_STAGES.format(n_images=n_images, gt=str(paths["gt"]), pred=str(paths["pred"]))
@@ -169,13 +173,14 @@ def main() -> None:
     ap.add_argument("--old", default=OLD_REF, help=f"git revision to compare against (default {OLD_REF})")
     ap.add_argument("--breakdown", action="store_true",
                     help="per-stage RSS of the old and the new path on the first --predictions size")
+    ap.add_argument("--new-only", action="store_true", help="measure this source alone, no --old revision")
     ap.add_argument("--keep", type=Path, default=None, help="write the generated sets here and keep them")
     args = ap.parse_args()
 
     new_src = ROOT / "src"
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        old_src = extract(args.old, tmp)
+        old_src = None if args.new_only else extract(args.old, tmp)
         work = args.keep or tmp
         work.mkdir(parents=True, exist_ok=True)
         if args.breakdown:
@@ -185,7 +190,7 @@ def main() -> None:
         small.mkdir(exist_ok=True)
         base = {}
         for name, argv in commands(write_set(small, 10), small / "m.json").items():
-            base[name] = {"old": measure(old_src, argv)[1], "new": measure(new_src, argv)[1]}
+            base[name] = {w: measure(src, argv)[1] for w, src in (("old", old_src), ("new", new_src)) if src}
         print(f"{'predictions':>11} {'images':>7}  {'command':<10}  {'old s':>7} {'new s':>7}  "
               f"{'old peak':>9} {'new peak':>9}  {'old/img':>8} {'new/img':>8}  identical")
         for n_pred in args.predictions:
@@ -196,13 +201,17 @@ def main() -> None:
             for name in ("eval-preds", "parse --gt"):
                 res = {}
                 for which, src in (("old", old_src), ("new", new_src)):
+                    if src is None:
+                        res[which] = (float("nan"), float("nan"), None)
+                        continue
                     out = folder / f"{which}.{name.split()[0]}.json"
                     res[which] = (*measure(src, commands(paths, out)[name]), json.loads(out.read_text()))
-                per = {w: (res[w][1] - base[name][w]) / n_images / 1024 for w in res}
+                per = {w: (res[w][1] - base.get(name, {}).get(w, 0)) / n_images / 1024 for w in res}
                 same = res["old"][2] == res["new"][2]
+                verdict = "-" if old_src is None else "yes" if same else "NO"
                 print(f"{n_pred:>11} {n_images:>7}  {name:<10}  {res['old'][0]:7.1f} {res['new'][0]:7.1f}  "
                       f"{res['old'][1] / 2**20:7.0f}MB {res['new'][1] / 2**20:7.0f}MB  "
-                      f"{per['old']:6.1f}KB {per['new']:6.1f}KB  {'yes' if same else 'NO'}", flush=True)
+                      f"{per['old']:6.1f}KB {per['new']:6.1f}KB  {verdict}", flush=True)
 
 
 if __name__ == "__main__":

@@ -69,7 +69,7 @@ EVAL_SMALL = ["eval.max_samples=2", "rollout.max_new_tokens=16", "rollout.batch_
 BENCH_SMALL = {
     "bench_parse.py": ["--answers", "20", "--repeats", "1"],
     "bench_coco.py": ["--images", "10", "--repeats", "1"],
-    "bench_eval_memory.py": ["--predictions", "100", "--old", "HEAD"],  # any clone has HEAD (CI clones may be shallow)
+    "bench_eval_memory.py": ["--predictions", "100", "--new-only"],  # a shallow clone has no older revision
     "bench_channel_a.py": ["--batch", "1", "--repeats", "1"],
     "bench_gathered_loss.py": ["--vocab", "2000", "--seq", "128", "--answer", "32", "--objects", "2", "--repeats", "1"],
     "realdim.py": ["--small"],  # toy dimensions, every phase in one process (about a minute of CPU)

@@ -58,9 +58,11 @@ def test_shipped_stage2_configs_load(name):
     cfg = load_config(STAGE2 / name)
     assert cfg.stage == 2 and cfg.losses.coord_gate == 1.0 and cfg.losses.ce_on_coord_slots is False
     assert cfg.monitor.enabled and cfg.monitor.max_text_chars == 0 and cfg.eval.eval_steps > 0
-    want = {"a_only": ("unroll", 0.0), "a_only_em_detach": ("em_detach", 0.0), "ab_mixed": ("unroll", 0.05)}
+    want = {"a_only": ("unroll", 0.0), "a_only_em_detach": ("em_detach", 0.0), "ab_mixed": ("unroll", 0.05),
+            "a_only_fsdp": ("unroll", 0.0)}
     key = name.removesuffix(".yaml").removeprefix("qwen3vl_2b_")
     assert (cfg.stage2.softctx_grad_mode, cfg.stage2.b_ratio) == want[key]
+    assert ("full_shard" in cfg.training.fsdp) == key.endswith("_fsdp")
 
 
 @pytest.mark.slow

@@ -106,7 +106,7 @@ def test_short_run_console_and_tensorboard(tmp_path, capsys):
     assert f"  TensorBoard  tensorboard --logdir {(run / 'tb').resolve()}" in out
     # one compact line per log window and per eval, no raw Trainer dicts, no escape codes (not a TTY here)
     lines = out.splitlines()
-    assert [ln.split("  ")[0] for ln in lines if ln.startswith(("step ", "eval @"))] == ["step 1/2", "eval @ step 2", "step 2/2"]
+    assert [ln.split("  ")[0] for ln in lines if ln.startswith(("step ", "eval @"))] == ["step 1/2", "step 2/2", "eval @ step 2"]
     assert "{'loss'" not in out and "'eval_rollout/" not in out
     assert "\x1b[" not in out + captured.err and "\r" not in out
     assert max(len(ln) for ln in lines) < 200
