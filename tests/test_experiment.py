@@ -13,7 +13,7 @@ from vlmdet.cli import main
 from vlmdet.config import config_to_dict, load_config
 from vlmdet.errors import UsageError
 from vlmdet.experiment import (PRESETS, Arm, grid_table, make_arms, parse_seeds, parse_vary, run_grid, run_name,
-                               run_overrides, split_values)
+                               run_overrides, same_settings, shown_path, split_values)
 
 
 def _flat(d, prefix=""):
@@ -140,6 +140,35 @@ def test_bad_arguments(tmp_path, capsys):
     assert "--steps" in capsys.readouterr().err
     assert main(["experiment", "grid", str(cfg), "--seeds", "0,x", "--steps", "5", "--out", str(tmp_path)]) == 2
     assert "--seeds" in capsys.readouterr().err
+
+
+def _ckpt(folder: Path, weights: bytes) -> str:
+    folder.mkdir(parents=True)
+    (folder / "model.safetensors").write_bytes(weights)
+    return str(folder)
+
+
+def test_same_settings_allows_a_moved_grid_and_a_copied_start(tmp_path):
+    a, copy, other = (_ckpt(tmp_path / n, w) for n, w in (("a", b"w1"), ("copy", b"w1"), ("other", b"w2")))
+    done = ["data.train=/old/data/train.jsonl", "losses.coord_gate=0", f"model.name_or_path={a}",
+            "output_dir=/old/runs"]
+    moved = ["data.train=/new/g/data/train.jsonl", "losses.coord_gate=0", f"model.name_or_path={copy}",
+             "output_dir=/new/g/runs"]
+    assert same_settings(done, done) and same_settings(done, moved)
+    cases = [(1, "losses.coord_gate=1"),                      # another setting
+             (2, f"model.name_or_path={other}"),             # other weights
+             (2, f"model.name_or_path={tmp_path / 'none'}"),  # no weights to compare
+             (0, "data.train=/new/g/data/other.jsonl")]      # another file in the moved folder
+    for i, changed in cases:
+        assert not same_settings(done, moved[:i] + [changed] + moved[i + 1:]), changed
+    assert not same_settings(done, moved[:-1])
+
+
+def test_shown_path_is_relative_inside_the_current_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert shown_path(str(tmp_path / "src" / "ckpt")) == "src/ckpt"
+    assert shown_path("src/ckpt") == "src/ckpt" and shown_path("tiny") == "tiny"
+    assert shown_path("/elsewhere/ckpt") == "/elsewhere/ckpt"
 
 
 def _metrics(run: Path, step: int) -> dict:

@@ -308,6 +308,50 @@ def _data_overrides(config: Path, out: Path, smoke: bool, make: bool = True) -> 
     return [f"data.train={(data / 'train.jsonl').resolve()}", f"data.val={(data / 'val.jsonl').resolve()}"]
 
 
+def _weights_digest(path: str) -> str | None:
+    """sha256 of a checkpoint folder's weight files (None: not a folder with weights)."""
+    files = sorted(Path(path).glob("*.safetensors")) if Path(path).is_dir() else []
+    if not files:
+        return None
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
+
+
+def same_settings(done: list[str], now: list[str]) -> bool:
+    """Whether a finished run's overrides (`done`, from its grid.json) are this grid's (`now`), allowing for
+    a grid folder that was moved or copied (paths inside the old grid folder, given by its `output_dir`,
+    read as the same paths inside the new one) and a `model.name_or_path` that names another folder holding
+    the same weights (a copy of the start checkpoint)."""
+    def grid_folder(overrides):
+        out = [o.partition("=")[2] for o in overrides if o.startswith("output_dir=")]
+        return str(Path(out[0]).parent) if out else None
+
+    old, new = grid_folder(done), grid_folder(now)
+    if len(done) != len(now):
+        return False
+    for a, b in zip(done, now):
+        if a.startswith("output_dir=") and b.startswith("output_dir="):
+            continue
+        if old and new:
+            a = a.replace(old + "/", new + "/")
+        key, _, va = a.partition("=")
+        vb = b.partition("=")[2]
+        if a != b and (key != "model.name_or_path" or _weights_digest(va) is None
+                       or _weights_digest(va) != _weights_digest(vb)):
+            return False
+    return True
+
+
+def shown_path(path: str) -> str:
+    """A path as a reader of the report can use it: relative to the current folder when inside it."""
+    try:
+        return Path(path).resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return path
+
+
 def _fmt_eta(seconds: float) -> str:
     end = datetime.now(timezone.utc) + timedelta(seconds=seconds)
     return f"{seconds / 60:.0f} min (~{end:%H:%M} UTC)"
@@ -375,7 +419,7 @@ def run_grid(config: str | Path, varies: list[str], seeds: list[int], steps: lis
         runs.append(root)
         if marker.is_file():
             info = json.loads(marker.read_text())
-            if info.get("overrides") != overrides:
+            if not same_settings(info.get("overrides") or [], overrides):
                 raise UsageError(f"{root}: finished with other settings ({info.get('overrides')}); use another --out")
             if reeval and info.get("eval_code") != code:
                 t = time.time()
@@ -493,7 +537,7 @@ def write_grid_report(out: Path, config: Path, arms: list[Arm], seeds: list[int]
     codes = sorted({i.get("eval_code") for i in info.values()})
     last, first = steps[-1], steps[0]
     lines = [f"# {title}", "",
-             f"Config `{config}`, start `{start}`, seeds {', '.join(map(str, seeds))}, eval steps "
+             f"Config `{shown_path(str(config))}`, start `{shown_path(start)}`, seeds {', '.join(map(str, seeds))}, eval steps "
              f"{', '.join(map(str, steps))} (step 0 = the start). Arms (the first is the baseline):", ""]
     lines += [f"- `{a.name}`: " + (", ".join(f"`{k}={v}`" for k, v in a.settings) or "the config as is") for a in arms]
     lines += ["", f"Finished runs: {len(info)} of {len(runs)}; training + eval wall time {total:.0f} s "
@@ -535,7 +579,7 @@ def write_grid_report(out: Path, config: Path, arms: list[Arm], seeds: list[int]
     lines[lines.index("## Runs"):lines.index("## Runs")] = ["## Plots", "", *figures, ""] if figures else []
     md = atomic_write_text(out / "grid.md", "\n".join(lines) + "\n")
     js = atomic_write_json(out / "grid.json", {
-        "config": str(config), "start": start, "seeds": seeds, "steps": steps,
+        "config": shown_path(str(config)), "start": shown_path(start), "seeds": seeds, "steps": steps,
         "arms": [{"name": a.name, "settings": dict(a.settings)} for a in arms],
         "seconds_total": total, "runs": {run_name(Arm(a, ()), s): i for (a, s), i in info.items()},
         "values": {m: {a: {str(s): {str(st): raw[(m, a, s, st)] for st in steps if (m, a, s, st) in raw}
