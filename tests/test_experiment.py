@@ -311,3 +311,20 @@ def test_grid_report_from_run_folders(tmp_path):
     assert s["n"] == 1 and s["mean"] == pytest.approx(0.06) and s["std"] is None and s["lo"] is None
     assert grid["values"]["bbox_AP50"]["learning_rate=1e-3"] == {"0": {"0": 0.657, "300": 0.6}, "1": {}}
     assert (tmp_path / "plots" / "bbox_AP50.png").is_file()
+
+
+def test_train_images_sets_the_size_of_the_grids_synthetic_set(tmp_path):
+    """`--train-images N`: OUT/data is the demo's set with N training images (same val set); a config that
+    names its own data refuses it."""
+    from vlmdet.experiment import _data_overrides
+
+    cfg = PRESETS["gate-ablation"]["config"]()
+    over = _data_overrides(cfg, tmp_path, smoke=False, train_images=12)
+    assert over == [f"data.train={(tmp_path / 'data' / 'train.jsonl').resolve()}",
+                    f"data.val={(tmp_path / 'data' / 'val.jsonl').resolve()}"]
+    lines = (tmp_path / "data" / "train.jsonl").read_text().splitlines()
+    assert len(lines) == 12 and len((tmp_path / "data" / "val.jsonl").read_text().splitlines()) == 100
+    named = tmp_path / "named.yaml"
+    named.write_text(f"extends: {cfg}\ndata: {{train: {tmp_path / 'data' / 'train.jsonl'}}}\n")
+    with pytest.raises(UsageError, match="--train-images"):
+        _data_overrides(named, tmp_path, smoke=False, train_images=12)

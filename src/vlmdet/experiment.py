@@ -22,6 +22,7 @@ its checkpoints (at least step 0 and the final step): new metrics without retrai
 Output:
 
     OUT/data/                      the demo's synthetic set, when the config names no data
+                                   (`--train-images N`: with N training images instead of 2000)
     OUT/start/<hash>/              the step-0 eval of the start checkpoint
     OUT/runs/<arm>,seed=<s>/       one run folder per arm and seed (+ grid.json)
     OUT/grid.md, OUT/grid.json     per arm and step: mean +- std over seeds and the 95 % t-interval;
@@ -60,6 +61,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from vlmdet.errors import UsageError
+from vlmdet.options import bounded
 
 #: eval metrics shown in grid.md, in this order (those a run does not have are left out).
 GRID_METRICS = ("bbox_AP50", "bbox_AP", "f1", "sample_clean_rate", "sample_valid_pred_rate", "coord_slot_leak_rate",
@@ -296,15 +298,21 @@ def _start_checkpoint(config: Path, stage1: str | None, smoke: bool) -> str | No
     return "tiny" if smoke else None
 
 
-def _data_overrides(config: Path, out: Path, smoke: bool, make: bool = True) -> list[str]:
+def _data_overrides(config: Path, out: Path, smoke: bool, make: bool = True,
+                     train_images: int | None = None) -> list[str]:
     """The demo's synthetic set under OUT/data when the config names no training data (`make=False`:
-    only its paths)."""
+    only its paths); `train_images`: that many training images instead of the demo's 2000 (the same
+    generator and seed: the first 2000 images and the val set are the demo's; 20000 = the set the shipped
+    Stage-1 checkpoint was trained on). Ignored with `smoke`."""
     from vlmdet.config import load_config
     from vlmdet.demo import DEMO_DATA, SMOKE_DATA, make_data
 
     if load_config(config).data.train:
+        if train_images is not None:
+            raise UsageError(f"--train-images: {config} names its own training data (data.train)")
         return []
-    data = make_data(out / "data", SMOKE_DATA if smoke else DEMO_DATA, progress=False) if make else out / "data"
+    params = SMOKE_DATA if smoke else {**DEMO_DATA, "n_train": train_images or DEMO_DATA["n_train"]}
+    data = make_data(out / "data", params, progress=False) if make else out / "data"
     return [f"data.train={(data / 'train.jsonl').resolve()}", f"data.val={(data / 'val.jsonl').resolve()}"]
 
 
@@ -365,7 +373,8 @@ def _headline(metrics: dict) -> str:
 def run_grid(config: str | Path, varies: list[str], seeds: list[int], steps: list[int], out: str | Path, *,
              stage1: str | None = None, sets: list[str] | None = None, smoke: bool = False,
              keep_checkpoints: bool = False, reeval: bool = False, title: str | None = None,
-             argv: list[str] | None = None, dry_run: bool = False, say=print) -> dict:
+             argv: list[str] | None = None, dry_run: bool = False, train_images: int | None = None,
+             say=print) -> dict:
     """Run (or continue) a grid and write its report (module docstring); returns
     `{"runs": [...], "grid_md", "grid_json", "report_md", "report_html", "seconds"}`. `dry_run`: check
     every run's config, say which runs are finished and which would train, write nothing; returns
@@ -394,7 +403,7 @@ def run_grid(config: str | Path, varies: list[str], seeds: list[int], steps: lis
     if start is None:
         start = load_config(config, base).model.name_or_path
     # every run's config is checked before anything runs (bad input fails in a second, not an hour in)
-    base = _data_overrides(config, out, smoke, make=not dry_run) + base
+    base = _data_overrides(config, out, smoke, make=not dry_run, train_images=train_images) + base
     jobs = [(arm, seed) for seed in seeds for arm in arms]
     plans = {}
     for arm, seed in jobs:
@@ -619,6 +628,9 @@ def _common_arguments(p: argparse.ArgumentParser, seeds: str | None, steps: str 
     p.add_argument("--stage1", default=None, metavar="CKPT", help="start checkpoint of every run")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="a config override for every run (repeatable)")
+    p.add_argument("--train-images", type=bounded(int, lambda v: v >= 1, ">= 1"), default=None, metavar="N",
+                   help="when the config names no data: the demo's synthetic set with N training images "
+                        "(default 2000; 20000 = the shipped Stage-1 checkpoint's set)")
     p.add_argument("--keep-checkpoints", action="store_true", help="save the weights at every eval step")
     p.add_argument("--reeval", action="store_true",
                    help="re-evaluate finished runs made with other evaluation code, from their checkpoints")
@@ -661,7 +673,7 @@ def run(args: argparse.Namespace) -> int:
             stage1 = str(shipped_stage1())
     s = run_grid(config, varies, seeds, steps, out, stage1=stage1, sets=args.sets, smoke=args.smoke,
                  keep_checkpoints=args.keep_checkpoints, reeval=args.reeval, title=title, argv=list(sys.argv),
-                 dry_run=args.dry_run)
+                 dry_run=args.dry_run, train_images=args.train_images)
     if args.dry_run:
         print(f"\n== {args.experiment} (dry run): {len(s['runs'])} runs, {len(s['to_train'])} to train")
         return 0
