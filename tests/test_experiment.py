@@ -233,8 +233,8 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", ROOT / "docs" / "results" / "README.md"]
 
 
-def documented_experiment_commands(docs=DOCS) -> list[list[str]]:
-    """Every `vlmdet experiment ...` command in the bash blocks of README.md and docs/results/README.md
+def documented_experiment_commands(docs=DOCS, command: str = "experiment") -> list[list[str]]:
+    """Every `vlmdet <command> ...` command in the bash blocks of README.md and docs/results/README.md
     (continuation lines joined, comments dropped), as argv without the leading `vlmdet`."""
     import shlex
 
@@ -244,7 +244,7 @@ def documented_experiment_commands(docs=DOCS) -> list[list[str]]:
             text = block.split("```", 1)[0].replace("\\\n", " ")
             for line in text.splitlines():
                 argv = shlex.split(line, comments=True)
-                if argv[:2] == ["vlmdet", "experiment"]:
+                if argv[:2] == ["vlmdet", command]:
                     cmds.append(argv[1:])
     return cmds
 
@@ -252,6 +252,30 @@ def documented_experiment_commands(docs=DOCS) -> list[list[str]]:
 def test_docs_show_experiment_commands():
     cmds = documented_experiment_commands()
     assert any(c[1] == "grid" for c in cmds) and any(c[1] == "gate-ablation" for c in cmds)
+
+
+def test_documented_eval_commands_name_documented_runs():
+    """docs/results/README.md's `vlmdet eval` commands parse, and each `--checkpoint` is the shipped start or
+    `checkpoint-final` of a run that one of its documented grids makes (`--out` + runs/<arm>,seed=<s>)."""
+    import argparse
+    import importlib
+
+    from vlmdet.cli import COMMANDS
+
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    importlib.import_module(COMMANDS["eval"][0]).add_arguments(parser)
+    grids = documented_experiment_commands(DOCS[1:])
+    made = set()
+    for argv in grids:
+        out = argv[argv.index("--out") + 1]
+        seeds = argv[argv.index("--seeds") + 1].split(",")
+        varies = [v for i, v in enumerate(argv) if argv[i - 1] == "--vary"] if argv[1] == "grid" else PRESETS[argv[1]]["vary"]
+        made |= {f"{out}/runs/{run_name(a, int(s))}/checkpoint-final" for a in make_arms(varies) for s in seeds}
+    evals = documented_experiment_commands(DOCS[1:], "eval")
+    assert evals
+    for argv in evals:
+        args = parser.parse_args(argv[1:])
+        assert args.checkpoint == "src/vlmdet/resources/demo_stage1" or args.checkpoint in made, args.checkpoint
 
 
 def _with_out(argv: list[str], out: Path) -> list[str]:
