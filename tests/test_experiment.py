@@ -13,7 +13,7 @@ from vlmdet.cli import main
 from vlmdet.config import config_to_dict, load_config
 from vlmdet.errors import UsageError
 from vlmdet.experiment import (PRESETS, Arm, grid_table, make_arms, parse_seeds, parse_vary, run_grid, run_name,
-                               run_overrides, split_values)
+                               run_overrides, same_settings, shown_path, split_values)
 
 
 def _flat(d, prefix=""):
@@ -142,6 +142,35 @@ def test_bad_arguments(tmp_path, capsys):
     assert "--seeds" in capsys.readouterr().err
 
 
+def _ckpt(folder: Path, weights: bytes) -> str:
+    folder.mkdir(parents=True)
+    (folder / "model.safetensors").write_bytes(weights)
+    return str(folder)
+
+
+def test_same_settings_allows_a_moved_grid_and_a_copied_start(tmp_path):
+    a, copy, other = (_ckpt(tmp_path / n, w) for n, w in (("a", b"w1"), ("copy", b"w1"), ("other", b"w2")))
+    done = ["data.train=/old/data/train.jsonl", "losses.coord_gate=0", f"model.name_or_path={a}",
+            "output_dir=/old/runs"]
+    moved = ["data.train=/new/g/data/train.jsonl", "losses.coord_gate=0", f"model.name_or_path={copy}",
+             "output_dir=/new/g/runs"]
+    assert same_settings(done, done) and same_settings(done, moved)
+    cases = [(1, "losses.coord_gate=1"),                      # another setting
+             (2, f"model.name_or_path={other}"),             # other weights
+             (2, f"model.name_or_path={tmp_path / 'none'}"),  # no weights to compare
+             (0, "data.train=/new/g/data/other.jsonl")]      # another file in the moved folder
+    for i, changed in cases:
+        assert not same_settings(done, moved[:i] + [changed] + moved[i + 1:]), changed
+    assert not same_settings(done, moved[:-1])
+
+
+def test_shown_path_is_relative_inside_the_current_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert shown_path(str(tmp_path / "src" / "ckpt")) == "src/ckpt"
+    assert shown_path("src/ckpt") == "src/ckpt" and shown_path("tiny") == "tiny"
+    assert shown_path("/elsewhere/ckpt") == "/elsewhere/ckpt"
+
+
 def _metrics(run: Path, step: int) -> dict:
     return json.loads((run / "eval" / f"step_{step:06d}" / "metrics.json").read_text())["metrics"]
 
@@ -204,8 +233,8 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", ROOT / "docs" / "results" / "README.md"]
 
 
-def documented_experiment_commands(docs=DOCS) -> list[list[str]]:
-    """Every `vlmdet experiment ...` command in the bash blocks of README.md and docs/results/README.md
+def documented_experiment_commands(docs=DOCS, command: str = "experiment") -> list[list[str]]:
+    """Every `vlmdet <command> ...` command in the bash blocks of README.md and docs/results/README.md
     (continuation lines joined, comments dropped), as argv without the leading `vlmdet`."""
     import shlex
 
@@ -215,7 +244,7 @@ def documented_experiment_commands(docs=DOCS) -> list[list[str]]:
             text = block.split("```", 1)[0].replace("\\\n", " ")
             for line in text.splitlines():
                 argv = shlex.split(line, comments=True)
-                if argv[:2] == ["vlmdet", "experiment"]:
+                if argv[:2] == ["vlmdet", command]:
                     cmds.append(argv[1:])
     return cmds
 
@@ -223,6 +252,30 @@ def documented_experiment_commands(docs=DOCS) -> list[list[str]]:
 def test_docs_show_experiment_commands():
     cmds = documented_experiment_commands()
     assert any(c[1] == "grid" for c in cmds) and any(c[1] == "gate-ablation" for c in cmds)
+
+
+def test_documented_eval_commands_name_documented_runs():
+    """docs/results/README.md's `vlmdet eval` commands parse, and each `--checkpoint` is the shipped start or
+    `checkpoint-final` of a run that one of its documented grids makes (`--out` + runs/<arm>,seed=<s>)."""
+    import argparse
+    import importlib
+
+    from vlmdet.cli import COMMANDS
+
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    importlib.import_module(COMMANDS["eval"][0]).add_arguments(parser)
+    grids = documented_experiment_commands(DOCS[1:])
+    made = set()
+    for argv in grids:
+        out = argv[argv.index("--out") + 1]
+        seeds = argv[argv.index("--seeds") + 1].split(",")
+        varies = [v for i, v in enumerate(argv) if argv[i - 1] == "--vary"] if argv[1] == "grid" else PRESETS[argv[1]]["vary"]
+        made |= {f"{out}/runs/{run_name(a, int(s))}/checkpoint-final" for a in make_arms(varies) for s in seeds}
+    evals = documented_experiment_commands(DOCS[1:], "eval")
+    assert evals
+    for argv in evals:
+        args = parser.parse_args(argv[1:])
+        assert args.checkpoint == "src/vlmdet/resources/demo_stage1" or args.checkpoint in made, args.checkpoint
 
 
 def _with_out(argv: list[str], out: Path) -> list[str]:
@@ -282,3 +335,20 @@ def test_grid_report_from_run_folders(tmp_path):
     assert s["n"] == 1 and s["mean"] == pytest.approx(0.06) and s["std"] is None and s["lo"] is None
     assert grid["values"]["bbox_AP50"]["learning_rate=1e-3"] == {"0": {"0": 0.657, "300": 0.6}, "1": {}}
     assert (tmp_path / "plots" / "bbox_AP50.png").is_file()
+
+
+def test_train_images_sets_the_size_of_the_grids_synthetic_set(tmp_path):
+    """`--train-images N`: OUT/data is the demo's set with N training images (same val set); a config that
+    names its own data refuses it."""
+    from vlmdet.experiment import _data_overrides
+
+    cfg = PRESETS["gate-ablation"]["config"]()
+    over = _data_overrides(cfg, tmp_path, smoke=False, train_images=12)
+    assert over == [f"data.train={(tmp_path / 'data' / 'train.jsonl').resolve()}",
+                    f"data.val={(tmp_path / 'data' / 'val.jsonl').resolve()}"]
+    lines = (tmp_path / "data" / "train.jsonl").read_text().splitlines()
+    assert len(lines) == 12 and len((tmp_path / "data" / "val.jsonl").read_text().splitlines()) == 100
+    named = tmp_path / "named.yaml"
+    named.write_text(f"extends: {cfg}\ndata: {{train: {tmp_path / 'data' / 'train.jsonl'}}}\n")
+    with pytest.raises(UsageError, match="--train-images"):
+        _data_overrides(named, tmp_path, smoke=False, train_images=12)

@@ -170,3 +170,19 @@ def test_cli_synth(tmp_path, capsys):
     assert len(load_records(tmp_path / "train.jsonl")) == 5 and len(load_records(tmp_path / "val.jsonl")) == 2
     cov = m["bin_coverage"]["train"]
     assert f"bin coverage x {cov['x']}/1000, y {cov['y']}/1000, overall {cov['overall']}/1000" in out
+
+
+def test_cli_synth_object_sizes_match_make_synth(tmp_path, capsys):
+    """`--min-frac/--max-frac` reach make_synth: the CLI with the demo's sizes writes the demo's records."""
+    from vlmdet.cli import main
+    from vlmdet.demo import DEMO_DATA
+
+    assert main(["data", "synth", "--out", str(tmp_path / "cli"), "--train", "3", "--val", "2", "--max-objects", "3",
+                 "--min-frac", "0.1875", "--max-frac", "0.5"]) == 0
+    make_synth(tmp_path / "lib", **{**DEMO_DATA, "n_train": 3, "n_val": 2})
+    for split in ("train", "val"):
+        assert (tmp_path / "cli" / f"{split}.jsonl").read_text() == (tmp_path / "lib" / f"{split}.jsonl").read_text()
+    assert json.loads((tmp_path / "cli" / "manifest.json").read_text())["params"]["min_frac"] == 0.1875
+    assert main(["data", "synth", "--out", str(tmp_path / "bad"), "--min-frac", "0.6", "--max-frac", "0.5"]) == 2
+    assert "--min-frac: 0.6 is larger than --max-frac 0.5" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

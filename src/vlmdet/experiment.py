@@ -22,6 +22,7 @@ its checkpoints (at least step 0 and the final step): new metrics without retrai
 Output:
 
     OUT/data/                      the demo's synthetic set, when the config names no data
+                                   (`--train-images N`: with N training images instead of 2000)
     OUT/start/<hash>/              the step-0 eval of the start checkpoint
     OUT/runs/<arm>,seed=<s>/       one run folder per arm and seed (+ grid.json)
     OUT/grid.md, OUT/grid.json     per arm and step: mean +- std over seeds and the 95 % t-interval;
@@ -65,6 +66,7 @@ from vlmdet.data.records import load_records
 from vlmdet.demo import DEMO_DATA, SMOKE_DATA, config_dir, make_data, shipped_stage1
 from vlmdet.errors import UsageError
 from vlmdet.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from vlmdet.options import bounded
 from vlmdet.report.cli import build_report
 from vlmdet.report.plots import interval_plot
 from vlmdet.report.runs import parse_steps
@@ -297,13 +299,63 @@ def _start_checkpoint(config: Path, stage1: str | None, smoke: bool) -> str | No
     return "tiny" if smoke else None
 
 
-def _data_overrides(config: Path, out: Path, smoke: bool, make: bool = True) -> list[str]:
+def _data_overrides(config: Path, out: Path, smoke: bool, make: bool = True,
+                     train_images: int | None = None) -> list[str]:
     """The demo's synthetic set under OUT/data when the config names no training data (`make=False`:
-    only its paths)."""
+    only its paths); `train_images`: that many training images instead of the demo's 2000 (the same
+    generator and seed: the first 2000 images and the val set are the demo's; 20000 = the set the shipped
+    Stage-1 checkpoint was trained on). Ignored with `smoke`."""
     if load_config(config).data.train:
+        if train_images is not None:
+            raise UsageError(f"--train-images: {config} names its own training data (data.train)")
         return []
-    data = make_data(out / "data", SMOKE_DATA if smoke else DEMO_DATA, progress=False) if make else out / "data"
+    params = SMOKE_DATA if smoke else {**DEMO_DATA, "n_train": train_images or DEMO_DATA["n_train"]}
+    data = make_data(out / "data", params, progress=False) if make else out / "data"
     return [f"data.train={(data / 'train.jsonl').resolve()}", f"data.val={(data / 'val.jsonl').resolve()}"]
+
+
+def _weights_digest(path: str) -> str | None:
+    """sha256 of a checkpoint folder's weight files (None: not a folder with weights)."""
+    files = sorted(Path(path).glob("*.safetensors")) if Path(path).is_dir() else []
+    if not files:
+        return None
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
+
+
+def same_settings(done: list[str], now: list[str]) -> bool:
+    """Whether a finished run's overrides (`done`, from its grid.json) are this grid's (`now`), allowing for
+    a grid folder that was moved or copied (paths inside the old grid folder, given by its `output_dir`,
+    read as the same paths inside the new one) and a `model.name_or_path` that names another folder holding
+    the same weights (a copy of the start checkpoint)."""
+    def grid_folder(overrides):
+        out = [o.partition("=")[2] for o in overrides if o.startswith("output_dir=")]
+        return str(Path(out[0]).parent) if out else None
+
+    old, new = grid_folder(done), grid_folder(now)
+    if len(done) != len(now):
+        return False
+    for a, b in zip(done, now):
+        if a.startswith("output_dir=") and b.startswith("output_dir="):
+            continue
+        if old and new:
+            a = a.replace(old + "/", new + "/")
+        key, _, va = a.partition("=")
+        vb = b.partition("=")[2]
+        if a != b and (key != "model.name_or_path" or _weights_digest(va) is None
+                       or _weights_digest(va) != _weights_digest(vb)):
+            return False
+    return True
+
+
+def shown_path(path: str) -> str:
+    """A path as a reader of the report can use it: relative to the current folder when inside it."""
+    try:
+        return Path(path).resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return path
 
 
 def _fmt_eta(seconds: float) -> str:
@@ -319,7 +371,8 @@ def _headline(metrics: dict) -> str:
 def run_grid(config: str | Path, varies: list[str], seeds: list[int], steps: list[int], out: str | Path, *,
              stage1: str | None = None, sets: list[str] | None = None, smoke: bool = False,
              keep_checkpoints: bool = False, reeval: bool = False, title: str | None = None,
-             argv: list[str] | None = None, dry_run: bool = False, say=print) -> dict:
+             argv: list[str] | None = None, dry_run: bool = False, train_images: int | None = None,
+             say=print) -> dict:
     """Run (or continue) a grid and write its report (module docstring); returns
     `{"runs": [...], "grid_md", "grid_json", "report_md", "report_html", "seconds"}`. `dry_run`: check
     every run's config, say which runs are finished and which would train, write nothing; returns
@@ -344,7 +397,7 @@ def run_grid(config: str | Path, varies: list[str], seeds: list[int], steps: lis
     if start is None:
         start = load_config(config, base).model.name_or_path
     # every run's config is checked before anything runs (bad input fails in a second, not an hour in)
-    base = _data_overrides(config, out, smoke, make=not dry_run) + base
+    base = _data_overrides(config, out, smoke, make=not dry_run, train_images=train_images) + base
     jobs = [(arm, seed) for seed in seeds for arm in arms]
     plans = {}
     for arm, seed in jobs:
@@ -369,7 +422,7 @@ def run_grid(config: str | Path, varies: list[str], seeds: list[int], steps: lis
         runs.append(root)
         if marker.is_file():
             info = json.loads(marker.read_text())
-            if info.get("overrides") != overrides:
+            if not same_settings(info.get("overrides") or [], overrides):
                 raise UsageError(f"{root}: finished with other settings ({info.get('overrides')}); use another --out")
             if reeval and info.get("eval_code") != code:
                 t = time.time()
@@ -480,7 +533,7 @@ def write_grid_report(out: Path, config: Path, arms: list[Arm], seeds: list[int]
     codes = sorted({i.get("eval_code") for i in info.values()})
     last, first = steps[-1], steps[0]
     lines = [f"# {title}", "",
-             f"Config `{config}`, start `{start}`, seeds {', '.join(map(str, seeds))}, eval steps "
+             f"Config `{shown_path(str(config))}`, start `{shown_path(start)}`, seeds {', '.join(map(str, seeds))}, eval steps "
              f"{', '.join(map(str, steps))} (step 0 = the start). Arms (the first is the baseline):", ""]
     lines += [f"- `{a.name}`: " + (", ".join(f"`{k}={v}`" for k, v in a.settings) or "the config as is") for a in arms]
     lines += ["", f"Finished runs: {len(info)} of {len(runs)}; training + eval wall time {total:.0f} s "
@@ -520,7 +573,7 @@ def write_grid_report(out: Path, config: Path, arms: list[Arm], seeds: list[int]
     lines[lines.index("## Runs"):lines.index("## Runs")] = ["## Plots", "", *figures, ""] if figures else []
     md = atomic_write_text(out / "grid.md", "\n".join(lines) + "\n")
     js = atomic_write_json(out / "grid.json", {
-        "config": str(config), "start": start, "seeds": seeds, "steps": steps,
+        "config": shown_path(str(config)), "start": shown_path(start), "seeds": seeds, "steps": steps,
         "arms": [{"name": a.name, "settings": dict(a.settings)} for a in arms],
         "seconds_total": total, "runs": {run_name(Arm(a, ()), s): i for (a, s), i in info.items()},
         "values": {m: {a: {str(s): {str(st): raw[(m, a, s, st)] for st in steps if (m, a, s, st) in raw}
@@ -558,6 +611,9 @@ def _common_arguments(p: argparse.ArgumentParser, seeds: str | None, steps: str 
     p.add_argument("--stage1", default=None, metavar="CKPT", help="start checkpoint of every run")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="a config override for every run (repeatable)")
+    p.add_argument("--train-images", type=bounded(int, lambda v: v >= 1, ">= 1"), default=None, metavar="N",
+                   help="when the config names no data: the demo's synthetic set with N training images "
+                        "(default 2000; 20000 = the shipped Stage-1 checkpoint's set)")
     p.add_argument("--keep-checkpoints", action="store_true", help="save the weights at every eval step")
     p.add_argument("--reeval", action="store_true",
                    help="re-evaluate finished runs made with other evaluation code, from their checkpoints")
@@ -597,7 +653,7 @@ def run(args: argparse.Namespace) -> int:
             stage1 = str(shipped_stage1())
     s = run_grid(config, varies, seeds, steps, out, stage1=stage1, sets=args.sets, smoke=args.smoke,
                  keep_checkpoints=args.keep_checkpoints, reeval=args.reeval, title=title, argv=list(sys.argv),
-                 dry_run=args.dry_run)
+                 dry_run=args.dry_run, train_images=args.train_images)
     if args.dry_run:
         print(f"\n== {args.experiment} (dry run): {len(s['runs'])} runs, {len(s['to_train'])} to train")
         return 0

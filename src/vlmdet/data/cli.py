@@ -1,6 +1,6 @@
 """`vlmdet data synth|coco|validate`.
 
-    vlmdet data synth --out DIR [--train N --val N --seed S --size 128 --max-objects 4]
+    vlmdet data synth --out DIR [--train N --val N --seed S --size 128 --max-objects 4 --min-frac 0.125 --max-frac 0.5]
     vlmdet data coco --instances F --images DIR --out DIR [--max-objects N --max-pixels P --split NAME]
     vlmdet data swift IN.jsonl OUT [--text-format qwen25|qwen3 --max-pixels P --split NAME]
     vlmdet data validate FILE.jsonl [--fast | --no-images] [--workers N]
@@ -22,6 +22,7 @@ from vlmdet.data.coco import convert_coco
 from vlmdet.data.records import load_records
 from vlmdet.data.swift import convert_swift
 from vlmdet.data.synth import bin_coverage, make_synth
+from vlmdet.errors import UsageError
 from vlmdet.options import bounded
 
 
@@ -35,6 +36,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=bounded(int, lambda v: 0 <= v < 2**32, "in [0, 2**32)"), default=0)
     p.add_argument("--size", type=bounded(int, lambda v: v >= 32 and v % 32 == 0, "a multiple of 32, >= 32"), default=128, help="image side in pixels, a multiple of 32 (default 128)")
     p.add_argument("--max-objects", type=bounded(int, lambda v: v >= 1, ">= 1"), default=4, help="objects per image: 1..N (default 4)")
+    p.add_argument("--min-frac", type=bounded(float, lambda v: 0 < v <= 1, "in (0, 1]"), default=0.125,
+                   help="smallest object side as a fraction of the image side (default 0.125; the demo: 0.1875)")
+    p.add_argument("--max-frac", type=bounded(float, lambda v: 0 < v <= 1, "in (0, 1]"), default=0.5,
+                   help="largest object side as a fraction of the image side (default 0.5)")
 
     p = sub.add_parser("coco", help="convert a COCO instances JSON to vlmdet JSONL")
     p.add_argument("--instances", required=True, help="instances_<split>.json")
@@ -62,8 +67,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _synth(args) -> int:
+    if args.min_frac > args.max_frac:
+        raise UsageError(f"--min-frac: {args.min_frac} is larger than --max-frac {args.max_frac}")
     t0 = time.perf_counter()
-    m = make_synth(args.out, args.train, args.val, args.seed, args.size, max_objects=args.max_objects, progress=True)
+    m = make_synth(args.out, args.train, args.val, args.seed, args.size, max_objects=args.max_objects,
+                   min_frac=args.min_frac, max_frac=args.max_frac, progress=True)
     dt = time.perf_counter() - t0
     n = args.train + args.val
     print(f"wrote {n} images to {args.out} in {dt:.1f} s ({n / max(dt, 1e-9):.0f} images/s)")
