@@ -324,6 +324,8 @@ dist.all_gather_object(gathered, {"rank": dist.get_rank(), "summary": summary, *
 if dist.get_rank() == 0:
     with open(out_path, "w") as f:
         json.dump(gathered, f)
+if dist.is_initialized():  # end the gloo threads before the interpreter does (else: abort at exit)
+    dist.destroy_process_group()
 '''
 
 

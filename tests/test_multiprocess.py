@@ -54,6 +54,8 @@ dist.all_gather_object(gathered, mine)
 if dist.get_rank() == 0:
     with open(out_path, "w") as f:
         json.dump({"summary": summary, "ranks": gathered}, f)
+if dist.is_initialized():  # end the gloo threads before the interpreter does (else: abort at exit)
+    dist.destroy_process_group()
 '''
 
 
@@ -162,6 +164,8 @@ else:
 if int(os.environ.get("RANK", "0")) == 0:
     with open(out_path, "w") as f:
         json.dump(ranks, f)
+if dist.is_initialized():  # end the gloo threads before the interpreter does (else: abort at exit)
+    dist.destroy_process_group()
 '''
 
 ENV = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
@@ -266,6 +270,8 @@ else:
     ranks = [mine]
 if rank == 0:
     Path(result).write_text(json.dumps(ranks))
+if dist.is_initialized():  # end the gloo threads before the interpreter does (else: abort at exit)
+    dist.destroy_process_group()
 '''
 
 
@@ -345,6 +351,8 @@ ranks = [None] * dist.get_world_size()
 dist.all_gather_object(ranks, {"returned": returned, "summary": summary})
 if dist.get_rank() == 0:
     Path(result).write_text(json.dumps(ranks))
+if dist.is_initialized():  # end the gloo threads before the interpreter does (else: abort at exit)
+    dist.destroy_process_group()
 '''
 
 

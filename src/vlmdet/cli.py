@@ -66,6 +66,14 @@ def _one_line(err: BaseException) -> str:
     return text or type(err).__name__
 
 
+def _close_process_group() -> None:
+    """End the torch.distributed process group a command started (under torchrun), so each rank stops
+    its gloo/NCCL threads itself instead of leaving them to interpreter exit (which can abort a rank)."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = os.environ.get("VLMDET_DEBUG", "") not in ("", "0") or "--debug" in argv
@@ -106,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"vlmdet {name}: error: {_one_line(err)}", file=sys.stderr)
         return 2
+    finally:
+        _close_process_group()
 
 
 if __name__ == "__main__":
