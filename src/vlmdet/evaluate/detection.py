@@ -30,12 +30,15 @@ and the size), so `vlmdet eval-preds` and `vlmdet parse --gt` stream their files
 no per-image Python objects. COCO is evaluated one GT category at a time, over the images that hold
 that category (GT or prediction), building faster-coco-eval's per-annotation dicts for at most
 `COCO_CHUNK_IMAGES` images at a time: each chunk's per-image evaluations (`evaluate` with
-`separate_eval=True`) are concatenated in image order and accumulated once per category, and
-faster-coco-eval's `summarize` reads the per-category precision/recall arrays stacked in category id
-order. Per-image evaluation does not depend on other images, an image without GT or prediction of a
-category adds nothing to its accumulation, and a category without GT is -1 everywhere and left out of
-every COCO mean, so the numbers are the ones of a single evaluation of the whole set
-(tests/test_detection.py checks equality with it).
+`separate_eval=True`) are turned at once into compact arrays (`evaluate.coco_curves`: per detection a
+score, its rank in its image and a TP/FP/ignored state per area range and IoU threshold) and dropped;
+the arrays of a category, concatenated in image order, give its precision/recall curves
+(`coco_curves.curves`, bit-identical to faster-coco-eval's `accumulate` of the same evaluations:
+tests/test_coco_curves.py), and faster-coco-eval's `summarize` reads the per-category arrays stacked
+in category id order. Per-image evaluation does not depend on other images, an image without GT or
+prediction of a category adds nothing to its accumulation, and a category without GT is -1
+everywhere and left out of every COCO mean, so the numbers are the ones of a single evaluation of
+the whole set (tests/test_detection.py checks equality with it).
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from vlmdet.errors import UsageError
+from vlmdet.evaluate import coco_curves
 from vlmdet.match import hungarian_match
 
 COCO_KEYS = ("bbox_AP", "bbox_AP50", "bbox_AP75", "bbox_APs", "bbox_APm", "bbox_APl",
@@ -249,14 +253,19 @@ def _evaluate_chunk(dataset: dict, dets: list[dict]):
 def coco_metrics(ds: DetectionSet, chunk_images: int = COCO_CHUNK_IMAGES) -> dict[str, float]:
     """COCO bbox AP/AR (names in `COCO_KEYS`) with faster-coco-eval, one category at a time in chunks
     of at most `chunk_images` images (see the module docstring); all -1 when there is no GT."""
+    from faster_coco_eval import COCOeval_faster
+
     gt_image, gt_cat, pred_cat = ds.gt_image, ds.gt_cat, ds.pred_cat
     if not len(gt_cat):
         return {k: -1.0 for k in COCO_KEYS}
+    summary = COCOeval_faster(iouType="bbox", print_function=_quiet)
+    params = summary.params
     cat_id = category_ids(ds)
     order = _pred_order(ds)
     pred_image = ds.pred_image[order]
-    precision, recall, ev = [], [], None
-    for code in sorted(np.unique(gt_cat).tolist(), key=lambda c: cat_id[c]):
+    codes = sorted(np.unique(gt_cat).tolist(), key=lambda c: cat_id[c])
+    precision, recall = [], []
+    for code in codes:
         g_rows = np.flatnonzero(gt_cat == code)  # GT rows are in image order
         p_sel = pred_cat[order] == code
         p_rows, p_img = order[p_sel], pred_image[p_sel]
@@ -267,19 +276,15 @@ def coco_metrics(ds: DetectionSet, chunk_images: int = COCO_CHUNK_IMAGES) -> dic
             g = g_rows[np.searchsorted(gt_image[g_rows], chunk[0]):np.searchsorted(gt_image[g_rows], chunk[-1], "right")]
             p = p_rows[np.searchsorted(p_img, chunk[0]):np.searchsorted(p_img, chunk[-1], "right")]
             ev = _evaluate_chunk(*coco_inputs(ds, chunk, g, p, [code]))
-            parts.append((len(chunk), ev._evalImgs_cpp))
-        # per-image results of one category, laid out [area range][image]: concatenate per area range
-        n_areas = len(ev.params.areaRng)
-        ev._evalImgs_cpp = [e for a in range(n_areas) for n, part in parts for e in part[a * n:(a + 1) * n]]
-        ev._paramsEval.imgIds = (images + 1).tolist()
-        ev.accumulate()
-        precision.append(ev.eval["precision"])  # [T, R, 1, A, M]
-        recall.append(ev.eval["recall"])  # [T, 1, A, M]
-        ev._evalImgs_cpp = ev.eval = parts = None  # one category's per-image results alive at a time
-    ev.params.catIds = sorted(int(cat_id[c]) for c in np.unique(gt_cat).tolist())
-    ev.eval = {"precision": np.concatenate(precision, axis=2), "recall": np.concatenate(recall, axis=1)}
-    ev.summarize()
-    stats = ev.stats_as_dict
+            parts.append(coco_curves.from_evaluations(ev._evalImgs_cpp, len(chunk), len(params.iouThrs)))
+            ev = None  # the chunk's per-image evaluations live only until they are compact
+        pr, rc = coco_curves.curves(coco_curves.concat(parts), params.recThrs, params.maxDets)
+        precision.append(pr)  # [T, R, A, M]
+        recall.append(rc)  # [T, A, M]
+    params.catIds = [int(cat_id[c]) for c in codes]
+    summary.eval = {"precision": np.stack(precision, axis=2), "recall": np.stack(recall, axis=1)}
+    summary.summarize()
+    stats = summary.stats_as_dict
     return {name: float(stats[label]) for label, name in _FCE_LABELS.items()}
 
 
