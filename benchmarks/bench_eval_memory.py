@@ -16,7 +16,8 @@ clone has no older revision to extract).
 
 `--breakdown` instead runs the evaluation stages in one process on the first `--predictions` size and
 prints the RSS growth after each stage, for the old revision (where its memory goes) and for this
-source (the flat arrays, then the peak of the COCO evaluation and of the F1 matching above them).
+source: for eval-preds the flat arrays, then the peaks of the F1 matching and of the COCO evaluation
+above them; for parse --gt (in its own process) the growth and the peak of parsing RAW into the set.
 Figures: docs/BENCHMARKS.md.
 """
 
@@ -108,21 +109,32 @@ NEW_STAGES = """
 import gc, resource
 from pathlib import Path
 from vlmdet.evaluate.detection import coco_metrics, f1_counts
-from vlmdet.evaluate.offline_parse import read_ground_truth
+from vlmdet.evaluate.offline_parse import read_answers, read_ground_truth
 from vlmdet.evaluate.offline_preds import read_predictions
 def rss():
     gc.collect()
     return int(open('/proc/self/statm').read().split()[1]) * 4096
 def peak():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+def row(name, value):
+    print(f"{{name:<52}} {{value / n / 1024:8.2f}} KB/image")
 n, start = {n_images}, rss()
-ds = read_ground_truth(Path({gt!r})); read_predictions(Path({pred!r}), ds)
-print(f"{{'DetectionSet (GT + predictions, flat arrays)':<46}} {{(rss() - start) / n / 1024:8.2f}} KB/image")
-base = rss()
-coco_metrics(ds)
-print(f"{{'COCO per category, chunked: peak above the set':<46}} {{(peak() - base) / n / 1024:8.2f}} KB/image")
-f1_counts(ds, 0.5)
-print(f"{{'all stages: peak above the start':<46}} {{(peak() - start) / n / 1024:8.2f}} KB/image")
+ds = read_ground_truth(Path({gt!r}))
+if {parse}:
+    row("GT set (read_ground_truth)", rss() - start)
+    base = rss()
+    read_answers(Path({raw!r}), ds)
+    row("parse RAW into the set: growth", rss() - base)
+    row("parse RAW into the set: peak above the GT set", peak() - base)
+else:
+    read_predictions(Path({pred!r}), ds)
+    row("DetectionSet (GT + predictions, flat arrays)", rss() - start)
+    base = rss()
+    f1_counts(ds, 0.5)
+    row("Hungarian F1 matching: peak above the set", peak() - base)
+    coco_metrics(ds)
+    row("COCO per category, chunked: peak above the set", peak() - base)
+    row("all stages: peak above the start", peak() - start)
 """
 
 
@@ -161,10 +173,11 @@ ev.evaluate(); stage("faster-coco-eval evaluate (+accumulate)")
         env["PYTHONPATH"] = str(old_src)
         print(f"old path, {n_images} images, {n_images * PREDS_PER_IMAGE} predictions: RSS growth per stage")
         subprocess.run([sys.executable, "-c", script], env=env, check=True)
-    print("new path")
     env["PYTHONPATH"] = str(ROOT / "src")
-    new = NEW_STAGES.format(n_images=n_images, gt=str(paths["gt"]), pred=str(paths["pred"]))
-    subprocess.run([sys.executable, "-c", new], env=env, check=True)
+    for parse, title in ((False, "new path, eval-preds"), (True, "new path, parse --gt")):
+        print(title)
+        new = NEW_STAGES.format(n_images=n_images, parse=parse, **{k: str(v) for k, v in paths.items()})
+        subprocess.run([sys.executable, "-c", new], env=env, check=True)
 
 
 def main() -> None:

@@ -161,20 +161,29 @@ def drop_histogram(metrics: dict) -> str:
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace) -> int:
-    fmt = get_format(args.answer_format)
-    ds = read_ground_truth(args.gt) if args.gt is not None else None
+def read_answers(path: Path, ds: DetectionSet | None, answer_format: str = "coordjson",
+                 field_order: str = "desc_first", gt_name: str = "the GT file") -> tuple[ParseHealth, Counter]:
+    """Stream RAW: parse each text, count it in a `ParseHealth` and (CoordJSON) its coordinate slot
+    kinds, and add its objects as unscored pixel-box predictions of its GT image to `ds` (when given);
+    the text is then dropped. Returns `(health, slot kind counts)`."""
+    fmt = get_format(answer_format)
     health, kinds = ParseHealth(), Counter()
-    for image, text, size in iter_raw(args.raw, LineIds(ds, f"image_id {{!r}} is not in {args.gt}")):
+    for image, text, size in iter_raw(path, LineIds(ds, f"image_id {{!r}} is not in {gt_name}")):
         if size is None and image is not None:
             size = ds.size(image)
-        res = fmt.parse(text, args.field_order, size)
+        res = fmt.parse(text, field_order, size)
         health.add(res)
-        if args.answer_format == "coordjson":  # coordinate slots are a CoordJSON notion
+        if answer_format == "coordjson":  # coordinate slots are a CoordJSON notion
             kinds.update(sl.kind for sl in text_slots(text, res))
         if image is not None:
             w, h = ds.size(image)
             ds.add_predictions(image, [(o.desc, fmt.to_pixels(o, w, h, size), None) for o in res.objects])
+    return health, kinds
+
+
+def run(args: argparse.Namespace) -> int:
+    ds = read_ground_truth(args.gt) if args.gt is not None else None
+    health, kinds = read_answers(args.raw, ds, args.answer_format, args.field_order, str(args.gt))
     metrics: dict = dict(health.metrics())
     if args.answer_format == "coordjson":
         metrics.update(leak_metrics(kinds.elements()))
