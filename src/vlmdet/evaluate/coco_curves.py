@@ -56,25 +56,25 @@ def from_evaluations(evaluations: Sequence[Any], n_images: int, n_thresholds: in
     """`Matches` of faster-coco-eval per-image evaluations of one category, laid out
     `[area range][image]` (`n_images` per area range, each with `n_thresholds` IoU thresholds)."""
     n_areas = len(evaluations) // n_images
-    first = [e.__getstate__()[2] for e in evaluations[:n_images]]  # detection scores: the same in every area range
-    counts = np.fromiter(map(len, first), dtype=np.int64, count=n_images)
-    n = int(counts.sum())
-    score = np.fromiter(chain.from_iterable(first), dtype=np.float64, count=n)
-    del first
-    starts = np.cumsum(counts) - counts
-    image = np.repeat(np.arange(n_images), counts)
-    rank = np.arange(n) - starts[image]
-    # detection j, threshold t sits at n_thresholds * starts[image] + t * counts[image] + rank in the
-    # concatenation of the images' [t][d] lists
-    at = (n_thresholds * starts[image] + rank)[None, :] + np.arange(n_thresholds)[:, None] * counts[image][None, :]
-    state = np.empty((n_areas, n_thresholds, n), dtype=np.uint8)
     valid_gt = np.empty(n_areas, dtype=np.int64)
     for a in range(n_areas):
         states = [e.__getstate__() for e in evaluations[a * n_images:(a + 1) * n_images]]
+        if a == 0:  # the detections and their scores are the same in every area range
+            counts = np.fromiter((len(s[2]) for s in states), dtype=np.int64, count=n_images)
+            n = int(counts.sum())
+            score = np.fromiter(chain.from_iterable(s[2] for s in states), dtype=np.float64, count=n)
+            starts = np.cumsum(counts) - counts
+            image = np.repeat(np.arange(n_images), counts)
+            rank = np.arange(n) - starts[image]
+            # detection j, threshold t sits at n_thresholds * starts[image] + t * counts[image] + rank in
+            # the concatenation of the images' [t][d] lists
+            at = (n_thresholds * starts[image] + rank)[None, :] + np.arange(n_thresholds)[:, None] * counts[image][None, :]
+            state = np.empty((n_areas, n_thresholds, n), dtype=np.uint8)
         matched = np.fromiter(chain.from_iterable(s[0] for s in states), dtype=np.int64, count=n * n_thresholds)[at]
         ignored = np.fromiter(chain.from_iterable(s[4] for s in states), dtype=bool, count=n * n_thresholds)[at]
         state[a] = TP * ((matched > 0) & ~ignored) + FP * ((matched == 0) & ~ignored)
-        valid_gt[a] = sum(len(s[3]) - sum(s[3]) for s in states)
+        gt_ignored = np.fromiter(chain.from_iterable(s[3] for s in states), dtype=bool)
+        valid_gt[a] = len(gt_ignored) - np.count_nonzero(gt_ignored)
     return Matches(score, rank.astype(np.int32), state, valid_gt)
 
 
