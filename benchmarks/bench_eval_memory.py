@@ -12,7 +12,8 @@ alternating old and new; the child's peak RSS is `ru_maxrss` from `os.wait4`. `p
 (peak RSS - the same command's peak on a 10-image set) / images: the memory that grows with the
 input, without the interpreter and the libraries. The metrics JSON files of old and new are compared
 (`identical` = same keys, bit-identical values). `--new-only` measures this source alone (a shallow
-clone has no older revision to extract).
+clone has no older revision to extract); with `--keep DIR` it still compares with the old metrics
+files an earlier run left in DIR (the sets are seeded: the same files every run).
 
 `--breakdown` instead runs the evaluation stages in one process on the first `--predictions` size and
 prints the RSS growth after each stage, for the old revision (where its memory goes) and for this
@@ -214,14 +215,15 @@ def main() -> None:
             for name in ("eval-preds", "parse --gt"):
                 res = {}
                 for which, src in (("old", old_src), ("new", new_src)):
-                    if src is None:
-                        res[which] = (float("nan"), float("nan"), None)
+                    if src is None:  # an earlier run's metrics kept in --keep DIR, if any
+                        kept = folder / f"{which}.{name.split()[0]}.json"
+                        res[which] = (float("nan"), float("nan"), json.loads(kept.read_text()) if kept.exists() else None)
                         continue
                     out = folder / f"{which}.{name.split()[0]}.json"
                     res[which] = (*measure(src, commands(paths, out)[name]), json.loads(out.read_text()))
                 per = {w: (res[w][1] - base.get(name, {}).get(w, 0)) / n_images / 1024 for w in res}
                 same = res["old"][2] == res["new"][2]
-                verdict = "-" if old_src is None else "yes" if same else "NO"
+                verdict = "-" if res["old"][2] is None else "yes" if same else "NO"
                 print(f"{n_pred:>11} {n_images:>7}  {name:<10}  {res['old'][0]:7.1f} {res['new'][0]:7.1f}  "
                       f"{res['old'][1] / 2**20:7.0f}MB {res['new'][1] / 2**20:7.0f}MB  "
                       f"{per['old']:6.1f}KB {per['new']:6.1f}KB  {verdict}", flush=True)
