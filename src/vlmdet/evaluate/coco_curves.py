@@ -100,14 +100,14 @@ def curves(matches: Matches, rec_thrs: Sequence[float], max_dets: Sequence[int])
             if n == 0:
                 precision[:, :, a, m] = recall[:, a, m] = 0.0
                 continue
-            state = matches.state[a][:, order]  # [T, n]
-            tp = np.cumsum(state == TP, axis=1)
-            counted = tp + np.cumsum(state == FP, axis=1)
-            rc = tp / matches.valid_gt[a]
-            pr = np.divide(tp, counted, out=np.zeros(tp.shape), where=counted > 0)
-            pr = np.maximum.accumulate(pr[:, ::-1], axis=1)[:, ::-1]
-            recall[:, a, m] = rc[:, -1]
-            for t in range(n_thr):
-                at = np.searchsorted(rc[t], rec_thrs, side="left")
-                precision[t, :, a, m] = np.where(at < n, pr[t, np.minimum(at, n - 1)], 0.0)
+            for t in range(n_thr):  # one threshold at a time: a few arrays of n, not of T x n
+                state = matches.state[a, t, order]
+                tp = np.cumsum(state == TP)
+                counted = tp + np.cumsum(state == FP)
+                rc = tp / matches.valid_gt[a]
+                pr = np.divide(tp, counted, out=np.zeros(n), where=counted > 0)
+                pr = np.maximum.accumulate(pr[::-1])[::-1]
+                recall[t, a, m] = rc[-1]
+                at = np.searchsorted(rc, rec_thrs, side="left")
+                precision[t, :, a, m] = np.where(at < n, pr[np.minimum(at, n - 1)], 0.0)
     return precision, recall
