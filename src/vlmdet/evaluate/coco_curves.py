@@ -53,7 +53,7 @@ class Matches:
 
 
 def from_evaluations(evaluations: Sequence[Any], n_images: int, n_thresholds: int) -> Matches:
-    """`Matches` of faster-coco-eval per-image evaluations of one category, laid out
+    """`Matches` of faster-coco-eval (>= 1.6.6: pickle state) per-image evaluations of one category, laid out
     `[area range][image]` (`n_images` per area range, each with `n_thresholds` IoU thresholds)."""
     n_areas = len(evaluations) // n_images
     valid_gt = np.empty(n_areas, dtype=np.int64)
