@@ -3,6 +3,7 @@ bootstrap's sample distribution; the command line."""
 
 import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -88,6 +89,16 @@ def test_paired_bootstrap_takes_the_three_hand_values():
     assert again == res
 
 
+def test_several_files_count_as_their_mean():
+    """[half_right, all_right] vs half_right: the mean's difference is half of all_right's on every sample."""
+    one = paired_bootstrap(PerImageCOCO(half_right()), {"right": PerImageCOCO(all_right())}, samples=100, seed=2)
+    two = paired_bootstrap(PerImageCOCO(half_right()), {"mean": [PerImageCOCO(half_right()), PerImageCOCO(all_right())]},
+                           samples=100, seed=2)
+    assert two["arms"]["mean"]["value"] == pytest.approx((HALF + 1) / 2)
+    for k in ("delta", "boot_mean", "lo", "hi"):
+        assert two["arms"]["mean"][k] == pytest.approx(one["arms"]["right"][k] / 2)
+
+
 def test_same_detector_has_zero_interval():
     res = paired_bootstrap(PerImageCOCO(half_right()), {"same": PerImageCOCO(half_right())}, samples=50)
     assert res["arms"]["same"]["lo"] == res["arms"]["same"]["hi"] == 0.0
@@ -119,6 +130,7 @@ def test_command_line(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["--base", "half", "--arm", "x=X"], "--base 'half': expected NAME=PRED.jsonl"),
+    (["--base", "h=GT", "--arm", "x=GT,"], "--arm 'x="),
     (["--base", "half=missing.jsonl", "--arm", "x=X"], "no such file missing.jsonl"),
     (["--base", "h=GT", "--arm", "h=GT"], "every NAME must differ"),
     (["--base", "h=GT", "--arm", "x=GT", "--samples", "3"], "--samples"),
@@ -133,3 +145,32 @@ def test_bad_arguments(tmp_path, capsys, argv, message):
     assert code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_documented_bootstrap_commands_run(tmp_path, monkeypatch, capsys):
+    """docs/results/README.md's `vlmdet experiment bootstrap` commands, as written, on a 2-image stand-in of
+    the files they name: the GT is the documented test set and every PRED file the `predictions.jsonl` of a
+    documented `vlmdet eval --out` on it."""
+    from test_experiment import DOCS, documented_experiment_commands
+
+    cmds = [c for c in documented_experiment_commands(DOCS[1:], grids=False) if c[1] == "bootstrap"]
+    evals = {argv[argv.index("--out") + 1]: argv[argv.index("--data") + 1]
+             for argv in documented_experiment_commands(DOCS[1:], "eval")}
+    assert cmds
+    monkeypatch.chdir(tmp_path)
+    for argv in cmds:
+        gt = argv[argv.index("--gt") + 1]
+        preds = [argv[i + 1].partition("=")[2] for i, a in enumerate(argv) if a in ("--base", "--arm")]
+        for k, pred in enumerate(preds):
+            folder = pred.removesuffix("/eval/step_000000/predictions.jsonl")
+            assert evals.get(folder) == gt, pred
+            Path(pred).parent.mkdir(parents=True, exist_ok=True)
+            box = [20, 20, 60, 60] if k else [70, 70, 95, 95]
+            _write(Path(pred), [{"image_id": "a", "objects": [{"desc": "cat", "bbox_2d": [10, 10, 50, 50], "score": 0.9}]},
+                                {"image_id": "b", "objects": [{"desc": "cat", "bbox_2d": box, "score": 0.8}]}])
+        Path(gt).parent.mkdir(parents=True, exist_ok=True)
+        _write(Path(gt), [{"image_id": iid, "image": f"{iid}.png", "width": w, "height": h,
+                           "objects": [{"desc": d, "bbox_2d": list(b)} for d, b in objs]} for iid, w, h, objs in GT])
+        argv[argv.index("--samples") + 1] = "20"
+        assert main(argv) == 0
+        assert f"+{1 - HALF:.3f}" in capsys.readouterr().out

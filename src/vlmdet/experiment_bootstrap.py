@@ -1,8 +1,10 @@
-"""`vlmdet experiment bootstrap --gt GT.jsonl --base NAME=PRED.jsonl --arm NAME=PRED.jsonl [--arm ...]`:
+"""`vlmdet experiment bootstrap --gt GT.jsonl --base NAME=PRED.jsonl --arm NAME=PRED.jsonl[,PRED.jsonl ...] [--arm ...]`:
 paired bootstrap over images of the COCO AP difference between detectors scored on the same images.
 
 Each PRED.jsonl is a `vlmdet eval-preds` prediction file (`vlmdet eval` writes one per eval:
-`<eval folder>/predictions.jsonl`); GT.jsonl is the data set it was made on. A bootstrap sample draws
+`<eval folder>/predictions.jsonl`); GT.jsonl is the data set it was made on. A detector given as several
+files (e.g. the same setting trained with several seeds) has as its value the mean of their values, on
+the full set and on every sample. A bootstrap sample draws
 as many image ids as GT.jsonl has, uniformly with replacement (numpy `default_rng(--seed)`), and
 recomputes `--metric` (default `bbox_AP50`) of every detector on that multiset of images: an image
 drawn k times counts as k images. The same samples serve every detector (paired), so a sample's
@@ -88,45 +90,54 @@ def _quiet(*args, **kwargs) -> None:
     pass
 
 
-def paired_bootstrap(base: PerImageCOCO, arms: dict[str, PerImageCOCO], metric: str = "bbox_AP50",
-                     samples: int = 1000, seed: int = 0) -> dict:
+def _value(detectors: list[PerImageCOCO], counts: np.ndarray, metric: str) -> float:
+    return float(np.mean([d.metrics(counts)[metric] for d in detectors]))
+
+
+def paired_bootstrap(base: PerImageCOCO | list[PerImageCOCO], arms: dict[str, PerImageCOCO | list[PerImageCOCO]],
+                     metric: str = "bbox_AP50", samples: int = 1000, seed: int = 0) -> dict:
     """The bootstrap of the module docstring: `{"base": value on the full set, "arms": {name: {"value",
     "delta", "boot_mean", "lo", "hi", "p_ahead"}}}` (`delta` = arm - base on the full set; `lo`/`hi` the
-    95 % percentile interval of the sample differences; `p_ahead` the share of samples with arm > base)."""
-    n = base.n_images
-    if any(a.n_images != n for a in arms.values()):
+    95 % percentile interval of the sample differences; `p_ahead` the share of samples with arm > base).
+    A list of detectors counts as one whose value is their mean."""
+    base = base if isinstance(base, list) else [base]
+    arms = {name: a if isinstance(a, list) else [a] for name, a in arms.items()}
+    n = base[0].n_images
+    if any(d.n_images != n for d in base + [d for a in arms.values() for d in a]):
         raise UsageError("every prediction file must be scored against the same GT images")
     rng = np.random.default_rng(seed)
     diffs = {name: np.empty(samples) for name in arms}
     for s in range(samples):
         counts = np.bincount(rng.integers(0, n, n), minlength=n)
-        b = base.metrics(counts)[metric]
+        b = _value(base, counts, metric)
         for name, a in arms.items():
-            diffs[name][s] = a.metrics(counts)[metric] - b
+            diffs[name][s] = _value(a, counts, metric) - b
     ones = np.ones(n, dtype=np.int64)
-    b_full = base.metrics(ones)[metric]
+    b_full = _value(base, ones, metric)
     out = {"base": b_full, "arms": {}}
     for name, a in arms.items():
-        v = a.metrics(ones)[metric]
+        v = _value(a, ones, metric)
         lo, hi = np.percentile(diffs[name], [50 * (1 - LEVEL), 50 * (1 + LEVEL)])
         out["arms"][name] = {"value": v, "delta": v - b_full, "boot_mean": float(diffs[name].mean()),
                              "lo": float(lo), "hi": float(hi), "p_ahead": float((diffs[name] > 0).mean())}
     return out
 
 
-def _named(text: str, option: str) -> tuple[str, Path]:
-    name, sep, path = text.partition("=")
-    if not sep or not name or not path:
-        raise UsageError(f"{option} {text!r}: expected NAME=PRED.jsonl")
-    if not Path(path).is_file():
-        raise UsageError(f"{option} {text!r}: no such file {path}")
-    return name, Path(path)
+def _named(text: str, option: str) -> tuple[str, list[Path]]:
+    name, sep, paths = text.partition("=")
+    if not sep or not name or not paths or not all(paths.split(",")):
+        raise UsageError(f"{option} {text!r}: expected NAME=PRED.jsonl[,PRED.jsonl ...]")
+    for path in paths.split(","):
+        if not Path(path).is_file():
+            raise UsageError(f"{option} {text!r}: no such file {path}")
+    return name, [Path(p) for p in paths.split(",")]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gt", type=Path, required=True, help="GT JSONL the predictions were made on")
-    p.add_argument("--base", required=True, metavar="NAME=PRED.jsonl", help="the detector every arm is compared with")
-    p.add_argument("--arm", action="append", required=True, metavar="NAME=PRED.jsonl", help="a detector (repeatable)")
+    p.add_argument("--base", required=True, metavar="NAME=PRED.jsonl[,...]", help="the detector every arm is compared with")
+    p.add_argument("--arm", action="append", required=True, metavar="NAME=PRED.jsonl[,...]",
+                   help="a detector (repeatable); several files: their mean (e.g. one file per seed)")
     p.add_argument("--metric", choices=COCO_KEYS, default="bbox_AP50", help="COCO metric (default bbox_AP50)")
     p.add_argument("--samples", type=bounded(int, lambda v: v >= 10, ">= 10"), default=1000,
                    help="bootstrap samples (default 1000)")
@@ -143,14 +154,17 @@ def run(args: argparse.Namespace) -> int:
     if len({n for n, _ in named} | {base_name}) != len(named) + 1:
         raise UsageError("--base / --arm: every NAME must differ")
 
-    def load(path: Path) -> PerImageCOCO:
-        ds = read_ground_truth(args.gt)
-        read_predictions(path, ds)
-        return PerImageCOCO(ds)
+    def load(paths: list[Path]) -> list[PerImageCOCO]:
+        out = []
+        for path in paths:
+            ds = read_ground_truth(args.gt)
+            read_predictions(path, ds)
+            out.append(PerImageCOCO(ds))
+        return out
 
     base = load(base_path)
     res = paired_bootstrap(base, {n: load(p) for n, p in named}, args.metric, args.samples, args.seed)
-    print(f"{args.metric} on {base.n_images} images of {args.gt}: {base_name} {res['base']:.3f}; paired bootstrap, "
+    print(f"{args.metric} on {base[0].n_images} images of {args.gt}: {base_name} {res['base']:.3f}; paired bootstrap, "
           f"{args.samples} samples (seed {args.seed}), {LEVEL:.0%} percentile interval of arm - {base_name}\n")
     print(f"| arm | {args.metric} | Δ vs {base_name} | 95 % interval | share of samples ahead |\n|---|---|---|---|---|")
     for name, r in res["arms"].items():
@@ -159,6 +173,6 @@ def run(args: argparse.Namespace) -> int:
               f"| {r['p_ahead']:.2f} |")
     if args.out is not None:
         atomic_write_json(args.out, {"gt": str(args.gt), "metric": args.metric, "samples": args.samples,
-                                     "seed": args.seed, "images": base.n_images, "base_name": base_name, **res})
+                                     "seed": args.seed, "images": base[0].n_images, "base_name": base_name, **res})
         print(f"\nwrote {args.out}")
     return 0
