@@ -204,7 +204,7 @@ def run_overrides(arm: Arm, seed: int, steps: list[int], start: str, out: Path, 
 
 
 #: package parts that cannot change an eval metric (everything else counts as evaluation code).
-NOT_EVAL_CODE = ("train/", "report/", "experiment.py", "demo.py", "cli.py", "stats.py")
+NOT_EVAL_CODE = ("train/", "report/", "experiment.py", "experiment_bootstrap.py", "demo.py", "cli.py", "stats.py")
 
 
 def eval_code_hash() -> str:
