@@ -160,8 +160,9 @@ def test_documented_bootstrap_commands_run(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     for argv in cmds:
         gt = argv[argv.index("--gt") + 1]
-        preds = [argv[i + 1].partition("=")[2] for i, a in enumerate(argv) if a in ("--base", "--arm")]
-        for k, pred in enumerate(preds):
+        named = [argv[i + 1] for i, a in enumerate(argv) if a in ("--base", "--arm")]  # the base first
+        preds = [(k, p) for k, text in enumerate(named) for p in text.partition("=")[2].split(",")]
+        for k, pred in preds:
             folder = pred.removesuffix("/eval/step_000000/predictions.jsonl")
             assert evals.get(folder) == gt, pred
             Path(pred).parent.mkdir(parents=True, exist_ok=True)
