@@ -35,6 +35,8 @@ import numpy as np
 
 from vlmdet.errors import UsageError
 from vlmdet.evaluate.detection import COCO_KEYS, DetectionSet, _FCE_LABELS, category_ids, coco_inputs
+from vlmdet.evaluate.offline_parse import read_ground_truth
+from vlmdet.evaluate.offline_preds import read_predictions
 from vlmdet.io import atomic_write_json
 from vlmdet.options import bounded
 
@@ -146,9 +148,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vlmdet.evaluate.offline_parse import read_ground_truth
-    from vlmdet.evaluate.offline_preds import read_predictions
-
     base_name, base_path = _named(args.base, "--base")
     named = [_named(a, "--arm") for a in args.arm]
     if len({n for n, _ in named} | {base_name}) != len(named) + 1:
