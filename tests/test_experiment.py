@@ -233,9 +233,10 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", ROOT / "docs" / "results" / "README.md"]
 
 
-def documented_experiment_commands(docs=DOCS, command: str = "experiment") -> list[list[str]]:
+def documented_experiment_commands(docs=DOCS, command: str = "experiment", grids: bool = True) -> list[list[str]]:
     """Every `vlmdet <command> ...` command in the bash blocks of README.md and docs/results/README.md
-    (continuation lines joined, comments dropped), as argv without the leading `vlmdet`."""
+    (continuation lines joined, comments dropped), as argv without the leading `vlmdet`; `grids`: of the
+    `experiment` commands only the grids (`grid` and the presets; `bootstrap`: tests/test_experiment_bootstrap.py)."""
     import shlex
 
     cmds = []
@@ -244,7 +245,8 @@ def documented_experiment_commands(docs=DOCS, command: str = "experiment") -> li
             text = block.split("```", 1)[0].replace("\\\n", " ")
             for line in text.splitlines():
                 argv = shlex.split(line, comments=True)
-                if argv[:2] == ["vlmdet", command]:
+                if argv[:2] == ["vlmdet", command] and not (grids and command == "experiment"
+                                                             and argv[2] not in ("grid", *PRESETS)):
                     cmds.append(argv[1:])
     return cmds
 

@@ -61,6 +61,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from vlmdet import experiment_bootstrap
 from vlmdet.config import config_from_dict, load_config
 from vlmdet.data.records import load_records
 from vlmdet.demo import DEMO_DATA, SMOKE_DATA, config_dir, make_data, shipped_stage1
@@ -203,7 +204,7 @@ def run_overrides(arm: Arm, seed: int, steps: list[int], start: str, out: Path, 
 
 
 #: package parts that cannot change an eval metric (everything else counts as evaluation code).
-NOT_EVAL_CODE = ("train/", "report/", "experiment.py", "demo.py", "cli.py", "stats.py")
+NOT_EVAL_CODE = ("train/", "report/", "experiment.py", "experiment_bootstrap.py", "demo.py", "cli.py", "stats.py")
 
 
 def eval_code_hash() -> str:
@@ -623,19 +624,23 @@ def _common_arguments(p: argparse.ArgumentParser, seeds: str | None, steps: str 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="experiment", required=True, metavar="{grid," + ",".join(PRESETS) + "}")
+    sub = parser.add_subparsers(dest="experiment", required=True, metavar="{grid,bootstrap," + ",".join(PRESETS) + "}")
     g = sub.add_parser("grid", help="cross product of --vary settings x --seeds, with seed statistics")
     g.add_argument("config", help="YAML config every run starts from")
     g.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2",
                    help="a setting and its values (repeatable; the first values make the baseline arm)")
     g.add_argument("--title", default=None, help="title of grid.md and the report (default: Grid: <config name>)")
     _common_arguments(g, None, None)
+    experiment_bootstrap.add_arguments(sub.add_parser(
+        "bootstrap", help="paired bootstrap over images of a COCO metric difference between prediction files"))
     for name, p in PRESETS.items():
         sp = sub.add_parser(name, help=p["title"])
         _common_arguments(sp, p["seeds"], p["steps"])
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.experiment == "bootstrap":
+        return experiment_bootstrap.run(args)
     steps = parse_steps(args.steps)
     if not steps:
         raise UsageError("--steps: give at least one step, e.g. 100,200,300")
