@@ -64,16 +64,18 @@ EOF_PY
     rm -rf "$tmp"
 }
 
-# Every install passes --no-compile: pip would byte-compile each .py file it unpacks (torch's 2,300, the
-# vLLM environment's 24,000), most of which no run imports; Python compiles what a run does import, once,
-# into __pycache__ (torch's install: 27 s of CPU with pip's compiling, 6 s without).
-install_torch() {  # $1: the venv's python
+# .venv-vllm's installs pass --no-compile: pip would byte-compile each of the 24,000 .py files it unpacks
+# there (torch's 2,300: 27 s of CPU with pip's compiling, 6 s without), most of which its one test process
+# never imports; Python compiles what that process imports. .venv and .venv-floor keep pip's compiling:
+# the suite starts many processes there, and where PYTHONDONTWRITEBYTECODE is set each would compile
+# everything it imports anew.
+install_torch() {  # $1: the venv's python, $2: extra pip options
     if ! "$1" -c "import torch" 2>/dev/null; then
         local cmd
         cmd="$(torch_command)"
         echo "setup: $cmd" >&2
         # shellcheck disable=SC2086  # the command is words
-        "$1" -m ${cmd/pip install/pip install -q --no-compile}
+        "$1" -m ${cmd/pip install/pip install -q ${2:-}}
     fi
 }
 
@@ -85,7 +87,7 @@ if [ "$extra" = "vllm" ]; then
     fi
     [ -x "$venv/bin/python" ] || "$PY" -m venv "$venv"
     "$venv/bin/python" -m pip install -q --upgrade pip
-    install_torch "$venv/bin/python"
+    install_torch "$venv/bin/python" --no-compile
     if gpu; then
         "$venv/bin/python" -m pip install -q --no-compile -e ".[vllm,dev]"
     else
@@ -113,7 +115,7 @@ if [ "$extra" = "floor" ]; then
     floor=$(sed -n 's/^ *"transformers>=\([0-9][0-9.]*\),.*/\1/p' pyproject.toml)
     [ -n "$floor" ] || { echo "setup: no transformers>=X in pyproject.toml" >&2; exit 1; }
     rm -rf "$overlay"
-    .venv/bin/python -m pip install -q --no-compile --target "$overlay" --no-deps "transformers==$floor"
+    .venv/bin/python -m pip install -q --target "$overlay" --no-deps "transformers==$floor"
     # huggingface_hub / tokenizers: .venv's own where they fit that release's ranges (its metadata),
     # else the newest that fit, with their own dependencies, into the overlay as well
     deps=$(.venv/bin/python - "$overlay" <<'PY'
@@ -128,7 +130,7 @@ PY
 )
     if [ -n "$deps" ]; then
         # shellcheck disable=SC2086  # the requirements are words
-        .venv/bin/python -m pip install -q --no-compile --target "$overlay" $deps
+        .venv/bin/python -m pip install -q --target "$overlay" $deps
     fi
     got=$(PYTHONPATH="$overlay" .venv/bin/python -c "import transformers; print(transformers.__version__)")
     [ "$got" = "$floor" ] || { echo "setup: $overlay gives transformers $got, not $floor" >&2; exit 1; }
@@ -146,7 +148,7 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 install_torch .venv/bin/python
 if [ "$extra" = "dev" ]; then
-    .venv/bin/python -m pip install -q --no-compile -e ".[dev]"
+    .venv/bin/python -m pip install -q -e ".[dev]"
     qwen_ranks .venv
     # headless Chromium for the report-HTML test (Debian's package; only where we may install it)
     if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
@@ -155,6 +157,6 @@ if [ "$extra" = "dev" ]; then
             || echo "setup: chromium could not be installed; the HTML test will say so" >&2
     fi
 else
-    .venv/bin/python -m pip install -q --no-compile -e .
+    .venv/bin/python -m pip install -q -e .
 fi
 touch "$stamp"
