@@ -29,8 +29,11 @@ setup-floor: setup-dev
 demo: setup
 	.venv/bin/vlmdet demo
 
-# the main suite, then the vLLM tests in their own environment (one process: one engine)
-test: setup-dev setup-vllm setup-floor
+# the three environments, .venv-vllm built beside .venv and .venv-floor (each pip install mostly waits on
+# one core, unzipping); then the main suite, the vLLM tests in their own environment (one process: one
+# engine), the model tests on the floor release
+test:
+	@$(MAKE) --no-print-directory -j2 setup-vllm setup-floor
 	.venv/bin/python -m pytest -n 2 -q
 	.venv-vllm/bin/python -m pytest -q tests/test_vllm_rollout.py
 	@$(MAKE) --no-print-directory test-floor

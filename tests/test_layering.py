@@ -8,6 +8,7 @@ third-party package (so `vlmdet <command> --help` and light commands start fast)
 from __future__ import annotations
 
 import ast
+import functools
 import sys
 from pathlib import Path
 
@@ -71,8 +72,20 @@ def _is_package(module: str) -> bool:
     return (SRC / module.replace(".", "/") / "__init__.py").is_file()
 
 
+@functools.cache
+def _parsed(src: Path) -> dict[str, ast.Module]:
+    """module name -> syntax tree of every source file under `src`, parsed once per run (the trees are only read)."""
+    return {_module_name(p): ast.parse(p.read_text()) for p in src.rglob("*.py")}
+
+
+@functools.cache
+def _all_imports(src: Path) -> dict[str, set[str]]:
+    """module name -> every name it imports anywhere (`_imports(..., module_level_only=False)`)."""
+    return {m: _imports(t, module_level_only=False) for m, t in _parsed(src).items()}
+
+
 def graph(module_level_only: bool) -> dict[str, set[str]]:
-    trees = {_module_name(p): ast.parse(p.read_text()) for p in SRC.rglob("*.py")}
+    trees = _parsed(SRC)
     return {m: {i for i in _imports(t, module_level_only) if i in trees} for m, t in trees.items()}
 
 
@@ -90,11 +103,10 @@ RULES = [  # (importing layer, forbidden imported layer)
 
 @pytest.mark.parametrize("layer, forbidden", RULES)
 def test_layer_never_imports(layer, forbidden):
-    trees = {_module_name(p): ast.parse(p.read_text()) for p in SRC.rglob("*.py")}
     bad = sorted(
         f"{m} imports {i}"
-        for m, t in trees.items() if _inside(m, layer)
-        for i in _imports(t, module_level_only=False) if _inside(i, forbidden)
+        for m, imported in _all_imports(SRC).items() if _inside(m, layer)
+        for i in imported if _inside(i, forbidden)
     )
     assert not bad, bad
 
@@ -152,7 +164,7 @@ def _pulls_heavy(module: str, trees: dict[str, ast.Module], seen: set[str] | Non
 
 
 def function_body_imports() -> list[str]:
-    trees = {_module_name(p): ast.parse(p.read_text()) for p in SRC.rglob("*.py")}
+    trees = _parsed(SRC)
     bad = []
     for m, t in sorted(trees.items()):
         for i in sorted(_body_imports(t, m, set(trees))):

@@ -1,5 +1,13 @@
 """Stage-2 AB under `torchrun --nproc_per_node 2` (gloo on CPU): Channel-A and Channel-B steps with
-DDP, parameters in sync across ranks, metrics reduced across ranks, one set of artifacts (rank 0)."""
+DDP, parameters in sync across ranks, metrics reduced across ranks, one set of artifacts (rank 0); the
+multi-rank runs against one process; FSDP2 full sharding.
+
+Every 2-rank run of this module happens in ONE torchrun launch and every one-process reference run in ONE
+plain launch (tests/multirank_worker.py runs the scenarios of `PLAN` one after another, each with its own
+folder, data and run directory): each launch pays the interpreter, torch and transformers start-up once
+instead of once per run. Each test asserts on its own scenarios' results, as it did on its own launches;
+a scenario that raised fails its test with that traceback. The module's tests run in one xdist worker
+(`xdist_group`; `make test` passes `--dist loadgroup`), so the launches happen once per suite run."""
 
 from __future__ import annotations
 
@@ -13,78 +21,136 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+WORKER = ROOT / "tests" / "multirank_worker.py"
+ENV = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+FSDP2 = ["training.fsdp=full_shard auto_wrap",
+         "training.fsdp_config={version: 2, transformer_layer_cls_to_wrap: [Qwen3VLTextDecoderLayer, Qwen3VLVisionBlock]}"]
 
-# Runs inside each torchrun worker: trains through the real CLI code path, records every rank's own
-# per-step logs and Channel-B telemetry groups, then compares parameters across ranks.
-WORKER = r'''
-import json, sys
-import torch
-import torch.distributed as dist
-import vlmdet.train.channel_b as cb
-import vlmdet.train.trainer as tr
-from vlmdet.config import load_config
-from vlmdet.train.cli import train
-from vlmdet.train.forward import unwrap
-
-out_path, config, overrides = sys.argv[1], sys.argv[2], sys.argv[3:]
-local = {"logs": [], "groups": {}, "model": None}
-real_loss, real_b = tr.OBJECTIVES[2], tr.channel_b_loss
-
-def stage2_loss(trainer, model, batch):
-    step = int(trainer.state.global_step)
-    loss, logs = real_loss(trainer, model, batch)
-    local["logs"].append((step, dict(logs)))
-    local["model"] = model
-    return loss, logs
-
-def channel_b_loss(model, loaded, records, cfg, step, backend=None):
-    total, logs, groups = real_b(model, loaded, records, cfg, step, backend)
-    local["groups"][step] = groups
-    return total, logs, groups
-
-tr.OBJECTIVES[2], tr.channel_b_loss = stage2_loss, channel_b_loss
-summary = train(load_config(config, overrides), ["test_multiprocess"])
-net = unwrap(local["model"])
-flat = torch.cat([p.detach().flatten() for p in net.parameters()])
-mine = {"rank": dist.get_rank(), "ddp": type(local["model"]).__name__, "logs": local["logs"],
-        "groups": local["groups"], "param_sum": float(flat.double().sum()), "param_abs": float(flat.double().abs().sum()),
-        "params": flat.tolist()[:2000:7]}
-gathered = [None] * dist.get_world_size()
-dist.all_gather_object(gathered, mine)
-if dist.get_rank() == 0:
-    with open(out_path, "w") as f:
-        json.dump({"summary": summary, "ranks": gathered}, f)
-if dist.is_initialized():  # end the gloo threads before the interpreter does (else: abort at exit)
-    dist.destroy_process_group()
-'''
+pytestmark = pytest.mark.xdist_group("multirank")
 
 
-@pytest.mark.slow
-def test_torchrun_two_ranks_trains_both_channels(tmp_path):
+def parity_overrides(tmp_path: Path, steps: int, *extra: str) -> list[str]:
     from vlmdet.data.synth import make_synth
 
     data = tmp_path / "data"
-    make_synth(data, n_train=8, n_val=2, seed=0, size=64)
-    worker = tmp_path / "worker.py"
-    worker.write_text(WORKER)
-    result = tmp_path / "result.json"
-    runs = tmp_path / "runs"
-    overrides = [
+    if not (data / "train.jsonl").exists():
+        make_synth(data, n_train=8, n_val=4, seed=0, size=64)
+    return [
         "model.name_or_path=tiny", f"data.train={data / 'train.jsonl'}", f"data.val={data / 'val.jsonl'}",
-        f"output_dir={runs}", "training.max_steps=4", "training.per_device_train_batch_size=2",
+        f"output_dir={tmp_path / 'runs'}", f"training.max_steps={steps}", "training.per_device_train_batch_size=2",
+        "training.logging_steps=1", "training.warmup_steps=0", "training.report_to=[]", "training.save_steps=1000",
+        "eval.eval_steps=0", "monitor.draw_images=false", *extra,
+    ]
+
+
+def _parity(name: str, config: Path, overrides: list[str], two_ranks: bool, fsdp: bool = False) -> dict:
+    """A parity scenario: on 2 ranks with gloo, else one process accumulating 2 micro-batches per step."""
+    extra = ["training.ddp_backend=gloo"] if two_ranks else ["training.gradient_accumulation_steps=2"]
+    return {"name": name, "kind": "parity", "config": str(config), "overrides": [*overrides, *extra, f"run_name={name}"],
+            "fsdp": fsdp}
+
+
+def build_plan(base: Path) -> tuple[list[dict], list[dict]]:
+    """(2-rank scenarios, one-process scenarios), each test's in its own folder under `base` (the folder
+    names are the tests'); the FSDP scenarios last (tests/multirank_worker.py)."""
+    from vlmdet.data.synth import make_synth
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_runner import MAX_NEW, write_val
+
+    two, one = [], []
+    # test_torchrun_two_ranks_trains_both_channels
+    d = base / "ab"
+    make_synth(d / "data", n_train=8, n_val=2, seed=0, size=64)
+    two.append({"name": "ab", "kind": "ab_ddp", "config": str(ROOT / "configs" / "stage2" / "ab_mixed.yaml"), "overrides": [
+        "model.name_or_path=tiny", f"data.train={d / 'data' / 'train.jsonl'}", f"data.val={d / 'data' / 'val.jsonl'}",
+        f"output_dir={d / 'runs'}", "training.max_steps=4", "training.per_device_train_batch_size=2",
         "training.logging_steps=1", "training.warmup_steps=0", "training.report_to=[]", "training.save_steps=1000",
         "training.ddp_backend=gloo", "stage2.b_ratio=0.5", "eval.eval_steps=0", "eval.steps=[2]", "eval.max_samples=2",
-        "rollout.max_new_tokens=16", "rollout.batch_size=2", "monitor.draw_images=false",
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(worker), str(result), str(ROOT / "configs" / "stage2" / "ab_mixed.yaml"), *overrides]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    res = json.loads(result.read_text())
-    r0, r1 = res["ranks"]
+        "rollout.max_new_tokens=16", "rollout.batch_size=2", "monitor.draw_images=false"]})
+    # test_ddp_gradient_checkpointing_channel_a_n2_matches_one_process
+    d = base / "ddp_gc"
+    common = parity_overrides(d, 3, "training.gradient_checkpointing=true", "stage2.n_softctx_iter=2",
+                              "training.learning_rate=0.01")
+    a_only = ROOT / "configs" / "stage2" / "a_only.yaml"
+    two.append(_parity("ddp_gc", a_only, common, two_ranks=True))
+    one.append(_parity("one_gc", a_only, common, two_ranks=False))
+    # test_two_rank_rollout_eval_equals_one_process
+    two.append({"name": "eval_two", "kind": "rollout_eval", "work": str(base / "eval" / "two")})
+    one.append({"name": "eval_one", "kind": "rollout_eval", "work": str(base / "eval" / "one")})
+    # test_rollout_metric_picks_the_best_checkpoint_and_stops_early_on_two_ranks
+    d = base / "best"
+    (d / "val").mkdir(parents=True)
+    val = write_val(d / "val")
+    two.append({"name": "best", "kind": "best_checkpoint", "config": str(ROOT / "configs" / "stage1" / "tiny.yaml"),
+                "overrides": parity_overrides(
+                    d, 4, f"data.val={val}", "eval.eval_steps=1", "training.save_steps=1", "training.save_total_limit=2",
+                    "eval.early_stopping_patience=1", "training.load_best_model_at_end=true",
+                    "training.metric_for_best_model=eval_rollout/f1", f"rollout.max_new_tokens={MAX_NEW}",
+                    "rollout.batch_size=1", "training.ddp_backend=gloo", "run_name=best")})
+    # test_fsdp2_full_shard_channel_a_em_detach_matches_one_process
+    d = base / "fsdp"
+    common = parity_overrides(d, 3, "stage2.n_softctx_iter=2", "stage2.softctx_grad_mode=em_detach",
+                              "training.learning_rate=0.01", "training.gradient_checkpointing=true")
+    two.append(_parity("fsdp", a_only, [*common, *FSDP2], two_ranks=True, fsdp=True))
+    one.append(_parity("one", a_only, common, two_ranks=False))
+    # test_fsdp2_channel_b_and_rollout_eval_match_one_process
+    d = base / "fsdp_ab"
+    common = parity_overrides(d, 3, "stage2.b_ratio=0.5", "eval.steps=[2]", "eval.max_samples=4",
+                              "rollout.max_new_tokens=16", "rollout.batch_size=1", "training.learning_rate=0.01")
+    ab_mixed = ROOT / "configs" / "stage2" / "ab_mixed.yaml"
+    two.append(_parity("fsdp_ab", ab_mixed, [*common, *FSDP2], two_ranks=True, fsdp=True))
+    one.append(_parity("one_ab", ab_mixed, common, two_ranks=False))
+    return two, one
+
+
+def _launch(plan: list[dict], out: Path, nproc: int) -> str:
+    """Run the scenarios of `plan` in one launch (torchrun when `nproc` > 1); its output's tail."""
+    out.mkdir(parents=True)
+    (out / "plan.json").write_text(json.dumps(plan))
+    launch = [sys.executable]
+    if nproc > 1:
+        launch += ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
+    cmd = [*launch, str(WORKER), str(out / "plan.json"), str(out)]
+    try:
+        proc = subprocess.run(cmd, cwd=out, env={**os.environ, **ENV}, capture_output=True, text=True,
+                              timeout=240 * len(plan))
+    except subprocess.TimeoutExpired as err:
+        return f"timed out after {err.timeout} s"
+    return f"exit {proc.returncode}\n" + proc.stdout[-3000:] + proc.stderr[-6000:]
+
+
+class Launches:
+    """The two launches' results by scenario name; `result(name)` fails the calling test with the
+    scenario's traceback (or the launch's output) when it has none."""
+
+    def __init__(self, base: Path):
+        self.base = base
+        two, one = build_plan(base)
+        self.out = {"two": base / "out_two", "one": base / "out_one"}
+        self.tail = {"two": _launch(two, self.out["two"], 2), "one": _launch(one, self.out["one"], 1)}
+        self.where = {**{s["name"]: "two" for s in two}, **{s["name"]: "one" for s in one}}
+
+    def result(self, name: str) -> list[dict]:
+        out = self.out[self.where[name]]
+        path = out / f"{name}.json"
+        if not path.exists():
+            errors = "".join(p.read_text() for p in sorted(out.glob(f"{name}.rank*.err")))
+            pytest.fail(f"scenario {name}: no result\n{errors or self.tail[self.where[name]]}")
+        return json.loads(path.read_text())
+
+
+@pytest.fixture(scope="module")
+def launches(tmp_path_factory) -> Launches:
+    return Launches(tmp_path_factory.mktemp("multirank"))
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_trains_both_channels(launches):
+    r0, r1 = launches.result("ab")
+    runs = launches.base / "ab" / "runs"
     assert r0["ddp"] == r1["ddp"] == "DistributedDataParallel"
-    assert res["summary"]["global_step"] == 4
+    assert r0["summary"]["global_step"] == 4
 
     # both ranks ran A, B, A, B on different samples
     for r in (r0, r1):
@@ -133,62 +199,6 @@ def test_torchrun_two_ranks_trains_both_channels(tmp_path):
 # accumulation steps, DDP averages gradients) makes the same update. So rank r's losses at step s
 # must equal the single process's losses of micro-batch r of step s.
 
-PARITY_WORKER = r'''
-import json, os, sys
-if os.environ.get("CPU_FSDP"):  # tests/cpu_fsdp.py: accelerate's FSDP plugin on gloo CPU ranks
-    sys.path.insert(0, os.environ["CPU_FSDP"])
-    import cpu_fsdp
-import torch.distributed as dist
-import vlmdet.train.trainer as tr
-from vlmdet.config import load_config
-from vlmdet.train.cli import train
-
-out_path, config, overrides = sys.argv[1], sys.argv[2], sys.argv[3:]
-cfg = load_config(config, overrides)
-logs, real = [], tr.OBJECTIVES[cfg.stage]
-
-def recorded(trainer, model, batch):
-    loss, lg = real(trainer, model, batch)
-    if model.training:
-        logs.append((int(trainer.state.global_step), dict(lg), type(model).__name__))
-    return loss, lg
-
-tr.OBJECTIVES[cfg.stage] = recorded
-summary = train(cfg, ["parity"])
-mine = {"logs": logs, "summary": summary}
-if dist.is_available() and dist.is_initialized():
-    ranks = [None] * dist.get_world_size()
-    dist.all_gather_object(ranks, mine)
-else:
-    ranks = [mine]
-if int(os.environ.get("RANK", "0")) == 0:
-    with open(out_path, "w") as f:
-        json.dump(ranks, f)
-if dist.is_initialized():  # end the gloo threads before the interpreter does (else: abort at exit)
-    dist.destroy_process_group()
-'''
-
-ENV = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
-
-
-def run_parity_worker(tmp_path: Path, name: str, config: Path, overrides: list[str], nproc: int, timeout: int = 240,
-                      env: dict | None = None):
-    """Run PARITY_WORKER on `nproc` ranks (torchrun, gloo) or in one process (`nproc` = 1); returns
-    the per-rank results `[{"logs": [(step, logs, wrapper type)], "summary": {...}}]`."""
-    worker = tmp_path / "parity_worker.py"
-    worker.write_text(PARITY_WORKER)
-    result = tmp_path / f"{name}.json"
-    launch = [sys.executable]
-    if nproc > 1:
-        launch += ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
-        overrides = [*overrides, "training.ddp_backend=gloo"]
-    cmd = [*launch, str(worker), str(result), str(config), *overrides, f"run_name={name}"]
-    proc = subprocess.run(cmd, cwd=tmp_path, env={**os.environ, **ENV, **(env or {})}, capture_output=True, text=True,
-                          timeout=timeout)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    return json.loads(result.read_text())
-
-
 def assert_rank_losses_match(ranks: list[dict], single: dict, steps: int, rel: float = 1e-4) -> None:
     """Rank r's logged `loss/*` at step s == the single process's micro-batch r of step s."""
     world = len(ranks)
@@ -206,30 +216,13 @@ def assert_rank_losses_match(ranks: list[dict], single: dict, steps: int, rel: f
     assert ranks[0]["logs"][0][1]["loss/token_ce"] != ranks[1]["logs"][0][1]["loss/token_ce"]
 
 
-def parity_overrides(tmp_path: Path, steps: int, *extra: str) -> list[str]:
-    from vlmdet.data.synth import make_synth
-
-    data = tmp_path / "data"
-    if not (data / "train.jsonl").exists():
-        make_synth(data, n_train=8, n_val=4, seed=0, size=64)
-    return [
-        "model.name_or_path=tiny", f"data.train={data / 'train.jsonl'}", f"data.val={data / 'val.jsonl'}",
-        f"output_dir={tmp_path / 'runs'}", f"training.max_steps={steps}", "training.per_device_train_batch_size=2",
-        "training.logging_steps=1", "training.warmup_steps=0", "training.report_to=[]", "training.save_steps=1000",
-        "eval.eval_steps=0", "monitor.draw_images=false", *extra,
-    ]
-
-
 @pytest.mark.slow
-def test_ddp_gradient_checkpointing_channel_a_n2_matches_one_process(tmp_path):
+def test_ddp_gradient_checkpointing_channel_a_n2_matches_one_process(launches):
     """DDP + gradient checkpointing (the default non-reentrant kind) + Channel-A N = 2: the 2-rank losses
     of 3 steps equal one process's accumulated micro-batches."""
     steps = 3
-    common = parity_overrides(tmp_path, steps, "training.gradient_checkpointing=true", "stage2.n_softctx_iter=2",
-                              "training.learning_rate=0.01")
-    config = ROOT / "configs" / "stage2" / "a_only.yaml"
-    ranks = run_parity_worker(tmp_path, "ddp_gc", config, common, nproc=2)
-    (single,) = run_parity_worker(tmp_path, "one_gc", config, [*common, "training.gradient_accumulation_steps=2"], 1)
+    ranks = launches.result("ddp_gc")
+    (single,) = launches.result("one_gc")
     assert {w for r in ranks for _, _, w in r["logs"]} == {"DistributedDataParallel"}
     assert all(lg["stage2/n_forwards"] == 2.0 for r in ranks for _, lg, _ in r["logs"])
     assert_rank_losses_match(ranks, single, steps)
@@ -239,61 +232,10 @@ def test_ddp_gradient_checkpointing_channel_a_n2_matches_one_process(tmp_path):
 # Multi-rank rollout eval: each rank generates its shard, rank 0 gathers; the numbers of one process.
 # The answers are forced (tests/test_runner.py's logits processor), so the metrics are known by hand.
 
-EVAL_WORKER = r'''
-import json, os, sys
-from pathlib import Path
-import torch.distributed as dist
-sys.path.insert(0, sys.argv[1])
-import test_runner as tr
-from vlmdet.data.records import load_records
-from vlmdet.evaluate.runner import run_rollout_eval
-from vlmdet.model.load import load_model
-from vlmdet.rundir import RunDir
-
-work, result = Path(sys.argv[2]), sys.argv[3]
-if "WORLD_SIZE" in os.environ:
-    dist.init_process_group("gloo")
-rank = dist.get_rank() if dist.is_initialized() else 0
-loaded = load_model("tiny")
-cfg = tr.make_cfg(rollout={"batch_size": 1})
-records = load_records(tr.write_val(work)) if rank == 0 else None
-if dist.is_initialized():
-    dist.barrier()
-records = load_records(work / "val.jsonl")
-backend = tr.forced_backend(loaded, cfg, tr.ANSWERS)
-metrics = run_rollout_eval(loaded, records, cfg, run_dir=RunDir(work / "run"), step=7, backend=backend)
-mine = {"metrics": metrics, "generated": [len(backend.rollouts)]}
-ranks = [None] * (dist.get_world_size() if dist.is_initialized() else 1)
-if dist.is_initialized():
-    dist.all_gather_object(ranks, mine)
-else:
-    ranks = [mine]
-if rank == 0:
-    Path(result).write_text(json.dumps(ranks))
-if dist.is_initialized():  # end the gloo threads before the interpreter does (else: abort at exit)
-    dist.destroy_process_group()
-'''
-
-
-def run_eval_worker(tmp_path: Path, name: str, nproc: int) -> tuple[list[dict], Path]:
-    work = tmp_path / name
-    work.mkdir()
-    worker = tmp_path / "eval_worker.py"
-    worker.write_text(EVAL_WORKER)
-    launch = [sys.executable]
-    if nproc > 1:
-        launch += ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
-    result = work / "result.json"
-    proc = subprocess.run([*launch, str(worker), str(ROOT / "tests"), str(work), str(result)], cwd=tmp_path,
-                          env={**os.environ, **ENV}, capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    return json.loads(result.read_text()), work / "run"
-
-
 @pytest.mark.slow
-def test_two_rank_rollout_eval_equals_one_process(tmp_path):
-    ranks, run2 = run_eval_worker(tmp_path, "two", 2)
-    (single,), run1 = run_eval_worker(tmp_path, "one", 1)
+def test_two_rank_rollout_eval_equals_one_process(launches):
+    ranks, run2 = launches.result("eval_two"), launches.base / "eval" / "two" / "run"
+    (single,), run1 = launches.result("eval_one"), launches.base / "eval" / "one" / "run"
     # 5 records: rank 0 generated records 0, 2, 4 and rank 1 records 1, 3; both returned rank 0's metrics
     assert [r["generated"] for r in ranks] == [[3], [2]] and single["generated"] == [5]
     assert ranks[0]["metrics"] == ranks[1]["metrics"]
@@ -314,77 +256,18 @@ def test_two_rank_rollout_eval_equals_one_process(tmp_path):
         assert [o.get("score") for o in a["objects"]] == pytest.approx([o.get("score") for o in b["objects"]], rel=1e-6)
 
 
-TRAIN_EVAL_WORKER = r'''
-import json, os, sys
-from pathlib import Path
-import torch.distributed as dist
-sys.path.insert(0, sys.argv[1])
-import test_runner as tr
-import vlmdet.evaluate.runner as runner
-import vlmdet.train.trainer as trainer_mod
-from vlmdet.config import load_config
-from vlmdet.train.cli import train
-
-result, config, overrides = sys.argv[2], sys.argv[3], sys.argv[4:]
-# eval call n forces answer set n: nothing, the test_runner answers (F1 6/13), only s1 (F1 4/9), ...
-EMPTY = {k: tr.answer() for k in tr.ANSWERS}
-SETS = [EMPTY, tr.ANSWERS, {**EMPTY, "s1_valid": tr.ANSWERS["s1_valid"]}]
-calls = []
-
-def make_backend(loaded, cfg, **kw):
-    answers = SETS[min(len(calls), len(SETS) - 1)]
-    calls.append(len(calls))
-    return tr.forced_backend(loaded, cfg, answers)
-
-runner.make_backend = make_backend
-returned = []
-real_evaluate = trainer_mod.DetTrainer.evaluate
-
-def evaluate(self, *a, **kw):
-    metrics = real_evaluate(self, *a, **kw)
-    returned.append((int(self.state.global_step), metrics.get("eval_rollout/f1")))
-    return metrics
-
-trainer_mod.DetTrainer.evaluate = evaluate
-summary = train(load_config(config, overrides), ["eval_worker"])
-ranks = [None] * dist.get_world_size()
-dist.all_gather_object(ranks, {"returned": returned, "summary": summary})
-if dist.get_rank() == 0:
-    Path(result).write_text(json.dumps(ranks))
-if dist.is_initialized():  # end the gloo threads before the interpreter does (else: abort at exit)
-    dist.destroy_process_group()
-'''
-
-
 @pytest.mark.slow
-def test_rollout_metric_picks_the_best_checkpoint_and_stops_early_on_two_ranks(tmp_path):
+def test_rollout_metric_picks_the_best_checkpoint_and_stops_early_on_two_ranks(launches):
     """metric_for_best_model: eval_rollout/f1 with load_best_model_at_end and early stopping (patience 1)
     on 2 ranks: evals at steps 1, 2, 3 give F1 0, 6/13, 4/9; training stops at step 3 (max_steps 4), the
     best checkpoint is step 2's, and the final model is its weights."""
     from safetensors.torch import load_file
 
-    sys.path.insert(0, str(ROOT / "tests"))
-    from test_runner import MAX_NEW, write_val
-
-    (tmp_path / "val").mkdir()
-    val = write_val(tmp_path / "val")
-    overrides = parity_overrides(tmp_path, 4, f"data.val={val}", "eval.eval_steps=1", "training.save_steps=1",
-                                 "training.save_total_limit=2", "eval.early_stopping_patience=1",
-                                 "training.load_best_model_at_end=true", "training.metric_for_best_model=eval_rollout/f1",
-                                 f"rollout.max_new_tokens={MAX_NEW}", "rollout.batch_size=1",
-                                 "training.ddp_backend=gloo", "run_name=best")
-    worker = tmp_path / "train_eval_worker.py"
-    worker.write_text(TRAIN_EVAL_WORKER)
-    result = tmp_path / "best.json"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(worker),
-           str(ROOT / "tests"), str(result), str(ROOT / "configs" / "stage1" / "tiny.yaml"), *overrides]
-    proc = subprocess.run(cmd, cwd=tmp_path, env={**os.environ, **ENV}, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    r0, r1 = json.loads(result.read_text())
+    r0, r1 = launches.result("best")
     expected = [[1, 0.0], [2, pytest.approx(6 / 13)], [3, pytest.approx(4 / 9)]]
     assert r0["returned"] == r1["returned"] == expected  # every rank got rank 0's metrics
     assert r0["summary"]["global_step"] == 3  # early stopping: one eval without a better F1
-    run = tmp_path / "runs" / "best"
+    run = launches.base / "best" / "runs" / "best"
     state = json.loads((run / "checkpoint-final" / "trainer_state.json").read_text())
     assert state["best_metric"] == pytest.approx(6 / 13) and state["best_global_step"] == 2
     assert Path(state["best_model_checkpoint"]).name == "checkpoint-2"
@@ -397,39 +280,28 @@ def test_rollout_metric_picks_the_best_checkpoint_and_stops_early_on_two_ranks(t
     assert [[e["step"], e["eval_rollout/f1"]] for e in events if "eval_rollout/f1" in e] == expected
 
 
-FSDP2 = ["training.fsdp=full_shard auto_wrap",
-         "training.fsdp_config={version: 2, transformer_layer_cls_to_wrap: [Qwen3VLTextDecoderLayer, Qwen3VLVisionBlock]}"]
-
-
 @pytest.mark.slow
-def test_fsdp2_full_shard_channel_a_em_detach_matches_one_process(tmp_path):
+def test_fsdp2_full_shard_channel_a_em_detach_matches_one_process(launches):
     """FSDP2 full sharding through accelerate's plugin (TrainingArguments fsdp / fsdp_config version 2):
     Channel-A N = 2 em_detach with gradient checkpointing (the soft context is written inside the
     sharded forward) on 2 gloo ranks gives the losses of one process accumulating the same
     micro-batches, for 3 steps. (unroll: the A steps of the AB test below.)"""
     steps = 3
-    common = parity_overrides(tmp_path, steps, "stage2.n_softctx_iter=2", "stage2.softctx_grad_mode=em_detach",
-                              "training.learning_rate=0.01", "training.gradient_checkpointing=true")
-    config = ROOT / "configs" / "stage2" / "a_only.yaml"
-    ranks = run_parity_worker(tmp_path, "fsdp", config, [*common, *FSDP2], nproc=2, env={"CPU_FSDP": str(ROOT / "tests")})
-    (single,) = run_parity_worker(tmp_path, "one", config, [*common, "training.gradient_accumulation_steps=2"], 1)
+    ranks = launches.result("fsdp")
+    (single,) = launches.result("one")
     assert {w for r in ranks for _, _, w in r["logs"]} == {"FSDPQwen3VLForConditionalGeneration"}
     assert all(lg["stage2/n_forwards"] == 2.0 for r in ranks for _, lg, _ in r["logs"])
     assert_rank_losses_match(ranks, single, steps)
 
 
 @pytest.mark.slow
-def test_fsdp2_channel_b_and_rollout_eval_match_one_process(tmp_path):
+def test_fsdp2_channel_b_and_rollout_eval_match_one_process(launches):
     """FSDP2 full sharding, Stage-2 AB (A, B, A; Channel-A N = 2 unroll): Channel-B generates through the
     sharded model on every rank (synced_gpus) and the rollout eval at step 2 runs sharded; losses and
     eval metrics equal one process's."""
     steps = 3
-    common = parity_overrides(tmp_path, steps, "stage2.b_ratio=0.5", "eval.steps=[2]", "eval.max_samples=4",
-                              "rollout.max_new_tokens=16", "rollout.batch_size=1", "training.learning_rate=0.01")
-    config = ROOT / "configs" / "stage2" / "ab_mixed.yaml"
-    ranks = run_parity_worker(tmp_path, "fsdp_ab", config, [*common, *FSDP2], nproc=2,
-                              env={"CPU_FSDP": str(ROOT / "tests")})
-    (single,) = run_parity_worker(tmp_path, "one_ab", config, [*common, "training.gradient_accumulation_steps=2"], 1)
+    ranks = launches.result("fsdp_ab")
+    (single,) = launches.result("one_ab")
     assert {w for r in ranks for _, _, w in r["logs"]} == {"FSDPQwen3VLForConditionalGeneration"}
     assert [lg["stage2/channel_b"] for _, lg, _ in ranks[0]["logs"]] == [0.0, 1.0, 0.0]
     assert_rank_losses_match(ranks, single, steps)
